@@ -185,3 +185,67 @@ class LessonEvent(Base):
     kind: Mapped[str] = mapped_column(String(32))
     data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
 
+
+
+class JobState(str, enum.Enum):
+    queued = "queued"
+    running = "running"
+    done = "done"
+    failed = "failed"
+
+
+class Job(Base):
+    """Background work that must survive a restart (post-processing a recording, making a video).
+
+    Kept in the database rather than in memory so a crash or restart resumes the queue, and so
+    several processes sharing PostgreSQL can split it: a job is claimed by a conditional UPDATE.
+    """
+
+    __tablename__ = "jobs"
+    __table_args__ = (Index("ix_jobs_state_run_after", "state", "run_after"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    lesson_id: Mapped[Optional[int]] = mapped_column(ForeignKey("lessons.id", ondelete="CASCADE"),
+                                                     index=True)
+    state: Mapped[JobState] = mapped_column(Enum(JobState, native_enum=False, length=16),
+                                            default=JobState.queued)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    max_attempts: Mapped[int] = mapped_column(Integer, default=3)
+    error: Mapped[Optional[str]] = mapped_column(Text)
+    worker: Mapped[Optional[str]] = mapped_column(String(100))  # who claimed it last
+    run_after: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    started_at: Mapped[Optional[dt.datetime]] = mapped_column(UTCDateTime)
+    finished_at: Mapped[Optional[dt.datetime]] = mapped_column(UTCDateTime)
+
+
+class RecordingState(str, enum.Enum):
+    recording = "recording"
+    processing = "processing"
+    ready = "ready"
+    failed = "failed"
+    no_audio = "no_audio"
+
+
+class Recording(Base):
+    """A lesson's recording: its files live in ``data_dir/recordings/<lesson_id>/``.
+
+    ``outputs`` maps each kept file name to its size in bytes, so the admin pages can show what
+    a lesson costs to keep without touching the disk.
+    """
+
+    __tablename__ = "recordings"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    lesson_id: Mapped[int] = mapped_column(ForeignKey("lessons.id", ondelete="CASCADE"),
+                                           unique=True)
+    state: Mapped[RecordingState] = mapped_column(
+        Enum(RecordingState, native_enum=False, length=16), default=RecordingState.recording)
+    duration_s: Mapped[Optional[float]] = mapped_column()
+    slide_count: Mapped[int] = mapped_column(Integer, default=0)
+    recovered: Mapped[bool] = mapped_column(default=False)  # repaired after a crash
+    outputs: Mapped[dict[str, int]] = mapped_column(JSON, default=dict)
+    error: Mapped[Optional[str]] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    processed_at: Mapped[Optional[dt.datetime]] = mapped_column(UTCDateTime)

@@ -1,0 +1,43 @@
+"""The app factory: it only wires settings, database, templates and routes together.
+
+Each long-lived resource (database engine, live rooms, the job worker) is one ``cleanup_ctx``
+entry, so it is started before the first request and stopped, in reverse order, on shutdown.
+"""
+
+from __future__ import annotations
+
+from typing import AsyncIterator
+
+from aiohttp import web
+
+from . import db
+from .auth import SessionCodec
+from .config import Settings
+from .i18n import load_catalogs
+from .plumbing import (CATALOGS, CODEC, ENGINE, JINJA, SESSIONS, SETTINGS, csrf, errors,
+                       make_jinja, request_context)
+from .routes import setup_routes
+
+MAX_UPLOAD_BYTES = 60 * 1024 * 1024
+
+
+def create_app(settings: Settings) -> web.Application:
+    settings.prepare()
+    app = web.Application(middlewares=[request_context, errors, csrf],
+                          client_max_size=MAX_UPLOAD_BYTES)
+    app[SETTINGS] = settings
+    app[CODEC] = SessionCodec(settings.secret)
+    app[JINJA] = make_jinja()
+    app[CATALOGS] = load_catalogs()
+    app.cleanup_ctx.append(_database)
+    setup_routes(app)
+    return app
+
+
+async def _database(app: web.Application) -> AsyncIterator[None]:
+    engine = db.make_engine(app[SETTINGS].resolved_database_url())
+    await db.migrate(engine)
+    app[ENGINE] = engine
+    app[SESSIONS] = db.make_sessionmaker(engine)
+    yield
+    await engine.dispose()

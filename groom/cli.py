@@ -1,0 +1,145 @@
+"""The ``groom`` command: serve, demo, and admin accounts.
+
+    groom serve [--host H --port P --data-dir D --database-url URL ...] [--demo] [--json]
+    groom demo  [same flags] [--json]       (serve with a demo school; prints links and logins)
+    groom admin create --username U [--password P] [--school ID]
+
+Every setting can also come from a ``GROOM_*`` environment variable (see ``docs/settings.md``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import logging
+import ssl
+import sys
+from typing import Any, Optional
+
+from aiohttp import web
+
+from . import db, logs
+from .accounts import create_user
+from .app import create_app
+from .config import Settings, add_arguments, settings_from_args
+from .errors import AppError
+from .models import Role
+from .tls import ensure_self_signed
+
+log = logging.getLogger("groom.cli")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="groom", description="G-Room: a low-cost remote classroom (voice + slides).")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="Run the server.",
+                           description="Run the G-Room server (web pages, API, live rooms).")
+    add_arguments(serve)
+    serve.add_argument("--demo", action="store_true",
+                       help="Create (or refresh) a demo school and print its links and logins.")
+    serve.add_argument("--json", action="store_true",
+                       help="With --demo: print the links and logins as one JSON line first.")
+
+    demo = sub.add_parser("demo", help="Run the server with a demo school (same as serve --demo).",
+                          description="Create or refresh a demo school with an admin, a teacher, "
+                                      "a class with a roster and a lesson today, then serve.")
+    add_arguments(demo)
+    demo.add_argument("--json", action="store_true",
+                      help="Print the links and logins as one JSON object on the first line.")
+
+    admin = sub.add_parser("admin", help="Manage admin accounts.")
+    admin_sub = admin.add_subparsers(dest="admin_command", required=True)
+    create = admin_sub.add_parser("create", help="Create an admin account.",
+                                  description="Create an admin of one school (--school) or of all.")
+    add_arguments(create)
+    create.add_argument("--username", required=True)
+    create.add_argument("--password", help="Asked for when not given.")
+    create.add_argument("--name", default="", help="Display name.")
+    create.add_argument("--school", type=int, default=None,
+                        help="School id; without it the admin manages every school.")
+    return parser
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    args = build_parser().parse_args(argv)
+    settings = settings_from_args(args)
+    logs.setup(settings.log_level)
+    if args.command == "admin":
+        sys.exit(asyncio.run(_admin_create(settings, args)))
+    demo = args.command == "demo" or getattr(args, "demo", False)
+    asyncio.run(_serve(settings, demo=demo, as_json=getattr(args, "json", False)))
+
+
+async def _admin_create(settings: Settings, args: argparse.Namespace) -> int:
+    settings.prepare()
+    password = args.password or getpass.getpass("Password: ")
+    engine = db.make_engine(settings.resolved_database_url())
+    try:
+        await db.migrate(engine)
+        async with db.make_sessionmaker(engine)() as session:
+            try:
+                user = await create_user(session, username=args.username, password=password,
+                                         display_name=args.name, role=Role.admin,
+                                         school_id=args.school)
+            except AppError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 2
+            await session.commit()
+            print(f"admin {user.username} created (id {user.id})")
+            return 0
+    finally:
+        await engine.dispose()
+
+
+def _ssl_context(settings: Settings) -> Optional[ssl.SSLContext]:
+    if not settings.tls:
+        return None
+    cert, key = settings.tls_cert, settings.tls_key
+    if settings.self_signed and not cert:
+        cert, key = ensure_self_signed(settings.data_dir, settings.host)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key or None)
+    return context
+
+
+async def _serve(settings: Settings, *, demo: bool, as_json: bool) -> None:
+    app = create_app(settings)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=5)
+    await runner.setup()
+    ssl_context = _ssl_context(settings)
+    site = web.TCPSite(runner, settings.host, settings.port, ssl_context=ssl_context)
+    await site.start()
+    port = runner.addresses[0][1]
+    scheme = "https" if ssl_context else "http"
+    base = settings.public_url.rstrip("/") or f"{scheme}://{settings.host}:{port}"
+    log.info("listening", extra={"url": base, "port": port})
+    if demo:
+        from .demo import seed_demo
+
+        info = await seed_demo(app, base)
+        _print_demo(info, as_json)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()
+
+
+def _print_demo(info: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(info, ensure_ascii=False), flush=True)
+        return
+    print(f"""
+G-Room demo is running.
+  Admin:    {info['admin_url']}   login {info['admin_login']['username']} / {info['admin_login']['password']}
+  Teacher:  {info['teacher_url']}   login {info['teacher_login']['username']} / {info['teacher_login']['password']}
+  Student:  {info['student_url']}   (class code {info['class_code']}, no account needed)
+Press Ctrl+C to stop.
+""", flush=True)
+
+
+if __name__ == "__main__":
+    main()

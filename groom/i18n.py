@@ -1,0 +1,62 @@
+"""Translations: Lao first, English too.
+
+English strings are the message ids; ``web/translations/lo.po`` holds the Lao catalog. Catalogs
+are compiled in memory at start (Babel), so no build step or compiled files are kept. A page's
+language comes from ``?lang=``, then the ``lang`` cookie, then ``Accept-Language``; Lao is the
+default because most users read it best.
+"""
+
+from __future__ import annotations
+
+import gettext
+import io
+from pathlib import Path
+from typing import Any, Callable
+
+from aiohttp import web
+from babel.messages.mofile import write_mo
+from babel.messages.pofile import read_po
+
+from .config import WEB_DIR
+
+LANGUAGES = ("lo", "en")
+DEFAULT_LANGUAGE = "lo"
+LANGUAGE_NAMES = {"lo": "ລາວ", "en": "English"}
+
+
+def load_catalogs(folder: Path = WEB_DIR / "translations") -> dict[str, gettext.NullTranslations]:
+    catalogs: dict[str, gettext.NullTranslations] = {"en": gettext.NullTranslations()}
+    for lang in LANGUAGES:
+        path = folder / f"{lang}.po"
+        if lang == "en" or not path.exists():
+            continue
+        with path.open("rb") as f:
+            catalog = read_po(f, locale=lang)
+        buf = io.BytesIO()
+        write_mo(buf, catalog)
+        buf.seek(0)
+        catalogs[lang] = gettext.GNUTranslations(buf)
+    return catalogs
+
+
+def pick_language(request: web.Request) -> str:
+    for candidate in (request.query.get("lang"), request.cookies.get("lang")):
+        if candidate in LANGUAGES:
+            return candidate
+    header = request.headers.get("Accept-Language", "")
+    for part in header.split(","):
+        code = part.split(";")[0].strip().lower()[:2]
+        if code in LANGUAGES:
+            return code
+    return DEFAULT_LANGUAGE
+
+
+def translator(catalogs: dict[str, gettext.NullTranslations], lang: str) -> Callable[..., str]:
+    """``_("Hello {name}", name=...)``: translate, then fill the named parameters."""
+    trans = catalogs.get(lang) or catalogs["en"]
+
+    def _(message: str, **params: Any) -> str:
+        text = trans.gettext(message)
+        return text.format(**params) if params else text
+
+    return _

@@ -1,0 +1,147 @@
+"""SDP text edits that aiortc does not make: Opus parameters in our answers, and offer checks.
+
+aiortc's answer carries no ``a=fmtp`` for Opus, so the browser falls back to its defaults (Chrome
+sends 32 kbps, no DTX, no FEC). In SDP the Opus fmtp of a description is the *receiver's* wish
+for what the other side sends (RFC 7587), so we state in each answer what we want to receive:
+
+- from the teacher: in-band FEC (a 2G/3G hop loses packets), DTX (silences between sentences
+  cost almost nothing), mono, at most 32 kbps (the top tier; more is wasted since we re-encode);
+- from a student (only heard while holding the floor, on a poor link): the same, capped lower,
+  and ``a=ptime:60`` because the server's tiers send 60 ms packets to students: Chrome honours
+  the remote ``ptime`` for its own encoder, so both directions pay a third of the per-packet
+  header overhead, and ``sprop-stereo=0`` tells the phone it only needs a mono decoder.
+
+The edits are made on the answer text handed to the browser; aiortc keeps its own copy.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Mapping
+
+TEACHER_UPLOAD: Mapping[str, int] = {
+    "minptime": 10,
+    "useinbandfec": 1,
+    "usedtx": 1,
+    "stereo": 0,
+    "sprop-stereo": 0,
+    "maxaveragebitrate": 32_000,
+}
+STUDENT_LINK: Mapping[str, int] = {
+    "minptime": 10,
+    "useinbandfec": 1,
+    "usedtx": 1,
+    "stereo": 0,
+    "sprop-stereo": 0,
+    "maxaveragebitrate": 16_000,
+}
+STUDENT_PTIME_MS = 60  # the tiers' packet duration
+STUDENT_MAXPTIME_MS = 120
+
+_OPUS_RTPMAP = re.compile(r"^a=rtpmap:(\d+) opus/48000(?:/\d+)?$", re.IGNORECASE)
+_MAX_SDP_CHARS = 64 * 1024  # a real audio-only offer is 2-6 kB; refuse to scan megabytes
+
+
+def _split(sdp: str) -> tuple[list[str], str]:
+    """Lines without terminators, and the terminator to put back (browsers send CRLF)."""
+    eol = "\r\n" if "\r\n" in sdp else "\n"
+    lines = sdp.split(eol)
+    if lines and lines[-1] == "":
+        lines.pop()
+    return lines, eol
+
+
+def _sections(lines: list[str]) -> list[tuple[int, int]]:
+    """(start, end) line ranges of each media section (``m=`` line to before the next)."""
+    starts = [i for i, line in enumerate(lines) if line.startswith("m=")]
+    return [(s, e) for s, e in zip(starts, starts[1:] + [len(lines)])]
+
+
+def _merge_fmtp(existing: str, params: Mapping[str, int | str]) -> str:
+    """``existing`` (``k=v;k=v``) with ``params`` overriding same keys, order kept."""
+    merged: dict[str, str] = {}
+    for item in existing.split(";"):
+        key, sep, value = item.strip().partition("=")
+        if key and sep:
+            merged[key.lower()] = value.strip()
+    for key, value in params.items():
+        merged[key.lower()] = str(value)
+    return ";".join(f"{k}={v}" for k, v in merged.items())
+
+
+def set_opus_params(sdp: str, params: Mapping[str, int | str], ptime_ms: int | None = None,
+                    maxptime_ms: int | None = None) -> str:
+    """Return ``sdp`` with ``params`` merged into every audio section's Opus ``a=fmtp`` line.
+
+    An fmtp line is added right after the Opus ``a=rtpmap`` when there is none. ``ptime_ms`` and
+    ``maxptime_ms`` replace (or add) the section's ``a=ptime``/``a=maxptime``. Sections without
+    Opus, and non-audio sections, are left untouched.
+    """
+    lines, eol = _split(sdp)
+    out: list[str] = []
+    cursor = 0
+    for start, end in _sections(lines):
+        out.extend(lines[cursor:start])
+        cursor = end
+        section = lines[start:end]
+        if not section[0].startswith("m=audio"):
+            out.extend(section)
+            continue
+        opus_pts = [m.group(1) for line in section if (m := _OPUS_RTPMAP.match(line))]
+        if not opus_pts:
+            out.extend(section)
+            continue
+        edited: list[str] = []
+        for line in section:
+            if (ptime_ms is not None and line.startswith("a=ptime:")) or (
+                    maxptime_ms is not None and line.startswith("a=maxptime:")):
+                continue
+            fmtp_pt = next((pt for pt in opus_pts if line.startswith(f"a=fmtp:{pt} ")), None)
+            if fmtp_pt is not None:
+                existing = line.split(" ", 1)[1]
+                edited.append(f"a=fmtp:{fmtp_pt} {_merge_fmtp(existing, params)}")
+                opus_pts.remove(fmtp_pt)
+                continue
+            edited.append(line)
+        for pt in opus_pts:  # Opus payload types that had no fmtp line yet
+            at = next(i for i, line in enumerate(edited) if line.lower().startswith(f"a=rtpmap:{pt} "))
+            edited.insert(at + 1, f"a=fmtp:{pt} {_merge_fmtp('', params)}")
+        if ptime_ms is not None:
+            edited.append(f"a=ptime:{ptime_ms}")
+        if maxptime_ms is not None:
+            edited.append(f"a=maxptime:{maxptime_ms}")
+        out.extend(edited)
+    out.extend(lines[cursor:])
+    return eol.join(out) + eol
+
+
+def teacher_answer(sdp: str) -> str:
+    """The answer sent to the teacher's browser: ask for mono 32 kbps Opus with FEC and DTX."""
+    return set_opus_params(sdp, TEACHER_UPLOAD)
+
+
+def student_answer(sdp: str) -> str:
+    """The answer sent to a student's phone: 60 ms packets, mono, FEC and DTX, 16 kbps up."""
+    return set_opus_params(sdp, STUDENT_LINK, ptime_ms=STUDENT_PTIME_MS,
+                           maxptime_ms=STUDENT_MAXPTIME_MS)
+
+
+def has_audio(sdp: object) -> bool:
+    """True when ``sdp`` is an SDP text with a live (port != 0, not inactive) Opus audio section.
+
+    The room refuses offers that fail this before handing them to aiortc, so a page that lost
+    its microphone or a hand-made request gets a clear error instead of a silent connection.
+    """
+    if not isinstance(sdp, str) or not sdp.startswith("v=0") or len(sdp) > _MAX_SDP_CHARS:
+        return False
+    lines, _ = _split(sdp)
+    for start, end in _sections(lines):
+        fields = lines[start][2:].split()
+        if len(fields) < 4 or fields[0] != "audio" or fields[1].split("/")[0] == "0":
+            continue
+        section = lines[start:end]
+        if "a=inactive" in section:
+            continue
+        if any(_OPUS_RTPMAP.match(line) for line in section):
+            return True
+    return False

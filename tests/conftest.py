@@ -1,0 +1,39 @@
+"""Shared fixtures: one real server per database backend for the whole session."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import AsyncIterator, Iterator
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from servers import ROOT_PASSWORD, ROOT_USER, ApiClient, GroomServer, database_backends  # noqa: E402
+
+
+@pytest.fixture(scope="session", params=database_backends())
+def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GroomServer]:
+    srv = GroomServer(tmp_path_factory.mktemp(f"groom-{request.param}"), request.param,
+                      args=("--join-attempts-per-minute", "1000"))
+    srv.create_root()
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+async def root(server: GroomServer) -> AsyncIterator[ApiClient]:
+    """A client logged in as the admin of all schools."""
+    client = ApiClient(server.base_url)
+    await client.login(ROOT_USER, ROOT_PASSWORD)
+    yield client
+    await client.close()
+
+
+@pytest.fixture
+async def anon(server: GroomServer) -> AsyncIterator[ApiClient]:
+    client = ApiClient(server.base_url)
+    yield client
+    await client.close()
