@@ -14,6 +14,7 @@ import asyncio
 import getpass
 import json
 import logging
+import signal
 import ssl
 import sys
 from typing import Any, Optional
@@ -122,8 +123,13 @@ async def _serve(settings: Settings, *, demo: bool, as_json: bool) -> None:
 
         info = await seed_demo(app, base)
         _print_demo(info, as_json)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
     try:
-        await asyncio.Event().wait()
+        await stop.wait()
+        log.info("stopping")
     finally:
         await runner.cleanup()
 

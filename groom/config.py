@@ -64,6 +64,8 @@ OPTIONS: list[Option] = [
            "data folder, for a school LAN without a domain."),
     Option("grace_seconds", float, 60.0, "How long a live room waits for a teacher whose "
            "connection dropped before it ends the lesson."),
+    Option("tier_up_seconds", float, 20.0, "How long a student's link must stay good before "
+           "they move up one audio tier (down-steps are fast; up-steps are patient)."),
     Option("join_attempts_per_minute", int, 10, "Wrong join codes allowed per client address per "
            "minute before further attempts are refused."),
     Option("log_level", str, "INFO", "Logging level (DEBUG, INFO, WARNING)."),
@@ -84,6 +86,7 @@ class Settings:
     tls_key: str = ""
     self_signed: bool = False
     grace_seconds: float = 60.0
+    tier_up_seconds: float = 20.0
     join_attempts_per_minute: int = 10
     log_level: str = "INFO"
 

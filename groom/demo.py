@@ -57,17 +57,21 @@ async def seed_demo(app: web.Application, base_url: str) -> dict[str, Any]:
                                  Lesson.state.in_([LessonState.scheduled, LessonState.live]))
         )).scalars().first()
         if today_lesson is None:
-            db.add(Lesson(class_id=classroom.id, teacher_id=users[TEACHER].id,
-                          title="ບົດທີ 5: ການອ່ານ (Reading)", starts_at=now,
-                          ends_at=now + dt.timedelta(minutes=45)))
+            today_lesson = Lesson(class_id=classroom.id, teacher_id=users[TEACHER].id,
+                                  title="ບົດທີ 5: ການອ່ານ (Reading)", starts_at=now,
+                                  ends_at=now + dt.timedelta(minutes=45))
+            db.add(today_lesson)
         await db.commit()
-        code = classroom.join_code
+        code, lesson_id, class_id = classroom.join_code, today_lesson.id, classroom.id
     base = base_url.rstrip("/")
     return {
         "admin_url": f"{base}/login",
         "teacher_url": f"{base}/login",
         "student_url": f"{base}/join/{code}",
         "class_code": code,
+        "lesson_id": lesson_id,
+        "class_id": class_id,
+        "teach_url": f"{base}/lessons/{lesson_id}/teach",
         "admin_login": {"username": ADMIN, "password": admin_pw},
         "teacher_login": {"username": TEACHER, "password": teacher_pw},
     }

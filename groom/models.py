@@ -249,3 +249,48 @@ class Recording(Base):
     error: Mapped[Optional[str]] = mapped_column(Text)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     processed_at: Mapped[Optional[dt.datetime]] = mapped_column(UTCDateTime)
+
+
+class Deck(Base):
+    """A class's slide deck, kept for reuse across lessons.
+
+    A row exists only once every page has been drawn (``groom.slides`` writes deck and slides in
+    one transaction), so a deck is always complete: there is no half-converted state to show.
+    """
+
+    __tablename__ = "decks"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    class_id: Mapped[int] = mapped_column(ForeignKey("classes.id", ondelete="CASCADE"), index=True)
+    title: Mapped[str] = mapped_column(String(200))
+    filename: Mapped[str] = mapped_column(String(255), default="")
+    pages: Mapped[int] = mapped_column(Integer)
+    # What a student downloads to see every slide at the small size: shown to the teacher.
+    small_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Slide(Base):
+    """One page of a deck as image files in ``data_dir/slides/``, named by content hash.
+
+    ``small`` (854x480 WebP) is what phones fetch, ``large`` (1280x720) the teacher's screen,
+    ``thumb`` the slide strip, ``jpeg`` the small size for browsers without WebP. ``width`` and
+    ``height`` are the large image's pixels (the page's aspect ratio).
+    """
+
+    __tablename__ = "slides"
+    __table_args__ = (UniqueConstraint("deck_id", "index"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    deck_id: Mapped[int] = mapped_column(ForeignKey("decks.id", ondelete="CASCADE"))
+    index: Mapped[int] = mapped_column(Integer)  # 0-based page number
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    small: Mapped[str] = mapped_column(String(40))
+    small_bytes: Mapped[int] = mapped_column(Integer)
+    large: Mapped[str] = mapped_column(String(40))
+    large_bytes: Mapped[int] = mapped_column(Integer)
+    thumb: Mapped[str] = mapped_column(String(40))
+    thumb_bytes: Mapped[int] = mapped_column(Integer)
+    jpeg: Mapped[str] = mapped_column(String(40))
+    jpeg_bytes: Mapped[int] = mapped_column(Integer)

@@ -61,11 +61,23 @@ def _validation_error(exc: ValidationError) -> AppError:
                     summary="; ".join(f"{p['field'] or 'body'}: {p['problem']}" for p in problems))
 
 
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """At most ``limit + 1`` bytes of the body (one more than allowed tells "too large").
+    ``content.read(n)`` returns what has arrived so far, so loop until EOF or over the limit."""
+    raw = bytearray()
+    while len(raw) <= limit:
+        chunk = await request.content.read(limit + 1 - len(raw))
+        if not chunk:
+            break
+        raw += chunk
+    return bytes(raw)
+
+
 async def read_json(request: web.Request, model: type[BaseModel]) -> BaseModel:
     if request.content_type != "application/json":
         raise AppError("unsupported_media_type", "Send JSON (Content-Type: application/json).",
                        status=415)
-    raw = await request.content.read(MAX_JSON_BYTES + 1)
+    raw = await read_body(request, MAX_JSON_BYTES)
     if len(raw) > MAX_JSON_BYTES:
         raise AppError("too_large", "The request body is too large.", status=413)
     try:
@@ -87,7 +99,7 @@ def parse_query(request: web.Request, model: type[BaseModel]) -> BaseModel:
 
 def path_int(request: web.Request, name: str) -> int:
     raw = request.match_info[name]
-    if not raw.isdigit() or len(raw) > 12:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 12:
         raise AppError("not_found", "Not found: {what}", status=404, what=name)
     return int(raw)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from . import accounts
+from . import accounts, api, ical, live, signaling  # noqa: F401  (api registers endpoints)
 from .config import WEB_DIR
 from .openapi import add_api_routes, document
 from .plumbing import viewer
@@ -45,4 +45,11 @@ def setup_routes(app: web.Application) -> None:
     r.add_post("/logout", accounts.logout_submit)
     r.add_get("/password", accounts.password_page)
     r.add_post("/password", accounts.password_submit)
+    r.add_get("/ws", signaling.websocket)
+    r.add_get("/join/{code}", live.join_code_page)
+    r.add_get("/c/{card}", live.card_page)
+    r.add_get("/lessons/{lesson_id}/teach", live.teach_page)
+    r.add_get("/listen/{token}.ogg", live.listen)
+    r.add_get("/calendar/class/{ident}/{token}.ics", ical.class_feed)
+    r.add_get("/calendar/teacher/{ident}/{token}.ics", ical.teacher_feed)
     r.add_static("/static/", WEB_DIR / "static", append_version=True)

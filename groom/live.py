@@ -1,0 +1,88 @@
+"""Pages and streams of the live lesson: the student page, the teacher page, the fallback stream.
+
+The pages are rendered once and then driven by ``/ws`` (``signaling.py``); the student page
+stays tiny because a 2G phone pays for every byte of it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, AsyncIterator, Optional
+
+from aiohttp import web
+
+from .errors import AppError
+from .models import Lesson
+from .plumbing import SESSIONS, SETTINGS, render, viewer
+from . import joining
+from .rooms import ROOMS, Rooms
+
+
+def _ws_url(request: web.Request) -> str:
+    scheme = "wss" if request.secure or request.app[SETTINGS].tls else "ws"
+    return f"{scheme}://{request.host}/ws"
+
+
+async def _student_page(request: web.Request, *, code: Optional[str], card: Optional[str]) -> web.StreamResponse:
+    found = await joining.check_code(request, card or code or "")
+    room = request.app[ROOMS].for_class(found.classroom.id)
+    lesson = room.lesson.public() if room is not None else waiting_lesson(found)
+    join: dict[str, Any] = ({"card": card, "name": found.student.name} if found.student
+                            else {"code": code})
+    response = render(request, "student.html", lesson=lesson, join=join,
+                      class_name=found.classroom.name, ws_url=_ws_url(request))
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def waiting_lesson(found: joining.JoinTarget) -> Optional[dict[str, Any]]:
+    """What a student sees before the teacher starts: the class's next lesson, if any."""
+    if found.lesson is None:
+        return None
+    teacher = found.classroom.teacher
+    return {"id": found.lesson.id, "title": found.lesson.title or found.classroom.name,
+            "class_name": found.classroom.name, "starts_at": found.lesson.starts_at.isoformat(),
+            "teacher_name": teacher.display_name if teacher else ""}
+
+
+async def join_code_page(request: web.Request) -> web.StreamResponse:
+    return await _student_page(request, code=request.match_info["code"], card=None)
+
+
+async def card_page(request: web.Request) -> web.StreamResponse:
+    return await _student_page(request, code=None, card=request.match_info["card"])
+
+
+async def teach_page(request: web.Request) -> web.StreamResponse:
+    v = await viewer(request)
+    if v is None:
+        raise web.HTTPFound(f"/login?next={request.path}")
+    raw = request.match_info["lesson_id"]
+    if not raw.isdigit():
+        raise AppError("not_found", "Not found: {what}", status=404, what="lesson")
+    async with request.app[SESSIONS]() as db:
+        lesson = await db.get(Lesson, int(raw))
+        if lesson is None:
+            raise AppError("not_found", "Not found: {what}", status=404, what="lesson")
+        v.require_class(lesson.classroom)
+        info = {"id": lesson.id, "title": lesson.title or lesson.classroom.name,
+                "class_name": lesson.classroom.name, "state": lesson.state.value}
+    return render(request, "teach.html", lesson=info, ws_url=_ws_url(request))
+
+
+async def listen(request: web.Request) -> web.StreamResponse:
+    """The no-WebRTC fallback: the student's tier as an endless Ogg/Opus stream."""
+    found = request.app[ROOMS].find_listener(request.match_info["token"])
+    if found is None:
+        raise AppError("not_found", "Not found: {what}", status=404, what="stream")
+    room, participant = found
+    return await room.fallback(participant.controller.tier).serve(request)
+
+
+async def rooms_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The live rooms of this process; on shutdown their sockets close with 1001."""
+    settings = app[SETTINGS]
+    app[ROOMS] = Rooms(app[SESSIONS], ice_servers=settings.ice_servers,
+                       grace_seconds=settings.grace_seconds,
+                       tier_up_seconds=settings.tier_up_seconds)
+    yield
+    await app[ROOMS].shutdown()

@@ -1,0 +1,392 @@
+"""Decode once, mix, clock: the one place where the room's audio timeline is made.
+
+The teacher's decoded frames (and those of the student holding the floor) are resampled to
+48 kHz mono s16, mixed, and handed to the tiers as exactly one 20 ms frame per 20 ms, with pts
+on a 48 kHz clock that belongs to the mixer. Because the clock is ours, not the teacher's RTP
+clock, the students' streams keep running across a teacher reconnect, a floor change, a DTX
+pause or plain silence, and a student can switch tiers without a jump.
+
+Clock rule (one line in ``_run``): a frame is due every 20 ms.
+- A teacher frame goes out as soon as it is available, but never more than ``LEAD`` before it
+  is due, and the next frame is due 20 ms after it went out. So the output follows the
+  teacher's own pace (no added latency, no drift against the teacher's sound card), and a
+  backlog after a network stall (or a teacher clock that runs fast) drains at 19 ms per frame
+  instead of bursting. That only moves delivery earlier; the audio itself is not sped up.
+- When no teacher frame is there ``GRACE`` after it was due (the teacher's browser is in DTX,
+  the network stalled, or there is no teacher), a frame of silence (plus the floor) goes out on
+  the timer, with the next one due exactly 20 ms later, so timer mode does not drift either.
+  The tiers' encoders then run in DTX and the silence costs next to nothing on the air.
+- If the loop itself was held up for long (``RESYNC``), the missed frames are skipped, not
+  sent in a burst; pts still advance by the skipped time so receivers see a gap, like DTX.
+
+Every source buffer is bounded (``MAX_BUFFER``, drop oldest) and aiortc's unbounded remote-track
+queue is drained by our reader as fast as it fills, so overload shows up as loss, never as
+latency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import fractions
+import logging
+import math
+import time
+from typing import Callable
+
+import av
+import numpy as np
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+log = logging.getLogger(__name__)
+
+SAMPLE_RATE = 48_000
+FRAME_SAMPLES = 960  # 20 ms
+FRAME_SECONDS = FRAME_SAMPLES / SAMPLE_RATE
+TIME_BASE = fractions.Fraction(1, SAMPLE_RATE)
+MAX_BUFFER = 5 * FRAME_SAMPLES  # 100 ms per source
+LEAD = 0.001  # a teacher frame may go out this early: a backlog drains at 19 ms per frame
+GRACE = 0.060  # wait this long past due for a late teacher frame before sending silence
+RESYNC = 0.200  # this far behind schedule, skip frames instead of catching up
+LEVEL_FRAMES = 10  # teacher level every 200 ms (5x/s)
+SILENCE_DBFS = -100.0
+FLOOR_TRACK_FRAMES = 5  # the teacher's return stream holds at most 100 ms
+
+FrameSink = Callable[[av.AudioFrame, float], None]  # TierSet.feed(frame, created)
+
+
+class SampleBuffer:
+    """A bounded FIFO of mono s16 samples that drops the oldest when full.
+
+    Each chunk keeps the ``time.monotonic()`` at which it entered the server, so the frame made
+    from it can carry that moment downstream for latency measurement.
+    """
+
+    def __init__(self, capacity: int = MAX_BUFFER) -> None:
+        self.capacity = capacity
+        self._chunks: collections.deque[tuple[np.ndarray, float]] = collections.deque()
+        self._size = 0
+        self.dropped = 0  # samples thrown away because the buffer was full
+
+    def __len__(self) -> int:
+        return self._size
+
+    def push(self, samples: np.ndarray, created: float) -> None:
+        if len(samples) == 0:
+            return
+        self._chunks.append((samples, created))
+        self._size += len(samples)
+        excess = self._size - self.capacity
+        while excess > 0:
+            head, head_created = self._chunks[0]
+            if len(head) <= excess:
+                self._chunks.popleft()
+                cut = len(head)
+            else:
+                self._chunks[0] = (head[excess:], head_created)
+                cut = excess
+            self._size -= cut
+            self.dropped += cut
+            excess -= cut
+
+    def pop(self, count: int) -> tuple[np.ndarray, float] | None:
+        """The oldest ``count`` samples and the creation time of the first, or None if short."""
+        if self._size < count:
+            return None
+        created = self._chunks[0][1]
+        parts: list[np.ndarray] = []
+        needed = count
+        while needed:
+            head, head_created = self._chunks[0]
+            if len(head) <= needed:
+                parts.append(head)
+                self._chunks.popleft()
+                needed -= len(head)
+            else:
+                parts.append(head[:needed])
+                self._chunks[0] = (head[needed:], head_created)
+                needed = 0
+        self._size -= count
+        return (parts[0] if len(parts) == 1 else np.concatenate(parts)), created
+
+    def clear(self) -> None:
+        self._chunks.clear()
+        self._size = 0
+
+
+class Source:
+    """One remote track read by one task into one bounded buffer, resampled to 48 kHz mono.
+
+    ``ready`` is set whenever a full 20 ms frame is buffered, so the mixer can wake on it.
+    """
+
+    def __init__(self, track: MediaStreamTrack, name: str) -> None:
+        self.track = track
+        self.name = name
+        self.buffer = SampleBuffer()
+        self.ready = asyncio.Event()
+        self.ended = False
+        self._resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._read(), name=f"mixer-source-{self.name}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+
+    def take(self) -> tuple[np.ndarray, float] | None:
+        chunk = self.buffer.pop(FRAME_SAMPLES)
+        if len(self.buffer) < FRAME_SAMPLES:
+            self.ready.clear()
+        return chunk
+
+    async def _read(self) -> None:
+        try:
+            while True:
+                frame = await self.track.recv()
+                created = time.monotonic()
+                if not isinstance(frame, av.AudioFrame):
+                    continue
+                for out in self._resampler.resample(frame):
+                    samples = out.to_ndarray().reshape(-1)
+                    self.buffer.push(samples, created)
+                if len(self.buffer) >= FRAME_SAMPLES:
+                    self.ready.set()
+        except MediaStreamError:
+            log.info("mixer source %s ended", self.name)
+        finally:
+            self.ended = True
+            self.ready.set()  # wake the mixer so it stops waiting for this source
+
+
+class FloorTrack(MediaStreamTrack):
+    """The floor student's audio as a track, for the teacher's return path.
+
+    Frames come from the mixer's clock (so their pts are on the room timeline); the queue holds
+    at most 100 ms and drops the oldest, so a teacher connection that cannot keep up loses audio
+    instead of delaying it.
+    """
+
+    kind = "audio"
+
+    def __init__(self, on_stop: Callable[["FloorTrack"], None]) -> None:
+        super().__init__()
+        self._frames: collections.deque[av.AudioFrame] = collections.deque(maxlen=FLOOR_TRACK_FRAMES)
+        self._ready = asyncio.Event()
+        self._on_stop = on_stop
+
+    def put(self, frame: av.AudioFrame) -> None:
+        self._frames.append(frame)
+        self._ready.set()
+
+    async def recv(self) -> av.AudioFrame:
+        while not self._frames:
+            if self.readyState != "live":
+                raise MediaStreamError
+            self._ready.clear()
+            await self._ready.wait()
+        return self._frames.popleft()
+
+    def stop(self) -> None:
+        if self.readyState == "live":
+            self._on_stop(self)
+        super().stop()
+        self._ready.set()  # let a pending recv() see the end
+
+
+def _frame(samples: np.ndarray, pts: int) -> av.AudioFrame:
+    frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
+    frame.sample_rate = SAMPLE_RATE
+    frame.pts = pts
+    frame.time_base = TIME_BASE
+    return frame
+
+
+class Mixer:
+    """Reads the teacher (and the floor student), emits one mixed 20 ms frame per 20 ms.
+
+    ``sink`` (``TierSet.feed``) is called on the event loop as ``sink(frame, created)``: a
+    48 kHz mono s16 ``av.AudioFrame`` whose ``pts`` is on the mixer's clock (time base
+    1/48000), and the ``time.monotonic()`` at which its oldest source audio reached the server
+    (the moment of emission for pure silence), so latency can be measured downstream.
+    """
+
+    def __init__(self, sink: FrameSink, on_level: Callable[[float], None] | None = None) -> None:
+        self._sink = sink
+        self._on_level = on_level
+        self._teacher: Source | None = None
+        self._floor: Source | None = None
+        self._floor_tracks: set[FloorTrack] = set()
+        self._task: asyncio.Task[None] | None = None
+        self._changed = asyncio.Event()  # a source was set or cleared
+        self._pts = 0
+        self._level_sq = 0.0
+        self._level_frames = 0
+        self.teacher_level_dbfs: float | None = None  # None when there is no teacher
+        self.frames_out = 0
+        self.frames_skipped = 0
+        self.silence_frames = 0  # timer-paced frames without teacher audio
+
+    @property
+    def pts(self) -> int:
+        """The pts the next frame will carry."""
+        return self._pts
+
+    @property
+    def dropped_samples(self) -> int:
+        """Samples lost to full buffers on the current sources (drop oldest)."""
+        return sum(s.buffer.dropped for s in (self._teacher, self._floor) if s is not None)
+
+    # ---- sources -------------------------------------------------------------------------
+
+    async def set_teacher(self, track: MediaStreamTrack | None) -> None:
+        """Use ``track`` as the teacher (None: no teacher; the clock keeps running on silence)."""
+        old, self._teacher = self._teacher, self._new_source(track, "teacher")
+        self._level_sq, self._level_frames = 0.0, 0
+        self.teacher_level_dbfs = None if track is None else SILENCE_DBFS
+        self._changed.set()
+        if old is not None:
+            await old.stop()
+
+    async def set_floor(self, track: MediaStreamTrack | None) -> None:
+        """Mix ``track`` (the student holding the floor) in, or stop mixing one (None)."""
+        old, self._floor = self._floor, self._new_source(track, "floor")
+        self._changed.set()
+        if old is not None:
+            await old.stop()
+
+    def floor_track(self) -> FloorTrack:
+        """A new track of the floor student's audio alone, for the teacher to hear."""
+        track = FloorTrack(on_stop=self._floor_tracks.discard)
+        self._floor_tracks.add(track)
+        return track
+
+    def _new_source(self, track: MediaStreamTrack | None, name: str) -> Source | None:
+        if track is None:
+            return None
+        source = Source(track, name)
+        if self._task is not None:
+            source.start()
+        return source
+
+    # ---- lifecycle -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._task is not None:
+            return
+        for source in (self._teacher, self._floor):
+            if source is not None:
+                source.start()
+        self._task = asyncio.create_task(self._run(), name="mixer")
+
+    async def stop(self) -> None:
+        """Stop the clock and the readers; end the teacher's floor tracks."""
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        for source in (self._teacher, self._floor):
+            if source is not None:
+                await source.stop()
+        for track in list(self._floor_tracks):
+            track.stop()
+
+    # ---- the clock -----------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        due = loop.time()
+        while True:
+            teacher = self._teacher
+            now = loop.time()
+            if teacher is not None and len(teacher.buffer) >= FRAME_SAMPLES:
+                send_at = due - LEAD
+                if now < send_at:
+                    await asyncio.sleep(send_at - now)
+                    now = loop.time()
+                if self._teacher is not teacher:  # replaced while we slept
+                    continue
+                self._emit(teacher.take())
+                due = max(now, send_at) + FRAME_SECONDS
+            else:
+                live = teacher is not None and not teacher.ended
+                deadline = due + (GRACE if live else 0.0)
+                if now < deadline:
+                    if await self._wait_for_source(teacher, deadline - now):
+                        continue  # a teacher frame (or a new source): decide again
+                self.silence_frames += 1
+                self._emit(None)
+                due += FRAME_SECONDS
+            behind = loop.time() - due
+            if behind > RESYNC:
+                skipped = int(behind / FRAME_SECONDS)
+                self.frames_skipped += skipped
+                self._pts += skipped * FRAME_SAMPLES
+                due += skipped * FRAME_SECONDS
+                log.warning("mixer fell %.0f ms behind; skipped %d frames", behind * 1000, skipped)
+
+    async def _wait_for_source(self, teacher: Source | None, timeout: float) -> bool:
+        """Wait until the teacher has a frame or the sources change; False on timeout."""
+        self._changed.clear()
+        waits = [asyncio.ensure_future(self._changed.wait())]
+        if teacher is not None and not teacher.ended:
+            waits.append(asyncio.ensure_future(teacher.ready.wait()))
+        try:
+            done, _ = await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+        return bool(done) and (self._changed.is_set() or self._teacher is not teacher
+                               or (teacher is not None and len(teacher.buffer) >= FRAME_SAMPLES))
+
+    def _emit(self, teacher_chunk: tuple[np.ndarray, float] | None) -> None:
+        floor = self._floor
+        floor_chunk = floor.take() if floor is not None else None
+        now = time.monotonic()
+        if teacher_chunk is not None and floor_chunk is not None:
+            mixed = teacher_chunk[0].astype(np.int32) + floor_chunk[0]
+            samples = np.clip(mixed, -32768, 32767).astype(np.int16)
+            created = min(teacher_chunk[1], floor_chunk[1])
+        elif teacher_chunk is not None:
+            samples, created = teacher_chunk
+        elif floor_chunk is not None:
+            samples, created = floor_chunk
+        else:
+            samples, created = np.zeros(FRAME_SAMPLES, dtype=np.int16), now
+        pts = self._pts
+        self._pts += FRAME_SAMPLES
+        self.frames_out += 1
+        if self._teacher is not None:
+            self._update_level(teacher_chunk[0] if teacher_chunk is not None else None)
+        if floor_chunk is not None and self._floor_tracks:
+            back = _frame(floor_chunk[0], pts)
+            for track in self._floor_tracks:
+                track.put(back)
+        try:
+            self._sink(_frame(samples, pts), created)
+        except Exception:  # a consumer bug must not stop the room's clock
+            log.exception("mixer sink failed")
+
+    def _update_level(self, samples: np.ndarray | None) -> None:
+        if samples is not None:
+            as_float = samples.astype(np.float32)
+            self._level_sq += float(np.dot(as_float, as_float)) / FRAME_SAMPLES
+        self._level_frames += 1
+        if self._level_frames < LEVEL_FRAMES:
+            return
+        mean_sq = self._level_sq / self._level_frames
+        self._level_sq, self._level_frames = 0.0, 0
+        level = 10 * math.log10(mean_sq / 32768.0**2) if mean_sq > 0 else SILENCE_DBFS
+        self.teacher_level_dbfs = max(level, SILENCE_DBFS)
+        if self._on_level is not None:
+            self._on_level(self.teacher_level_dbfs)

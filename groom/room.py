@@ -1,0 +1,507 @@
+"""A live lesson: the teacher, the students, their peer connections and the shared audio.
+
+One ``Room`` per live lesson, owned by the ``Rooms`` registry. The room owns everything live:
+the mixer (teacher + floor, decoded once), the tiers (encoded once per tier), one
+``StudentSender`` per student (packets straight to the student's socket), each student's
+``TierController``, hands and the floor, and the attendance bookkeeping written to the database
+when people come and go. Signaling (``signaling.py``) turns WebSocket messages into calls on the
+room; the room talks back through each participant's ``Outbox`` (a bounded, non-blocking queue).
+
+Participants outlive their WebSocket: a student whose socket drops keeps their place, tier and
+attendance, and comes back with the ``resume`` token; the teacher's drop starts a grace timer
+(``settings.grace_seconds``) before the lesson ends by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Protocol
+
+from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamTrack
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from . import sdp
+from .adaptation import TierController, Timing
+from .errors import AppError
+from .fallback import FallbackStream
+from .mixer import Mixer
+from .models import Attendance, Lesson, LessonState, utcnow
+from .student_sender import StudentSender, add_student_audio
+from .tiers import TierSet
+
+log = logging.getLogger("groom.room")
+
+TICK_SECONDS = 2.0  # participants list, usage, RTCP-driven adaptation
+SAVE_SECONDS = 30.0  # attendance rows refreshed this often while a lesson runs
+DETACHED_PC_SECONDS = 45.0  # a student's media outlives a dropped socket this long
+
+
+class Outbox(Protocol):
+    """A participant's way back: ``send`` never blocks; ``close`` ends the socket."""
+
+    def send(self, message: dict[str, Any]) -> None: ...
+
+    def close(self, code: int, reason: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class LessonInfo:
+    id: int
+    class_id: int
+    title: str
+    class_name: str
+    teacher_name: str
+
+    def public(self) -> dict[str, Any]:
+        return {"id": self.id, "title": self.title, "class_name": self.class_name,
+                "teacher_name": self.teacher_name}
+
+
+@dataclass
+class Participant:
+    id: str
+    role: str  # "teacher" or "student"
+    name: str
+    key: str  # attendance key, stable across reconnects
+    student_id: Optional[int] = None
+    resume: str = field(default_factory=lambda: secrets.token_urlsafe(18))
+    listen_token: str = field(default_factory=lambda: secrets.token_urlsafe(18))
+    outbox: Optional[Outbox] = None
+    pc: Optional[RTCPeerConnection] = None
+    sender: Optional[StudentSender] = None
+    controller: TierController = field(default_factory=TierController)
+    hand_since: Optional[float] = None
+    joined_at: dt.datetime = field(default_factory=utcnow)
+    present_since: Optional[float] = None  # monotonic, while the socket is attached
+    seconds_present: float = 0.0
+    tier_seconds: dict[str, float] = field(default_factory=dict)
+    tier_since: Optional[float] = None
+    bytes_before: int = 0  # data sent over earlier peer connections
+    last_client: dict[str, float] = field(default_factory=dict)  # cumulative figures, for deltas
+    detached_task: Optional[asyncio.Task[None]] = None
+    mic: Optional[MediaStreamTrack] = None  # the student's microphone while holding the floor
+
+    @property
+    def connected(self) -> bool:
+        return self.sender is not None and self.sender.ready
+
+    def data_used(self) -> int:
+        return self.bytes_before + (self.sender.data_used() if self.sender else 0)
+
+    def send(self, message: dict[str, Any]) -> None:
+        if self.outbox is not None:
+            self.outbox.send(message)
+
+
+class Room:
+    def __init__(self, lesson: LessonInfo, sessions: async_sessionmaker[AsyncSession], *,
+                 ice_servers: list[dict[str, Any]], grace_seconds: float,
+                 tier_up_seconds: float, on_closed: Callable[["Room"], None]) -> None:
+        self.lesson = lesson
+        self._sessions = sessions
+        self._ice = RTCConfiguration(iceServers=[RTCIceServer(**s) for s in ice_servers])
+        self.ice_servers = ice_servers
+        self._grace_seconds = grace_seconds
+        self._timing = Timing(good_seconds_to_step_up=tier_up_seconds)
+        self._on_closed = on_closed
+        self.tiers = TierSet()
+        self.mixer = Mixer(self.tiers.feed, on_level=self._on_level)
+        self.teacher: Optional[Participant] = None
+        self.students: dict[str, Participant] = {}
+        self.floor: Optional[str] = None
+        self.started = time.monotonic()
+        self.state = "live"
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tick_task: Optional[asyncio.Task[None]] = None
+        self._grace_task: Optional[asyncio.Task[None]] = None
+        self._ending = False
+        self._fallbacks: dict[str, FallbackStream] = {}
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.mixer.start()
+        self._tick_task = asyncio.create_task(self._tick(), name=f"room-{self.lesson.id}-tick")
+
+    async def end(self, reason: str) -> None:
+        """End the lesson for everyone: the lesson is marked ended in the database."""
+        if await self.close(reason):
+            async with self._sessions() as db:
+                lesson = await db.get(Lesson, self.lesson.id)
+                if lesson is not None and lesson.state == LessonState.live:
+                    lesson.state = LessonState.ended
+                    lesson.ended_at = utcnow()
+                    await db.commit()
+            log.info("lesson ended", extra={"lesson_id": self.lesson.id, "reason": reason})
+        self._on_closed(self)
+
+    async def close(self, reason: Optional[str]) -> bool:
+        """Stop media, close sockets, save attendance. ``reason`` None: the server is stopping
+        and the lesson stays live, so it resumes when the teacher reconnects after a restart.
+        Returns False if the room was already closing."""
+        if self._ending:
+            return False
+        self._ending = True
+        self.state = "ended" if reason else self.state
+        for task in (self._tick_task, self._grace_task, *self._tasks):
+            if task is not None:
+                task.cancel()
+        for p in self.everyone():
+            if reason:
+                p.send({"type": "ended", "reason": reason})
+            if p.outbox is not None:
+                p.outbox.close(4410 if reason else 1001, "lesson ended" if reason else "server restarting")
+            self._leave_time(p)
+        await self.mixer.stop()
+        await asyncio.gather(*(self._close_media(p) for p in self.everyone()),
+                             *(stream.close() for stream in self._fallbacks.values()),
+                             return_exceptions=True)
+        self.tiers.close()
+        await self._save_attendance(final=True)
+        return True
+
+    def everyone(self) -> list[Participant]:
+        return ([self.teacher] if self.teacher else []) + list(self.students.values())
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # ---- audio -------------------------------------------------------------------------------
+
+    def fallback(self, tier: str) -> FallbackStream:
+        """The HTTP stream of one tier: made on first use, a subscriber like any student."""
+        stream = self._fallbacks.get(tier)
+        if stream is None:
+            stream = self._fallbacks[tier] = FallbackStream(tier)
+            self.tiers.subscribe(stream, tier)
+        return stream
+
+    def _on_level(self, dbfs: float) -> None:
+        if self.teacher is not None:
+            self.teacher.send({"type": "level", "dbfs": round(dbfs, 1)})
+
+    # ---- joining and leaving -----------------------------------------------------------------
+
+    def attach(self, p: Participant, outbox: Outbox) -> None:
+        """Bind a (new) socket to a participant; an older socket of theirs is closed."""
+        if p.outbox is not None and p.outbox is not outbox:
+            p.outbox.close(4409, "replaced by a newer connection")
+        p.outbox = outbox
+        if p.present_since is None:
+            p.present_since = time.monotonic()
+        if p.detached_task is not None:
+            p.detached_task.cancel()
+            p.detached_task = None
+
+    def add_teacher(self, user_name: str, user_id: int, outbox: Outbox,
+                    resume: Optional[str]) -> Participant:
+        if self.teacher is None:
+            self.teacher = Participant(id="t-" + secrets.token_urlsafe(6), role="teacher",
+                                       name=user_name, key=f"teacher:{user_id}")
+        self.attach(self.teacher, outbox)
+        if self._grace_task is not None:
+            self._grace_task.cancel()
+            self._grace_task = None
+        self.broadcast_room()
+        return self.teacher
+
+    def add_student(self, name: str, key: str, student_id: Optional[int], outbox: Outbox,
+                    resume: Optional[str]) -> Participant:
+        """A student joins, or comes back (same ``resume`` token or same roster card)."""
+        p = next((s for s in self.students.values()
+                  if (resume and secrets.compare_digest(s.resume, resume)) or
+                  (student_id is not None and s.student_id == student_id)), None)
+        if p is None:
+            p = Participant(id="s-" + secrets.token_urlsafe(6), role="student", name=name,
+                            key=key, student_id=student_id,
+                            controller=TierController(timing=self._timing))
+            self.students[p.id] = p
+        self.attach(p, outbox)
+        self._spawn(self._save_attendance(), "attendance")
+        self.broadcast_room()
+        self.send_participants()
+        return p
+
+    def detach(self, p: Participant, outbox: Outbox) -> None:
+        """The participant's socket closed (their media may still be flowing)."""
+        if p.outbox is not outbox or self._ending:
+            return
+        p.outbox = None
+        self._leave_time(p)
+        if p.role == "teacher":
+            log.info("teacher disconnected; waiting", extra={"lesson_id": self.lesson.id,
+                                                            "grace_s": self._grace_seconds})
+            self._grace_task = asyncio.create_task(self._teacher_grace(), name="teacher-grace")
+            self.broadcast_room()
+            return
+        self.set_hand(p, False)
+        if self.floor == p.id:
+            self._spawn(self.give_floor(None), "floor-back")
+        p.detached_task = asyncio.create_task(self._drop_detached(p), name="detached")
+        self._spawn(self._save_attendance(), "attendance")
+        self.broadcast_room()
+        self.send_participants()
+
+    async def _drop_detached(self, p: Participant) -> None:
+        await asyncio.sleep(DETACHED_PC_SECONDS)
+        await self._close_media(p)
+        self.send_participants()
+
+    async def _teacher_grace(self) -> None:
+        await asyncio.sleep(self._grace_seconds)
+        await self.end("teacher_gone")
+
+    async def kick(self, pid: str) -> None:
+        p = self.students.get(pid)
+        if p is None:
+            raise AppError("unknown_participant", "No such participant.", status=404)
+        p.send({"type": "ended", "reason": "kicked"})
+        if p.outbox is not None:
+            p.outbox.close(4403, "removed by the teacher")
+            p.outbox = None
+        self._leave_time(p)
+        if self.floor == pid:
+            await self.give_floor(None)
+        self.set_hand(p, False)
+        await self._close_media(p)
+        del self.students[pid]
+        await self._save_one(p)
+        self.broadcast_room()
+        self.send_participants()
+
+    def _leave_time(self, p: Participant) -> None:
+        now = time.monotonic()
+        if p.present_since is not None:
+            p.seconds_present += now - p.present_since
+            p.present_since = None
+        self._close_tier_time(p, now)
+
+    def _close_tier_time(self, p: Participant, now: float) -> None:
+        if p.tier_since is not None and p.sender is not None:
+            tier = self.tiers.tier_of(p.sender) or p.controller.tier
+            p.tier_seconds[tier] = p.tier_seconds.get(tier, 0.0) + now - p.tier_since
+            p.tier_since = now
+
+    # ---- WebRTC --------------------------------------------------------------------------------
+
+    async def answer(self, p: Participant, offer_sdp: str) -> str:
+        """Answer a participant's offer: a new connection, or a renegotiation (the floor)."""
+        if not sdp.has_audio(offer_sdp):
+            raise AppError("no_audio", "The offer has no audio.", status=400)
+        offer = RTCSessionDescription(sdp=offer_sdp, type="offer")
+        if p.pc is not None and p.pc.connectionState in ("connected", "connecting", "new") \
+                and p.role == "student" and p.sender is not None and p.sender.ready:
+            return await self._renegotiate(p, offer)
+        await self._close_media(p)
+        pc = RTCPeerConnection(self._ice)
+        p.pc = pc
+        if p.role == "teacher":
+            await pc.setRemoteDescription(offer)
+            for transceiver in pc.getTransceivers():
+                if transceiver.kind == "audio":
+                    pc.addTrack(self.mixer.floor_track())
+                    receiver_track = transceiver.receiver.track
+                    await self.mixer.set_teacher(receiver_track)
+                    break
+            await pc.setLocalDescription(await pc.createAnswer())
+            self._watch(p, pc)
+            return sdp.teacher_answer(pc.localDescription.sdp)
+        await pc.setRemoteDescription(offer)
+        p.sender = add_student_audio(pc)
+        await pc.setLocalDescription(await pc.createAnswer())
+        self._watch(p, pc)
+        return sdp.student_answer(pc.localDescription.sdp)
+
+    async def _renegotiate(self, p: Participant, offer: RTCSessionDescription) -> str:
+        """The floor student adds (or drops) their microphone on the same connection."""
+        assert p.pc is not None
+        await p.pc.setRemoteDescription(offer)
+        await p.pc.setLocalDescription(await p.pc.createAnswer())
+        mic = next((t.receiver.track for t in p.pc.getTransceivers()
+                    if t.kind == "audio" and t.receiver.track is not None
+                    and t.direction in ("sendrecv", "recvonly")), None)
+        if self.floor == p.id and mic is not None and mic is not p.mic:
+            p.mic = mic
+            await self.mixer.set_floor(mic)
+        return sdp.student_answer(p.pc.localDescription.sdp)
+
+    def _watch(self, p: Participant, pc: RTCPeerConnection) -> None:
+        @pc.on("connectionstatechange")
+        async def on_state() -> None:
+            if p.pc is not pc:
+                return
+            state = pc.connectionState
+            if state == "connected" and p.sender is not None and not p.sender.ready:
+                try:
+                    p.sender.start()
+                except RuntimeError:
+                    log.exception("student sender did not start", extra={"participant": p.id})
+                    return
+                self.tiers.subscribe(p.sender, p.controller.tier)
+                p.tier_since = time.monotonic()
+                self.send_participants()
+            elif state in ("failed", "closed"):
+                await self._close_media(p)
+                self.send_participants()
+
+    async def _close_media(self, p: Participant) -> None:
+        pc, p.pc = p.pc, None
+        if p.sender is not None:
+            self._close_tier_time(p, time.monotonic())
+            p.tier_since = None
+            p.bytes_before += p.sender.data_used()
+            self.tiers.unsubscribe(p.sender)
+            p.sender.stop()
+            p.sender = None
+        if p.role == "teacher" and pc is not None:
+            await self.mixer.set_teacher(None)
+        if p.mic is not None:
+            p.mic = None
+            if self.floor == p.id:
+                await self.mixer.set_floor(None)
+        if pc is not None:
+            await pc.close()
+
+    # ---- tiers and link quality --------------------------------------------------------------
+
+    def apply_tier(self, p: Participant, reason: str) -> None:
+        tier = p.controller.tier
+        if p.sender is not None and p.sender.ready and self.tiers.tier_of(p.sender) != tier:
+            self._close_tier_time(p, time.monotonic())
+            self.tiers.move(p.sender, tier)
+        p.send({"type": "tier", "tier": tier, "data_saver": p.controller.data_saver,
+                "reason": reason})
+
+    def client_stats(self, p: Participant, stats: dict[str, float]) -> None:
+        """Cumulative ``getStats`` figures from the student page, turned into deltas."""
+        last, p.last_client = p.last_client, stats
+
+        def delta(name: str) -> int:
+            return max(int(stats.get(name, 0) - last.get(name, 0)), 0)
+
+        if not last:
+            return
+        changed = p.controller.client_report(
+            packets_lost=delta("packets_lost"), packets_received=delta("packets_received"),
+            jitter_s=stats.get("jitter"), concealed_samples=delta("concealed_samples"),
+            total_samples=delta("total_samples"),
+            silent_concealed_samples=delta("silent_concealed_samples"))
+        if changed:
+            self.apply_tier(p, "link")
+
+    def set_data_saver(self, p: Participant, on: bool) -> None:
+        p.controller.set_data_saver(on)
+        self.apply_tier(p, "data_saver")
+
+    async def _tick(self) -> None:
+        """Every 2 s: RTCP-driven adaptation, data used, the teacher's participant list."""
+        last_report: dict[str, Any] = {}
+        last_save = time.monotonic()
+        while True:
+            await asyncio.sleep(TICK_SECONDS)
+            for p in list(self.students.values()):
+                if p.sender is None or not p.sender.ready:
+                    continue
+                q = p.sender.link_quality()
+                if q.reported_at is not None and last_report.get(p.id) != q.reported_at:
+                    last_report[p.id] = q.reported_at
+                    if p.controller.rtcp_report(int((q.fraction_lost or 0) * 256),
+                                                (q.jitter_ms or 0) * 48,
+                                                None if q.rtt_ms is None else q.rtt_ms / 1000):
+                        self.apply_tier(p, "link")
+                p.send({"type": "usage", "bytes": p.data_used(),
+                        "seconds": round(p.seconds_present + (time.monotonic() - p.present_since
+                                                              if p.present_since else 0))})
+            self.send_participants()
+            if time.monotonic() - last_save > SAVE_SECONDS:
+                last_save = time.monotonic()
+                await self._save_attendance()
+
+    # ---- hands, floor, room state ------------------------------------------------------------
+
+    def set_hand(self, p: Participant, up: bool) -> None:
+        if up == (p.hand_since is not None):
+            return
+        p.hand_since = time.monotonic() if up else None
+        if self.teacher is not None:
+            self.teacher.send({"type": "hands", "queue": self.hands()})
+        self.send_participants()
+
+    def hands(self) -> list[str]:
+        raised = [p for p in self.students.values() if p.hand_since is not None]
+        return [p.id for p in sorted(raised, key=lambda p: p.hand_since or 0.0)]
+
+    async def give_floor(self, pid: Optional[str]) -> None:
+        """One floor at a time: the previous holder stops, the new one is asked to publish."""
+        if pid is not None and pid not in self.students:
+            raise AppError("unknown_participant", "No such participant.", status=404)
+        previous = self.students.get(self.floor) if self.floor else None
+        self.floor = pid
+        if previous is not None:
+            previous.send({"type": "floor", "you": False})
+            previous.mic = None
+        await self.mixer.set_floor(None)
+        if pid is not None:
+            holder = self.students[pid]
+            self.set_hand(holder, False)
+            holder.send({"type": "floor", "you": True})
+        self.broadcast_room()
+
+    def room_state(self) -> dict[str, Any]:
+        return {"type": "room", "teacher_present": bool(self.teacher and self.teacher.outbox),
+                "floor": self.floor, "students": sum(1 for s in self.students.values() if s.outbox),
+                "state": self.state}
+
+    def broadcast_room(self) -> None:
+        message = self.room_state()
+        for p in self.everyone():
+            p.send(message)
+
+    def send_participants(self) -> None:
+        if self.teacher is None or self.teacher.outbox is None:
+            return
+        listing = []
+        for p in self.students.values():
+            q = p.controller.link_quality()
+            listing.append({"id": p.id, "name": p.name, "tier": p.controller.tier,
+                            "quality": q.grade.value, "loss_pct": q.loss_pct,
+                            "jitter_ms": q.jitter_ms, "rtt_ms": q.rtt_ms,
+                            "hand": p.hand_since is not None,
+                            "connected": p.outbox is not None and p.connected})
+        self.teacher.send({"type": "participants", "list": listing})
+
+    # ---- attendance --------------------------------------------------------------------------
+
+    async def _save_attendance(self, final: bool = False) -> None:
+        for p in list(self.students.values()):
+            await self._save_one(p, final)
+
+    async def _save_one(self, p: Participant, final: bool = False) -> None:
+        now = time.monotonic()
+        present = p.seconds_present + (now - p.present_since if p.present_since else 0.0)
+        tiers = dict(p.tier_seconds)
+        if p.tier_since is not None and p.sender is not None:
+            tier = self.tiers.tier_of(p.sender) or p.controller.tier
+            tiers[tier] = tiers.get(tier, 0.0) + now - p.tier_since
+        async with self._sessions() as db:
+            row = (await db.execute(select(Attendance).where(
+                Attendance.lesson_id == self.lesson.id,
+                Attendance.participant_key == p.key))).scalar_one_or_none()
+            if row is None:
+                row = Attendance(lesson_id=self.lesson.id, participant_key=p.key,
+                                 student_id=p.student_id, name=p.name, joined_at=p.joined_at)
+                db.add(row)
+            row.seconds_present = round(present, 1)
+            row.bytes_sent = p.data_used()
+            row.tier_seconds = {k: round(v, 1) for k, v in tiers.items()}
+            row.left_at = None if (p.outbox is not None and not final) else utcnow()
+            await db.commit()

@@ -1,0 +1,340 @@
+"""The WebSocket at ``/ws``: one per participant, JSON messages as in ``docs/protocol.md``.
+
+Each connection has one reader (this handler), one writer task draining a bounded outbox, a
+deadline for ``hello``, a message-rate limit, and a log context carrying the connection id. A
+client whose outbox fills up (it stopped reading) is dropped rather than waited for, so one stuck
+phone never holds up a room. Messages are validated by pydantic models before anything acts on
+them; a bad one gets an ``error`` message and changes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import time
+from typing import Annotated, Any, Literal, Optional, Union
+
+from aiohttp import WSMsgType, web
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from . import codes, logs
+from .errors import AppError
+from .live import waiting_lesson
+from . import joining
+from .plumbing import viewer
+from .room import Participant, Room
+from .rooms import ROOMS
+
+log = logging.getLogger("groom.signaling")
+
+
+MAX_MESSAGE = 16 * 1024
+OUTBOX_SIZE = 64
+HELLO_SECONDS = 10.0
+RATE_PER_SECOND = 10.0  # sustained messages per second per connection
+RATE_BURST = 40.0
+
+
+class _Msg(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Hello(_Msg):
+    type: Literal["hello"]
+    role: Literal["student", "teacher"]
+    code: Optional[str] = Field(default=None, max_length=32)
+    card: Optional[str] = Field(default=None, max_length=32)
+    name: Optional[str] = Field(default=None, max_length=80)
+    lesson_id: Optional[int] = Field(default=None, ge=1, le=2**31)
+    resume: Optional[str] = Field(default=None, max_length=64)
+
+
+class Offer(_Msg):
+    type: Literal["offer"]
+    sdp: str = Field(max_length=MAX_MESSAGE)
+
+
+class Stats(_Msg):
+    type: Literal["stats"]
+    packets_received: float = Field(default=0, ge=0)
+    packets_lost: float = Field(default=0, ge=-1e9)
+    jitter: Optional[float] = Field(default=None, ge=0, le=60)
+    concealed_samples: float = Field(default=0, ge=0)
+    silent_concealed_samples: float = Field(default=0, ge=0)
+    total_samples: float = Field(default=0, ge=0)
+    bytes_received: float = Field(default=0, ge=0)
+
+
+class DataSaver(_Msg):
+    type: Literal["data_saver"]
+    on: bool
+
+
+class Hand(_Msg):
+    type: Literal["hand"]
+    up: bool
+
+
+class Floor(_Msg):
+    type: Literal["floor"]
+    participant_id: Optional[str] = Field(default=None, max_length=40)
+
+
+class Kick(_Msg):
+    type: Literal["kick"]
+    participant_id: str = Field(max_length=40)
+
+
+class End(_Msg):
+    type: Literal["end"]
+
+
+class Ping(_Msg):
+    type: Literal["ping"]
+
+
+Message = Annotated[Union[Hello, Offer, Stats, DataSaver, Hand, Floor, Kick, End, Ping],
+                    Field(discriminator="type")]
+_parse = TypeAdapter(Message)
+TEACHER_ONLY = (Floor, Kick, End)
+STUDENT_ONLY = (Stats, DataSaver, Hand)
+
+
+class Connection:
+    """The outbox of one socket: bounded, drained by one writer task."""
+
+    def __init__(self, ws: web.WebSocketResponse, cid: str) -> None:
+        self.ws = ws
+        self.cid = cid
+        self._queue: asyncio.Queue[Optional[str]] = asyncio.Queue(OUTBOX_SIZE)
+        self._close: Optional[tuple[int, str]] = None
+        self._writer = asyncio.create_task(self._write(), name=f"ws-writer-{cid}")
+
+    def send(self, message: dict[str, Any]) -> None:
+        if self._close is not None:
+            return
+        try:
+            self._queue.put_nowait(json.dumps(message, ensure_ascii=False))
+        except asyncio.QueueFull:
+            log.warning("client too slow; dropping", extra={"conn": self.cid})
+            self.close(1013, "too slow")
+
+    def close(self, code: int, reason: str) -> None:
+        if self._close is None:
+            self._close = (code, reason)
+            try:
+                self._queue.put_nowait(None)
+            except asyncio.QueueFull:
+                self._writer.cancel()
+                asyncio.ensure_future(self.ws.close(code=code, message=reason.encode()))
+
+    async def _write(self) -> None:
+        try:
+            while True:
+                text = await self._queue.get()
+                if text is None:
+                    break
+                await asyncio.wait_for(self.ws.send_str(text), timeout=10)
+        except (ConnectionError, asyncio.TimeoutError, RuntimeError):
+            pass
+        code, reason = self._close or (1000, "")
+        await self.ws.close(code=code, message=reason.encode())
+
+    async def stop(self) -> None:
+        self.close(1000, "")
+        try:
+            await asyncio.wait_for(self._writer, timeout=5)
+        except (asyncio.TimeoutError, asyncio.CancelledError):
+            self._writer.cancel()
+
+
+def _same_origin(request: web.Request) -> bool:
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return True  # not a browser (aiortc clients, scripts): cookies are not ambient there
+    return origin.split("://", 1)[-1] == request.host
+
+
+async def websocket(request: web.Request) -> web.StreamResponse:
+    if not _same_origin(request):
+        raise AppError("forbidden", "You are not allowed to do this.", status=403)
+    ws = web.WebSocketResponse(max_msg_size=MAX_MESSAGE, heartbeat=25)
+    await ws.prepare(request)
+    cid = secrets.token_hex(4)
+    token = logs.request_id.set("ws-" + cid)
+    conn = Connection(ws, cid)
+    session = _Session(request, conn)
+    try:
+        await session.run()
+    except Exception:
+        log.exception("websocket handler failed", extra={"conn": cid})
+    finally:
+        session.leave()
+        await conn.stop()
+        logs.request_id.reset(token)
+    return ws
+
+
+class _Session:
+    """What one socket is doing: first the hello, then the participant's messages."""
+
+    def __init__(self, request: web.Request, conn: Connection) -> None:
+        self.request = request
+        self.conn = conn
+        self.rooms = request.app[ROOMS]
+        self.room: Optional[Room] = None
+        self.me: Optional[Participant] = None
+        self._allowance = RATE_BURST
+        self._last = time.monotonic()
+
+    def leave(self) -> None:
+        if self.room is not None and self.me is not None:
+            self.room.detach(self.me, self.conn)
+
+    def _within_rate(self) -> bool:
+        now = time.monotonic()
+        self._allowance = min(RATE_BURST, self._allowance + (now - self._last) * RATE_PER_SECOND)
+        self._last = now
+        self._allowance -= 1
+        return self._allowance >= 0
+
+    async def _next(self, timeout: Optional[float] = None) -> Optional[Any]:
+        """The next valid message, None when the socket closed. Bad ones answered with error."""
+        while True:
+            msg = await self.conn.ws.receive(timeout=timeout)
+            if msg.type != WSMsgType.TEXT:
+                if msg.type == WSMsgType.BINARY:
+                    self.conn.send(_error("bad_message", "Send JSON text messages."))
+                    continue
+                if msg.type == WSMsgType.ERROR and isinstance(msg.data, Exception) \
+                        and "size" in str(msg.data).lower():
+                    self.conn.close(1009, "message too big")
+                return None
+            if not self._within_rate():
+                self.conn.close(4429, "too many messages")
+                return None
+            try:
+                return _parse.validate_json(msg.data)
+            except ValidationError as exc:
+                first = exc.errors(include_url=False, include_input=False)[0]
+                where = ".".join(str(p) for p in first["loc"])
+                self.conn.send(_error("bad_message", f"Message not valid: {where}: {first['msg']}"))
+
+    async def run(self) -> None:
+        try:
+            hello = await self._next(timeout=HELLO_SECONDS)
+        except asyncio.TimeoutError:
+            self.conn.close(4408, "no hello")
+            return
+        if hello is None:
+            return
+        if not isinstance(hello, Hello):
+            self.conn.close(4400, "hello expected")
+            return
+        try:
+            await self._hello(hello)
+        except AppError as exc:
+            self.conn.send(_error(exc.code, str(exc)))
+            self.conn.close(_CLOSE_FOR_STATUS.get(exc.status, 4400), exc.code)
+            return
+        if self.room is None or self.me is None:
+            return
+        while True:
+            message = await self._next()
+            if message is None:
+                return
+            try:
+                await self._handle(message)
+            except AppError as exc:
+                self.conn.send(_error(exc.code, str(exc)))
+
+    async def _hello(self, hello: Hello) -> None:
+        if hello.role == "teacher":
+            v = await viewer(self.request)
+            if v is None:
+                raise AppError("unauthorized", "Please log in.", status=401)
+            if hello.lesson_id is None:
+                raise AppError("bad_message", "A teacher's hello needs lesson_id.", status=400)
+            room = await self.rooms.open(hello.lesson_id, v)
+            me = room.add_teacher(v.user.display_name, v.user.id, self.conn, hello.resume)
+        else:
+            found = await joining.check_code(self.request, hello.card or hello.code or "")
+            name = (found.student.name if found.student else (hello.name or "").strip())
+            if not name:
+                raise AppError("name_required", "Please enter your name.", status=400)
+            room = self.rooms.for_class(found.classroom.id)
+            if room is None:
+                self.conn.send({"type": "waiting", "lesson": waiting_lesson(found)})
+                room = await self._wait_for_start(found.classroom.id)
+                if room is None:
+                    return
+            key = (f"student:{found.student.id}" if found.student
+                   else f"guest:{codes.normalize(name)[:40]}:{secrets.token_hex(4)}")
+            me = room.add_student(name, key, found.student.id if found.student else None,
+                                  self.conn, hello.resume)
+        self.room, self.me = room, me
+        self.conn.send({"type": "welcome", "participant_id": me.id, "resume": me.resume,
+                        "listen_token": me.listen_token, "role": me.role,
+                        "lesson": room.lesson.public(), "ice_servers": room.ice_servers,
+                        "tier": me.controller.tier, "room": room.room_state()})
+        if me.role == "teacher":
+            room.send_participants()
+            self.conn.send({"type": "hands", "queue": room.hands()})
+
+    async def _wait_for_start(self, class_id: int) -> Optional[Room]:
+        """Hold a waiting student until the lesson starts, answering pings meanwhile."""
+        waiter = asyncio.create_task(self.rooms.wait_for_class(class_id))
+        try:
+            while not waiter.done():
+                reader = asyncio.create_task(self._next())
+                done, _ = await asyncio.wait({waiter, reader}, return_when=asyncio.FIRST_COMPLETED)
+                if reader in done:
+                    message = reader.result()
+                    if message is None:
+                        return None
+                    if isinstance(message, Ping):
+                        self.conn.send({"type": "pong"})
+                else:
+                    reader.cancel()
+            return waiter.result()
+        finally:
+            waiter.cancel()
+
+    async def _handle(self, message: Any) -> None:
+        room, me = self.room, self.me
+        assert room is not None and me is not None
+        if isinstance(message, TEACHER_ONLY) and me.role != "teacher":
+            raise AppError("forbidden", "Only the teacher can do this.", status=403)
+        if isinstance(message, STUDENT_ONLY) and me.role != "student":
+            raise AppError("forbidden", "Only students can do this.", status=403)
+        if isinstance(message, Ping):
+            self.conn.send({"type": "pong"})
+        elif isinstance(message, Offer):
+            if me.role == "student" and me.pc is not None and room.floor != me.id \
+                    and "a=sendrecv" in message.sdp:
+                raise AppError("no_floor", "You do not have the floor.", status=403)
+            answer = await room.answer(me, message.sdp)
+            self.conn.send({"type": "answer", "sdp": answer})
+        elif isinstance(message, Stats):
+            room.client_stats(me, message.model_dump(exclude={"type"}))
+        elif isinstance(message, DataSaver):
+            room.set_data_saver(me, message.on)
+        elif isinstance(message, Hand):
+            room.set_hand(me, message.up)
+        elif isinstance(message, Floor):
+            await room.give_floor(message.participant_id)
+        elif isinstance(message, Kick):
+            await room.kick(message.participant_id)
+        elif isinstance(message, End):
+            await room.end("teacher_ended")
+        elif isinstance(message, Hello):
+            raise AppError("bad_message", "Already joined.", status=400)
+
+
+_CLOSE_FOR_STATUS = {400: 4400, 401: 4401, 403: 4403, 404: 4404, 409: 4409, 410: 4410, 429: 4429}
+
+
+def _error(code: str, message: str) -> dict[str, Any]:
+    return {"type": "error", "code": code, "message": message}

@@ -1,0 +1,132 @@
+"""Real aiortc participants for live-lesson tests: they speak the protocol of docs/protocol.md.
+
+A ``Peer`` is a WebSocket plus an ``RTCPeerConnection`` to a real server. The teacher sends
+``media/speech.wav``; a student records what it hears (decoded frames) so tests can check that
+audio arrived, was not silent, and lost nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+import aiohttp
+import numpy as np
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.contrib.media import MediaPlayer
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+SPEECH = Path(__file__).resolve().parent.parent / "media" / "speech.wav"
+
+
+class Peer:
+    def __init__(self, base_url: str, http: Optional[aiohttp.ClientSession] = None) -> None:
+        self.base_url = base_url
+        self.http = http or aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
+        self.ws: Optional[aiohttp.ClientWebSocketResponse] = None
+        self.pc: Optional[RTCPeerConnection] = None
+        self.inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.messages: list[dict[str, Any]] = []
+        self.welcome: dict[str, Any] = {}
+        self.frames: list[np.ndarray] = []  # decoded audio received (mono int16)
+        self.frame_pts: list[int] = []
+        self._tasks: list[asyncio.Task[Any]] = []
+        self.closed_code: Optional[int] = None
+        self.player: Optional[MediaPlayer] = None
+        self.reading = True  # a "stalled" student stops reading its track
+
+    async def connect(self, hello: dict[str, Any]) -> dict[str, Any]:
+        self.ws = await self.http.ws_connect(self.base_url.replace("http", "ws") + "/ws")
+        self._tasks.append(asyncio.create_task(self._read_ws()))
+        await self.send(hello)
+        return await self.expect("welcome", "waiting", "error")
+
+    async def send(self, message: dict[str, Any]) -> None:
+        assert self.ws is not None
+        await self.ws.send_str(json.dumps(message))
+
+    async def _read_ws(self) -> None:
+        assert self.ws is not None
+        async for msg in self.ws:
+            if msg.type == aiohttp.WSMsgType.TEXT:
+                data = json.loads(msg.data)
+                self.messages.append(data)
+                if data["type"] == "welcome":
+                    self.welcome = data
+                await self.inbox.put(data)
+        self.closed_code = self.ws.close_code
+        await self.inbox.put({"type": "_closed", "code": self.ws.close_code})
+
+    async def expect(self, *types: str, timeout: float = 15.0) -> dict[str, Any]:
+        async def wait() -> dict[str, Any]:
+            while True:
+                message = await self.inbox.get()
+                if message["type"] in types or message["type"] == "_closed":
+                    return message
+
+        return await asyncio.wait_for(wait(), timeout)
+
+    async def negotiate(self, *, send_audio: bool, receive_audio: bool) -> None:
+        """Full offer (ICE gathered) -> answer; waits for the connection to be up."""
+        if self.pc is not None:
+            await self.pc.close()
+        self.pc = pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        if send_audio:
+            self.player = MediaPlayer(str(SPEECH), loop=True)
+            pc.addTransceiver(self.player.audio, direction="sendrecv" if receive_audio else "sendonly")
+        else:
+            pc.addTransceiver("audio", direction="recvonly")
+
+        @pc.on("track")
+        def on_track(track: MediaStreamTrack) -> None:
+            self._tasks.append(asyncio.create_task(self._record(track)))
+
+        await pc.setLocalDescription(await pc.createOffer())
+        await self.send({"type": "offer", "sdp": pc.localDescription.sdp})
+        answer = await self.expect("answer", "error")
+        assert answer["type"] == "answer", answer
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
+        for _ in range(200):
+            if pc.connectionState == "connected":
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"connection state {pc.connectionState}")
+
+    async def _record(self, track: MediaStreamTrack) -> None:
+        try:
+            while True:
+                if not self.reading:
+                    await asyncio.sleep(0.05)
+                    continue
+                frame = await track.recv()
+                samples = frame.to_ndarray().reshape(-1)
+                if frame.layout.name == "stereo":
+                    samples = samples[::2]
+                self.frames.append(samples.astype(np.int16))
+                self.frame_pts.append(frame.pts)
+        except MediaStreamError:
+            pass
+
+    def rms(self, last_seconds: Optional[float] = None) -> float:
+        if not self.frames:
+            return 0.0
+        audio = np.concatenate(self.frames).astype(np.float64)
+        if last_seconds:
+            audio = audio[-int(48000 * last_seconds):]
+        return float(np.sqrt(np.mean(audio ** 2))) if audio.size else 0.0
+
+    def seconds_received(self) -> float:
+        return sum(len(f) for f in self.frames) / 48000
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        if self.pc is not None:
+            await self.pc.close()
+        if self.player is not None and self.player.audio is not None:
+            self.player.audio.stop()
+        if self.ws is not None:
+            await self.ws.close()
+        await self.http.close()

@@ -1,0 +1,320 @@
+"""The live lesson end to end: a real server, a teacher and students as real aiortc peers."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import io
+import itertools
+import time
+from pathlib import Path
+from typing import Any, AsyncIterator, Iterator
+
+import aiohttp
+import av
+import numpy as np
+import pytest
+from aiortc.mediastreams import AudioStreamTrack
+
+from peers import Peer
+from servers import ApiClient, GroomServer, database_backends
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(scope="module", params=database_backends())
+def live(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[GroomServer, dict[str, Any]]]:
+    srv = GroomServer(tmp_path_factory.mktemp(f"live-{request.param}"), request.param,
+                      args=("--demo", "--json", "--grace-seconds", "4", "--tier-up-seconds", "2",
+                            "--join-attempts-per-minute", "1000"))
+    srv.start()
+    demo: dict[str, Any] = {}
+    for _ in range(100):
+        for line in srv.log_lines():
+            if "admin_url" in line:
+                demo = line
+        if demo:
+            break
+        time.sleep(0.1)
+    assert demo, "the demo did not print its JSON line"
+    yield srv, demo
+    srv.stop()
+
+
+_slots = itertools.count(1)
+
+
+async def _new_lesson(srv: GroomServer, demo: dict[str, Any]) -> int:
+    """A fresh 5-minute lesson of the demo class, in its own slot so it clashes with nothing."""
+    client = ApiClient(srv.base_url)
+    try:
+        await client.login(demo["admin_login"]["username"], demo["admin_login"]["password"])
+        start = dt.datetime.now(dt.timezone.utc) + dt.timedelta(minutes=5 * next(_slots))
+        status, body = await client.call("POST", f"/api/classes/{demo['class_id']}/lessons", json={
+            "title": "Live test", "starts_at": start.isoformat(), "duration_minutes": 5})
+        assert status == 201, body
+        return int(body["id"])
+    finally:
+        await client.close()
+
+
+async def _teacher(srv: GroomServer, demo: dict[str, Any], *, silent: bool = False) -> Peer:
+    lesson_id = await _new_lesson(srv, demo)
+    demo["lesson_id"] = lesson_id
+    peer = Peer(srv.base_url)
+    login = demo["teacher_login"]
+    async with peer.http.post(srv.base_url + "/api/login", json=login) as resp:
+        assert resp.status == 200
+    welcome = await peer.connect({"type": "hello", "role": "teacher", "lesson_id": lesson_id})
+    assert welcome["type"] == "welcome", welcome
+    if silent:
+        from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+
+        pc = peer.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        pc.addTransceiver(AudioStreamTrack(), direction="sendrecv")
+
+        @pc.on("track")
+        def on_track(track: Any) -> None:
+            peer._tasks.append(asyncio.create_task(peer._record(track)))
+
+        await pc.setLocalDescription(await pc.createOffer())
+        await peer.send({"type": "offer", "sdp": pc.localDescription.sdp})
+        answer = await peer.expect("answer")
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
+    else:
+        await peer.negotiate(send_audio=True, receive_audio=True)
+    return peer
+
+
+async def _student(srv: GroomServer, demo: dict[str, Any], name: str, **extra: Any) -> Peer:
+    peer = Peer(srv.base_url)
+    welcome = await peer.connect({"type": "hello", "role": "student", "code": demo["class_code"],
+                                  "name": name, **extra})
+    assert welcome["type"] == "welcome", welcome
+    await peer.negotiate(send_audio=False, receive_audio=True)
+    return peer
+
+
+async def _end(teacher: Peer) -> None:
+    await teacher.send({"type": "end"})
+    await teacher.expect("ended")
+
+
+async def _inbound(peer: Peer) -> Any:
+    assert peer.pc is not None
+    stats = await peer.pc.getStats()
+    return next(s for s in stats.values() if s.type == "inbound-rtp")
+
+
+async def test_teacher_voice_reaches_students_on_their_tiers(live: tuple[GroomServer, dict[str, Any]]) -> None:
+    srv, demo = live
+    teacher = await _teacher(srv, demo)
+    students = [await _student(srv, demo, f"Student {i}") for i in range(2)]
+    saver = students[1]
+    try:
+        await saver.send({"type": "data_saver", "on": True})
+        tier = await saver.expect("tier")
+        assert tier["tier"] == "low" and tier["data_saver"] is True
+        await asyncio.sleep(5)
+        for s in students:
+            assert s.seconds_received() > 2.0, s.seconds_received()
+            assert s.rms(last_seconds=4) > 100, "students must hear the teacher's speech"
+        participants = [m for m in teacher.messages if m["type"] == "participants"][-1]["list"]
+        tiers = {p["name"]: p["tier"] for p in participants}
+        assert tiers == {"Student 0": "standard", "Student 1": "low"}
+        usage = await students[0].expect("usage")
+        assert usage["bytes"] > 0
+    finally:
+        await _end(teacher)
+        for p in (teacher, *students):
+            await p.close()
+    async with aiohttp.ClientSession() as http:
+        # The lesson is over: it is marked ended and attendance was kept for both students.
+        async with http.post(srv.base_url + "/api/login", json=demo["admin_login"]) as resp:
+            assert resp.status == 200
+
+
+async def test_tier_moves_lose_nothing(live: tuple[GroomServer, dict[str, Any]]) -> None:
+    srv, demo = live
+    teacher = await _teacher(srv, demo)
+    student = await _student(srv, demo, "Mover")
+    try:
+        await asyncio.sleep(2)
+        for on in (True, False, True, False):
+            await student.send({"type": "data_saver", "on": on})
+            await student.expect("tier")
+            await asyncio.sleep(1.5)
+        inbound = await _inbound(student)
+        assert inbound.packetsReceived > 40
+        assert inbound.packetsLost == 0
+        # Good client reports for a while move the student up to the top tier (tier_up 2 s).
+        received = 0
+        for _ in range(6):
+            inbound = await _inbound(student)
+            received = inbound.packetsReceived
+            await student.send({"type": "stats", "packets_received": received, "packets_lost": 0,
+                                "jitter": 0.005, "concealed_samples": 0, "total_samples": received * 2880})
+            await asyncio.sleep(1.0)
+        tiers = [m["tier"] for m in student.messages if m["type"] == "tier"]
+        assert tiers[-1] == "high", tiers
+        await asyncio.sleep(1.5)
+        inbound = await _inbound(student)
+        assert inbound.packetsLost == 0 and inbound.packetsReceived > received
+        assert student.rms(last_seconds=1) > 50
+    finally:
+        await _end(teacher)
+        await teacher.close()
+        await student.close()
+
+
+async def test_stalled_student_does_not_delay_others(live: tuple[GroomServer, dict[str, Any]]) -> None:
+    srv, demo = live
+    teacher = await _teacher(srv, demo)
+    stalled = await _student(srv, demo, "Stalled")
+    healthy = await _student(srv, demo, "Healthy")
+    try:
+        await asyncio.sleep(1)
+        # Stop reading the stalled student's UDP socket: its kernel buffer fills up.
+        assert stalled.pc is not None
+        ice = stalled.pc.getTransceivers()[0].receiver.transport.transport
+        for pair in ice._connection._nominated.values():
+            pair.protocol.transport.pause_reading()
+        before = healthy.seconds_received()
+        await asyncio.sleep(6)
+        gained = healthy.seconds_received() - before
+        assert gained > 5.0, f"healthy student got {gained:.1f} s of audio in 6 s"
+        inbound = await _inbound(healthy)
+        assert inbound.packetsLost == 0
+    finally:
+        await _end(teacher)
+        for p in (teacher, stalled, healthy):
+            await p.close()
+
+
+async def test_floor_audio_reaches_everyone(live: tuple[GroomServer, dict[str, Any]]) -> None:
+    srv, demo = live
+    teacher = await _teacher(srv, demo, silent=True)
+    speaker = await _student(srv, demo, "Speaker")
+    listener = await _student(srv, demo, "Listener")
+    try:
+        await asyncio.sleep(2)
+        assert listener.rms(last_seconds=1) < 50, "the teacher is silent in this test"
+        await speaker.send({"type": "hand", "up": True})
+        hands = await teacher.expect("hands")
+        while hands["queue"] != [speaker.welcome["participant_id"]]:
+            hands = await teacher.expect("hands")
+        # A student cannot give itself the floor, nor publish without it.
+        await speaker.send({"type": "floor", "participant_id": speaker.welcome["participant_id"]})
+        assert (await speaker.expect("error"))["code"] == "forbidden"
+        await teacher.send({"type": "floor", "participant_id": speaker.welcome["participant_id"]})
+        floor = await speaker.expect("floor")
+        assert floor["you"] is True
+        await _publish_mic(speaker)
+        await asyncio.sleep(4)
+        assert listener.rms(last_seconds=2) > 100, "everyone hears the student holding the floor"
+        assert teacher.rms(last_seconds=2) > 100, "the teacher hears the floor too"
+        await teacher.send({"type": "floor", "participant_id": None})
+        assert (await speaker.expect("floor"))["you"] is False
+        await asyncio.sleep(2.5)
+        assert listener.rms(last_seconds=1) < 50
+    finally:
+        await _end(teacher)
+        for p in (teacher, speaker, listener):
+            await p.close()
+
+
+async def _publish_mic(peer: Peer) -> None:
+    """Renegotiate on the same connection with the microphone added (sendrecv)."""
+    from aiortc import RTCSessionDescription
+    from aiortc.contrib.media import MediaPlayer
+
+    from peers import SPEECH
+
+    assert peer.pc is not None
+    peer.player = MediaPlayer(str(SPEECH), loop=True)
+    transceiver = peer.pc.getTransceivers()[0]
+    transceiver.direction = "sendrecv"
+    transceiver.sender.replaceTrack(peer.player.audio)
+    await peer.pc.setLocalDescription(await peer.pc.createOffer())
+    await peer.send({"type": "offer", "sdp": peer.pc.localDescription.sdp})
+    answer = await peer.expect("answer", "error")
+    assert answer["type"] == "answer", answer
+    await peer.pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
+
+
+async def test_teacher_reconnect_within_grace_keeps_the_room(live: tuple[GroomServer, dict[str, Any]]) -> None:
+    srv, demo = live
+    teacher = await _teacher(srv, demo)
+    student = await _student(srv, demo, "Patient")
+    resume = teacher.welcome["resume"]
+    http = teacher.http
+    try:
+        assert teacher.ws is not None
+        await teacher.ws.close()
+        if teacher.pc is not None:
+            await teacher.pc.close()
+        room = await student.expect("room")
+        while room["teacher_present"]:
+            room = await student.expect("room")
+        again = Peer(srv.base_url, http=http)
+        welcome = await again.connect({"type": "hello", "role": "teacher",
+                                       "lesson_id": demo["lesson_id"], "resume": resume})
+        assert welcome["type"] == "welcome"
+        await again.negotiate(send_audio=True, receive_audio=True)
+        room = await student.expect("room")
+        while not room["teacher_present"]:
+            room = await student.expect("room")
+        await asyncio.sleep(3)
+        assert student.rms(last_seconds=2) > 100
+        assert not [m for m in student.messages if m["type"] == "ended"]
+        await _end(again)
+        await again.close()
+    finally:
+        await student.close()
+
+
+async def test_teacher_gone_past_grace_ends_the_lesson(live: tuple[GroomServer, dict[str, Any]]) -> None:
+    srv, demo = live
+    teacher = await _teacher(srv, demo)
+    student = await _student(srv, demo, "Left alone")
+    try:
+        assert teacher.ws is not None
+        await teacher.ws.close()
+        ended = await student.expect("ended", timeout=15)
+        assert ended["reason"] == "teacher_gone"
+    finally:
+        await teacher.close()
+        await student.close()
+    # The next lesson must be created for later tests: the demo refreshes its lesson on start.
+
+
+async def test_http_fallback_stream_decodes(live: tuple[GroomServer, dict[str, Any]]) -> None:
+    srv, demo = live
+    teacher = await _teacher(srv, demo)
+    student = Peer(srv.base_url)
+    try:
+        welcome = await student.connect({"type": "hello", "role": "student",
+                                         "code": demo["class_code"], "name": "No WebRTC"})
+        token = welcome["listen_token"]
+        await asyncio.sleep(1)
+        data = bytearray()
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{srv.base_url}/listen/{token}.ogg") as resp:
+                assert resp.status == 200 and resp.content_type == "audio/ogg"
+                loop = asyncio.get_running_loop()
+                deadline = loop.time() + 4
+                while loop.time() < deadline:
+                    chunk = await resp.content.read(4096)
+                    if not chunk:
+                        break
+                    data += chunk
+        with av.open(io.BytesIO(bytes(data)), format="ogg") as container:
+            samples = [f.to_ndarray().astype(np.float64).reshape(-1) for f in container.decode(audio=0)]
+        audio = np.concatenate(samples)
+        seconds = audio.size / 48000
+        assert 2.0 < seconds < 9.0, seconds
+        assert float(np.sqrt(np.mean(audio ** 2))) > 100
+    finally:
+        await _end(teacher)
+        await teacher.close()
+        await student.close()

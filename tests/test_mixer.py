@@ -1,0 +1,268 @@
+"""The mixer with real aiortc peers: pacing, continuous pts, floor mixing and return, bounds."""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from aiortc import RTCConfiguration, RTCPeerConnection
+from aiortc.contrib.media import MediaPlayer
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+from groom.mixer import FRAME_SAMPLES, MAX_BUFFER, SAMPLE_RATE, Mixer
+
+SPEECH = Path(__file__).resolve().parent.parent / "media" / "speech.wav"
+
+
+@dataclass
+class Out:
+    at: float
+    pts: int
+    samples: np.ndarray
+    created: float
+
+
+class Collector:
+    """The mixer's sink: keeps every frame with the moment it arrived."""
+
+    def __init__(self) -> None:
+        self.frames: list[Out] = []
+
+    def __call__(self, frame: av.AudioFrame, created: float) -> None:
+        assert frame.format.name == "s16" and frame.layout.name == "mono"
+        assert frame.sample_rate == SAMPLE_RATE and frame.time_base == fractions.Fraction(1, SAMPLE_RATE)
+        self.frames.append(Out(time.monotonic(), frame.pts, frame.to_ndarray().reshape(-1).copy(),
+                               created))
+
+    def since(self, t: float) -> list[Out]:
+        return [f for f in self.frames if f.at >= t]
+
+
+class ToneTrack(MediaStreamTrack):
+    """A real-time 48 kHz stereo sine, like a student's microphone playing a whistle."""
+
+    kind = "audio"
+
+    def __init__(self, hz: float, amplitude: float = 0.3, speed: float = 1.0) -> None:
+        super().__init__()
+        self._hz, self._amp, self._speed = hz, amplitude, speed
+        self._n = 0
+        self._start: float | None = None
+
+    async def recv(self) -> av.AudioFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        if self._start is None:
+            self._start = time.monotonic()
+        wait = self._start + self._n * FRAME_SAMPLES / SAMPLE_RATE / self._speed - time.monotonic()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        t = (np.arange(FRAME_SAMPLES) + self._n * FRAME_SAMPLES) / SAMPLE_RATE
+        mono = (self._amp * 32767 * np.sin(2 * math.pi * self._hz * t)).astype(np.int16)
+        frame = av.AudioFrame.from_ndarray(np.repeat(mono, 2).reshape(1, -1), format="s16",
+                                           layout="stereo")
+        frame.sample_rate = SAMPLE_RATE
+        frame.pts = self._n * FRAME_SAMPLES
+        frame.time_base = fractions.Fraction(1, SAMPLE_RATE)
+        self._n += 1
+        return frame
+
+
+async def send_over_webrtc(track: MediaStreamTrack) -> tuple[MediaStreamTrack, list[RTCPeerConnection]]:
+    """Send ``track`` from one real peer to another; return the receiving side's remote track."""
+    sender = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    receiver = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    got: asyncio.Future[MediaStreamTrack] = asyncio.get_running_loop().create_future()
+    receiver.on("track", lambda t: got.done() or got.set_result(t))
+    sender.addTrack(track)
+    await sender.setLocalDescription(await sender.createOffer())
+    await receiver.setRemoteDescription(sender.localDescription)
+    await receiver.setLocalDescription(await receiver.createAnswer())
+    await sender.setRemoteDescription(receiver.localDescription)
+    return await asyncio.wait_for(got, 10), [sender, receiver]
+
+
+async def close(pcs: list[RTCPeerConnection]) -> None:
+    for pc in pcs:
+        await pc.close()
+
+
+def rms_dbfs(samples: np.ndarray) -> float:
+    x = samples.astype(np.float64)
+    ms = float(np.mean(x * x)) if len(x) else 0.0
+    return 10 * math.log10(ms / 32768.0**2) if ms > 0 else -120.0
+
+
+def tone_share(samples: np.ndarray, hz: float) -> float:
+    """Fraction of the signal's energy within 20 Hz of ``hz``."""
+    spectrum = np.abs(np.fft.rfft(samples.astype(np.float64))) ** 2
+    freqs = np.fft.rfftfreq(len(samples), 1 / SAMPLE_RATE)
+    return float(spectrum[np.abs(freqs - hz) < 20].sum() / max(spectrum.sum(), 1e-9))
+
+
+def assert_paced(frames: list[Out], seconds: float, draining: bool = False) -> None:
+    """One frame per 20 ms (19 ms while a backlog drains), pts contiguous, never a burst."""
+    low, high = seconds / 0.020 - 3, seconds / (0.019 if draining else 0.020) + 3
+    assert low <= len(frames) <= high, (len(frames), seconds)
+    pts = [f.pts for f in frames]
+    assert all(b - a == FRAME_SAMPLES for a, b in zip(pts, pts[1:]))
+    for i in range(len(frames) - 5):  # no more than 5 frames inside any 60 ms
+        assert frames[i + 5].at - frames[i].at > 0.060
+
+
+async def test_timer_mode_without_a_teacher_emits_paced_silence() -> None:
+    out = Collector()
+    mixer = Mixer(out)
+    mixer.start()
+    await asyncio.sleep(0.1)
+    t0 = time.monotonic()
+    await asyncio.sleep(1.0)
+    await mixer.stop()
+    frames = [f for f in out.since(t0)]
+    assert_paced(frames, time.monotonic() - t0)
+    assert all(not f.samples.any() for f in frames)
+    assert mixer.teacher_level_dbfs is None
+    # after stop, nothing more arrives
+    n = len(out.frames)
+    await asyncio.sleep(0.1)
+    assert len(out.frames) == n
+
+
+async def test_teacher_over_webrtc_is_paced_continuous_and_measured() -> None:
+    player = MediaPlayer(str(SPEECH))
+    assert player.audio is not None
+    remote, pcs = await send_over_webrtc(player.audio)
+    levels: list[float] = []
+    out = Collector()
+    mixer = Mixer(out, on_level=levels.append)
+    await mixer.set_teacher(remote)
+    mixer.start()
+    try:
+        await asyncio.sleep(1.0)  # connect, first frames
+        t0 = time.monotonic()
+        await asyncio.sleep(3.0)
+        frames = out.since(t0)
+        assert_paced(frames, time.monotonic() - t0)
+        speech = np.concatenate([f.samples for f in frames])
+        assert rms_dbfs(speech) > -40.0
+        assert mixer.teacher_level_dbfs is not None and mixer.teacher_level_dbfs > -60.0
+        assert 12 <= len(levels) <= 25  # ~5 per second over ~4 s
+        # latency added by the mixer: source arrival -> frame handed to the tiers
+        lat = sorted(f.at - f.created for f in frames if f.samples.any())
+        assert lat[len(lat) // 2] < 0.010 and lat[int(len(lat) * 0.95)] < 0.050
+        assert mixer.dropped_samples <= MAX_BUFFER
+
+        # the teacher drops out: the clock keeps running on silence, pts continue
+        await mixer.set_teacher(None)
+        t1 = time.monotonic()
+        await asyncio.sleep(1.0)
+        gap = out.since(t1)
+        assert_paced(gap, time.monotonic() - t1)
+        assert not np.concatenate([f.samples for f in gap[3:]]).any()
+        assert mixer.teacher_level_dbfs is None
+
+        # ... and comes back (reconnect): still one timeline
+        await mixer.set_teacher(remote)
+        await asyncio.sleep(1.0)
+        pts = [f.pts for f in out.frames]
+        assert all(b - a == FRAME_SAMPLES for a, b in zip(pts, pts[1:]))
+        assert rms_dbfs(np.concatenate([f.samples for f in out.frames[-25:]])) > -45.0
+    finally:
+        await mixer.stop()
+        await close(pcs)
+        player.audio.stop()
+
+
+async def test_floor_student_is_mixed_and_returned_alone_to_the_teacher() -> None:
+    player = MediaPlayer(str(SPEECH))
+    assert player.audio is not None
+    teacher, pcs1 = await send_over_webrtc(player.audio)
+    student, pcs2 = await send_over_webrtc(ToneTrack(2500.0))
+    out = Collector()
+    mixer = Mixer(out)
+    await mixer.set_teacher(teacher)
+    mixer.start()
+    back = mixer.floor_track()
+    try:
+        await asyncio.sleep(1.0)
+        await mixer.set_floor(student)
+        await asyncio.sleep(1.0)
+        t0 = time.monotonic()
+        returned: list[np.ndarray] = []
+        while time.monotonic() - t0 < 2.0:
+            returned.append((await asyncio.wait_for(back.recv(), 1.0)).to_ndarray().reshape(-1))
+        frames = out.since(t0)
+        assert_paced(frames, time.monotonic() - t0)
+        mixed = np.concatenate([f.samples for f in frames])
+        # the room hears both: the tone is there, but speech carries a good share too
+        assert 0.05 < tone_share(mixed, 2500.0) < 0.95
+        # the teacher hears only the student: almost all energy is the tone
+        alone = np.concatenate(returned)
+        assert len(alone) >= 0.9 * 2.0 * SAMPLE_RATE
+        assert tone_share(alone, 2500.0) > 0.9 and rms_dbfs(alone) > -20.0
+
+        # the floor is taken back: the return stream goes quiet, the room keeps the teacher
+        await mixer.set_floor(None)
+        while True:  # drain what was queued before
+            try:
+                await asyncio.wait_for(back.recv(), 0.1)
+            except asyncio.TimeoutError:
+                break
+        t1 = time.monotonic()
+        await asyncio.sleep(1.0)
+        assert tone_share(np.concatenate([f.samples for f in out.since(t1)]), 2500.0) < 0.01
+    finally:
+        await mixer.stop()
+        await close(pcs1 + pcs2)
+        player.audio.stop()
+    with pytest.raises(MediaStreamError):
+        await back.recv()
+
+
+async def test_a_source_faster_than_real_time_is_bounded_and_does_not_speed_up_the_clock() -> None:
+    """A track that delivers 4x real time: the buffer drops the oldest, the output stays paced."""
+    out = Collector()
+    mixer = Mixer(out)
+    fast = ToneTrack(1000.0, speed=4.0)
+    await mixer.set_teacher(fast)
+    mixer.start()
+    try:
+        await asyncio.sleep(0.2)
+        t0 = time.monotonic()
+        await asyncio.sleep(1.5)
+        frames = out.since(t0)
+        assert_paced(frames, time.monotonic() - t0, draining=True)
+        assert mixer.dropped_samples > SAMPLE_RATE  # ~3 of every 4 s of input thrown away
+        lat = [f.at - f.created for f in frames]
+        assert max(lat) < 0.110  # never older than the 100 ms buffer (+ scheduling)
+    finally:
+        await mixer.stop()
+        fast.stop()
+
+
+async def test_mixing_clips_instead_of_wrapping() -> None:
+    out = Collector()
+    mixer = Mixer(out)
+    loud_a, loud_b = ToneTrack(300.0, amplitude=0.9), ToneTrack(300.0, amplitude=0.9)
+    await mixer.set_teacher(loud_a)
+    await mixer.set_floor(loud_b)
+    mixer.start()
+    try:
+        await asyncio.sleep(0.5)
+    finally:
+        await mixer.stop()
+        loud_a.stop()
+        loud_b.stop()
+    both = [f.samples for f in out.frames if f.samples.max() > 32000]
+    assert both, "the two sources were never mixed"
+    peak = np.concatenate(both)
+    # in phase, 0.9 + 0.9 would wrap negative at the crest without clipping
+    crest = np.argmax(peak)
+    assert peak[crest] == 32767
