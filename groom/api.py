@@ -63,7 +63,7 @@ async def lesson_outs(db: AsyncSession, lessons: Sequence[Lesson]) -> list[Lesso
     zones = await scheduling.zones_of(db, lessons)
     teacher_ids = {x.teacher_id for x in lessons if x.teacher_id is not None}
     names = dict((await db.execute(select(User.id, User.display_name)
-                                   .where(User.id.in_(teacher_ids)))).tuples()) if teacher_ids else {}
+                                   .where(User.id.in_(teacher_ids)))).tuples().all()) if teacher_ids else {}
     out = []
     for x in lessons:
         tz = zones[x.id]
@@ -325,7 +325,8 @@ async def create_series(request: web.Request, body: SeriesIn) -> SeriesOut:
             db, v, path_int(request, "class_id"), body.title, body.weekdays, body.start_time,
             body.duration_minutes, body.first_date, body.last_date)
         return SeriesOut(id=series.id, class_id=series.class_id, title=series.title,
-                         weekdays=_weekdays(series), start_time=series.start_time,
+                         weekdays=_weekdays(series),
+                         start_time=series.start_time.strftime("%H:%M"),
                          duration_minutes=series.duration_minutes, first_date=series.first_date,
                          last_date=series.last_date, lessons=await lesson_outs(db, lessons))
 

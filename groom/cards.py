@@ -14,21 +14,14 @@ from typing import Iterable
 
 import qrcode
 import qrcode.constants
-from aiohttp import web
 from markupsafe import Markup
 from qrcode.image.svg import SvgPathImage
 
 from .codes import pretty
-from .plumbing import SETTINGS
+from .ical import public_base  # noqa: F401  (the base URL printed on cards)
 
 _XML_DECL = re.compile(r"^<\?xml[^>]*>\s*")
 _SIZE = re.compile(r'\s(?:width|height)="[^"]*"')
-
-
-def public_base(request: web.Request) -> str:
-    """The base URL printed on cards: the configured public URL, else what the browser used."""
-    configured = request.app[SETTINGS].public_url.rstrip("/")
-    return configured or f"{request.scheme}://{request.host}"
 
 
 def qr_svg(data: str, label: str = "") -> Markup:

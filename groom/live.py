@@ -80,9 +80,6 @@ async def listen(request: web.Request) -> web.StreamResponse:
 
 async def rooms_ctx(app: web.Application) -> AsyncIterator[None]:
     """The live rooms of this process; on shutdown their sockets close with 1001."""
-    settings = app[SETTINGS]
-    app[ROOMS] = Rooms(app[SESSIONS], ice_servers=settings.ice_servers,
-                       grace_seconds=settings.grace_seconds,
-                       tier_up_seconds=settings.tier_up_seconds)
+    app[ROOMS] = Rooms(app[SESSIONS], app[SETTINGS])
     yield
     await app[ROOMS].shutdown()

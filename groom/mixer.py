@@ -6,12 +6,16 @@ on a 48 kHz clock that belongs to the mixer. Because the clock is ours, not the 
 clock, the students' streams keep running across a teacher reconnect, a floor change, a DTX
 pause or plain silence, and a student can switch tiers without a jump.
 
-Clock rule (one line in ``_run``): a frame is due every 20 ms.
-- A teacher frame goes out as soon as it is available, but never more than ``LEAD`` before it
-  is due, and the next frame is due 20 ms after it went out. So the output follows the
-  teacher's own pace (no added latency, no drift against the teacher's sound card), and a
-  backlog after a network stall (or a teacher clock that runs fast) drains at 19 ms per frame
-  instead of bursting. That only moves delivery earlier; the audio itself is not sped up.
+Clock rule (``_run``): a frame is due every 20 ms.
+- A teacher frame goes out when it arrives, and the next one is due 20 ms after that arrival.
+  So the output follows the teacher's own pace: no drift against the teacher's sound card.
+- A frame may go out up to ``CATCH_UP`` (10 ms) before it is due: a backlog (a network stall
+  released a bunch of frames; the teacher's clock runs fast) drains at twice real time, never
+  as a burst, and the schedule slides back towards early arrivals after a late one instead of
+  keeping the worst lateness as latency. Early delivery is paid from a token bucket
+  (``CATCH_UP_BUDGET``, refilled at ``CATCH_UP_REFILL``), so even a source that sends faster
+  than real time can push the output at most 5 % ahead of the wall clock; the rest is dropped
+  by the bounded buffer. Delivering early does not speed the audio up, only its transport.
 - When no teacher frame is there ``GRACE`` after it was due (the teacher's browser is in DTX,
   the network stalled, or there is no teacher), a frame of silence (plus the floor) goes out on
   the timer, with the next one due exactly 20 ms later, so timer mode does not drift either.
@@ -45,12 +49,20 @@ FRAME_SAMPLES = 960  # 20 ms
 FRAME_SECONDS = FRAME_SAMPLES / SAMPLE_RATE
 TIME_BASE = fractions.Fraction(1, SAMPLE_RATE)
 MAX_BUFFER = 5 * FRAME_SAMPLES  # 100 ms per source
-LEAD = 0.001  # a teacher frame may go out this early: a backlog drains at 19 ms per frame
+CATCH_UP = FRAME_SECONDS / 2  # a teacher frame may go out this early: at most 2x real time
+CATCH_UP_BUDGET = 5 * FRAME_SECONDS  # at most 100 ms of early delivery at once ...
+CATCH_UP_REFILL = 0.05  # ... earned back at 5 % of real time
 GRACE = 0.060  # wait this long past due for a late teacher frame before sending silence
 RESYNC = 0.200  # this far behind schedule, skip frames instead of catching up
 LEVEL_FRAMES = 10  # teacher level every 200 ms (5x/s)
 SILENCE_DBFS = -100.0
 FLOOR_TRACK_FRAMES = 5  # the teacher's return stream holds at most 100 ms
+# The floor is read at the teacher's pace, so nothing else drains a backlog of it (a burst after
+# a stall, frames queued in aiortc before it got the floor, a faster sound card): beyond
+# FLOOR_MAX_QUEUED frames waiting, the oldest are dropped down to FLOOR_KEEP, like a jitter
+# buffer dropping late packets.
+FLOOR_MAX_QUEUED = 3
+FLOOR_KEEP = 2
 
 FrameSink = Callable[[av.AudioFrame, float], None]  # TierSet.feed(frame, created)
 
@@ -76,7 +88,11 @@ class SampleBuffer:
             return
         self._chunks.append((samples, created))
         self._size += len(samples)
-        excess = self._size - self.capacity
+        self.discard(self._size - self.capacity)
+
+    def discard(self, count: int) -> None:
+        """Throw away the oldest ``count`` samples (counted in ``dropped``)."""
+        excess = min(count, self._size)
         while excess > 0:
             head, head_created = self._chunks[0]
             if len(head) <= excess:
@@ -227,6 +243,7 @@ class Mixer:
         self._task: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()  # a source was set or cleared
         self._pts = 0
+        self._budget = CATCH_UP_BUDGET  # seconds of early delivery still allowed
         self._level_sq = 0.0
         self._level_frames = 0
         self.teacher_level_dbfs: float | None = None  # None when there is no teacher
@@ -304,20 +321,26 @@ class Mixer:
     # ---- the clock -----------------------------------------------------------------------
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        due = loop.time()
+        due = last = time.monotonic()
         while True:
             teacher = self._teacher
-            now = loop.time()
+            now = time.monotonic()
+            self._budget = min(CATCH_UP_BUDGET, self._budget + (now - last) * CATCH_UP_REFILL)
+            last = now
             if teacher is not None and len(teacher.buffer) >= FRAME_SAMPLES:
-                send_at = due - LEAD
+                lead = min(CATCH_UP, self._budget)
+                send_at = due - lead
                 if now < send_at:
                     await asyncio.sleep(send_at - now)
-                    now = loop.time()
                 if self._teacher is not teacher:  # replaced while we slept
                     continue
-                self._emit(teacher.take())
-                due = max(now, send_at) + FRAME_SECONDS
+                chunk = teacher.take()
+                assert chunk is not None
+                self._budget -= lead
+                # Pace from when the frame arrived (or was allowed out), not from when this
+                # loop woke up: wake-up delays would otherwise add up to a slow clock.
+                due = max(chunk[1], send_at) + FRAME_SECONDS
+                self._emit(chunk)
             else:
                 live = teacher is not None and not teacher.ended
                 deadline = due + (GRACE if live else 0.0)
@@ -327,7 +350,7 @@ class Mixer:
                 self.silence_frames += 1
                 self._emit(None)
                 due += FRAME_SECONDS
-            behind = loop.time() - due
+            behind = time.monotonic() - due
             if behind > RESYNC:
                 skipped = int(behind / FRAME_SECONDS)
                 self.frames_skipped += skipped
@@ -351,7 +374,11 @@ class Mixer:
 
     def _emit(self, teacher_chunk: tuple[np.ndarray, float] | None) -> None:
         floor = self._floor
-        floor_chunk = floor.take() if floor is not None else None
+        floor_chunk = None
+        if floor is not None:
+            floor_chunk = floor.take()
+            if len(floor.buffer) > FLOOR_MAX_QUEUED * FRAME_SAMPLES:
+                floor.buffer.discard(len(floor.buffer) - FLOOR_KEEP * FRAME_SAMPLES)
         now = time.monotonic()
         if teacher_chunk is not None and floor_chunk is not None:
             mixed = teacher_chunk[0].astype(np.int32) + floor_chunk[0]

@@ -449,9 +449,9 @@ async def class_counts(db: AsyncSession, class_ids: Sequence[int]) -> dict[int, 
         return {}
     students = dict((await db.execute(
         select(Student.class_id, func.count()).where(Student.class_id.in_(class_ids))
-        .group_by(Student.class_id))).tuples())
+        .group_by(Student.class_id))).tuples().all())
     upcoming = dict((await db.execute(
         select(Lesson.class_id, func.count()).where(
             Lesson.class_id.in_(class_ids), Lesson.state == LessonState.scheduled,
-            Lesson.ends_at > utcnow()).group_by(Lesson.class_id))).tuples())
+            Lesson.ends_at > utcnow()).group_by(Lesson.class_id))).tuples().all())
     return {cid: (students.get(cid, 0), upcoming.get(cid, 0)) for cid in class_ids}

@@ -4,13 +4,14 @@ Inputs, in ``data_dir/recordings/<lesson_id>/``: ``audio.ogg`` (the top tier's O
 ``timeline.jsonl`` and the slide images in ``data_dir/slides/``. Outputs:
 
 - ``listen.opus``  Opus 8 kbps mono VoIP: online playback (``web/static/playback.js``).
-- ``offline.zip``  MP3 (mono 11 kHz, ~12 kbps ABR: every phone and old player can play it), the
+- ``offline.zip``  MP3 (mono 11 kHz, 8 kbps: every phone and old player can play it), the
   slide images, ``timeline.json`` and ``index.html`` (``web/templates/offline_player.html``, the
   timeline embedded so it works from ``file://``). Entries are stored, not deflated: media does
   not compress and a stored zip can be unpacked by anything.
 - ``video.webm``   VP9 at 1 fps + the Opus audio copied, made on demand by a ``video`` job.
 
-Kept per lesson: ``listen.opus`` + ``offline.zip`` (about 8-9 MB per hour, slides included).
+Kept per lesson: ``listen.opus`` + ``offline.zip``: 7.4 MB per hour of speech with 60 light
+slides (``scripts/bench_recording.py``), leaving ~2.6 MB/h for heavier slides in the 10 MB budget.
 The 32 kbps original (14 MB/h) is deleted once both exist, and the video is not made by default
 because anyone can have it regenerated in seconds (>= 100x real time) from what is kept.
 ffmpeg runs under ``nice -n 19`` so live lessons on the same machine keep their CPU; outputs are

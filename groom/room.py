@@ -30,11 +30,13 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from . import sdp
 from .adaptation import TierController, Timing
 from .errors import AppError
+from .config import Settings
 from .fallback import FallbackStream
 from .mixer import Mixer
 from .models import Attendance, Lesson, LessonState, utcnow
 from .student_sender import StudentSender, add_student_audio
 from .tiers import TierSet
+from .turn import ice_servers_for
 
 log = logging.getLogger("groom.room")
 
@@ -101,15 +103,15 @@ class Participant:
 
 
 class Room:
-    def __init__(self, lesson: LessonInfo, sessions: async_sessionmaker[AsyncSession], *,
-                 ice_servers: list[dict[str, Any]], grace_seconds: float,
-                 tier_up_seconds: float, on_closed: Callable[["Room"], None]) -> None:
+    def __init__(self, lesson: LessonInfo, sessions: async_sessionmaker[AsyncSession],
+                 settings: Settings, *, on_closed: Callable[["Room"], None]) -> None:
         self.lesson = lesson
         self._sessions = sessions
-        self._ice = RTCConfiguration(iceServers=[RTCIceServer(**s) for s in ice_servers])
-        self.ice_servers = ice_servers
-        self._grace_seconds = grace_seconds
-        self._timing = Timing(good_seconds_to_step_up=tier_up_seconds)
+        self._settings = settings
+        self._ice = RTCConfiguration(iceServers=[
+            RTCIceServer(**s) for s in self.ice_servers_for(f"room{lesson.id}")])
+        self._grace_seconds = settings.grace_seconds
+        self._timing = Timing(good_seconds_to_step_up=settings.tier_up_seconds)
         self._on_closed = on_closed
         self.tiers = TierSet()
         self.mixer = Mixer(self.tiers.feed, on_level=self._on_level)
@@ -166,6 +168,10 @@ class Room:
         self.tiers.close()
         await self._save_attendance(final=True)
         return True
+
+    def ice_servers_for(self, name: str) -> list[dict[str, Any]]:
+        """STUN/TURN servers for one peer (TURN with its own time-limited credentials)."""
+        return ice_servers_for(self._settings.ice_servers, self._settings.turn_secret, name)
 
     def everyone(self) -> list[Participant]:
         return ([self.teacher] if self.teacher else []) + list(self.students.values())
@@ -322,14 +328,19 @@ class Room:
         return sdp.student_answer(pc.localDescription.sdp)
 
     async def _renegotiate(self, p: Participant, offer: RTCSessionDescription) -> str:
-        """The floor student adds (or drops) their microphone on the same connection."""
+        """The floor student adds (or drops) their microphone on the same connection.
+
+        Our side of the transceiver receives only while the student holds the floor, so an
+        offer to publish without it is answered "sendonly" and no audio is accepted."""
         assert p.pc is not None
         await p.pc.setRemoteDescription(offer)
+        holds_floor = self.floor == p.id
+        audio = [t for t in p.pc.getTransceivers() if t.kind == "audio"]
+        for transceiver in audio:
+            transceiver.direction = "sendrecv" if holds_floor else "sendonly"
         await p.pc.setLocalDescription(await p.pc.createAnswer())
-        mic = next((t.receiver.track for t in p.pc.getTransceivers()
-                    if t.kind == "audio" and t.receiver.track is not None
-                    and t.direction in ("sendrecv", "recvonly")), None)
-        if self.floor == p.id and mic is not None and mic is not p.mic:
+        mic = next((t.receiver.track for t in audio if t.receiver.track is not None), None)
+        if holds_floor and mic is not None and mic is not p.mic:
             p.mic = mic
             await self.mixer.set_floor(mic)
         return sdp.student_answer(p.pc.localDescription.sdp)

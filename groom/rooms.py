@@ -16,6 +16,7 @@ from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from .auth import Viewer
+from .config import Settings
 from .errors import AppError
 from .models import Lesson, LessonState, User, utcnow
 from .room import LessonInfo, Participant, Room
@@ -28,13 +29,9 @@ START_LATE = dt.timedelta(hours=2)
 
 
 class Rooms:
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], *,
-                 ice_servers: list[dict[str, Any]], grace_seconds: float,
-                 tier_up_seconds: float) -> None:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], settings: Settings) -> None:
         self._sessions = sessions
-        self._tier_up_seconds = tier_up_seconds
-        self._ice_servers = ice_servers
-        self._grace_seconds = grace_seconds
+        self._settings = settings
         self.by_lesson: dict[int, Room] = {}
         self._class_started: dict[int, asyncio.Event] = {}
         self._starting: dict[int, asyncio.Lock] = {}
@@ -66,9 +63,7 @@ class Rooms:
             room = self.by_lesson.get(lesson_id)
             if room is not None:
                 return room
-            room = Room(info, self._sessions, ice_servers=self._ice_servers,
-                        grace_seconds=self._grace_seconds,
-                        tier_up_seconds=self._tier_up_seconds, on_closed=self._closed)
+            room = Room(info, self._sessions, self._settings, on_closed=self._closed)
             self.by_lesson[lesson_id] = room
             room.start()
             event = self._class_started.pop(info.class_id, None)

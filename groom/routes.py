@@ -9,6 +9,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from . import accounts, api, ical, live, signaling  # noqa: F401  (api registers endpoints)
+from . import views, views_admin as office_pages, views_teacher as teacher_pages
 from .config import WEB_DIR
 from .openapi import add_api_routes, document
 from .plumbing import viewer
@@ -52,4 +53,35 @@ def setup_routes(app: web.Application) -> None:
     r.add_get("/listen/{token}.ogg", live.listen)
     r.add_get("/calendar/class/{ident}/{token}.ics", ical.class_feed)
     r.add_get("/calendar/teacher/{ident}/{token}.ics", ical.teacher_feed)
+    add_page_routes(r)
     r.add_static("/static/", WEB_DIR / "static", append_version=True)
+
+
+def add_page_routes(r: web.UrlDispatcher) -> None:
+    """The office and teacher pages (``views*.py``); ids in URLs are digits only."""
+    o, n = office_pages, r"{id:\d+}"
+    r.add_get("/admin", o.admin_home)
+    r.add_post("/admin/schools", o.school_create)
+    r.add_get(f"/schools/{n}", o.school_page)
+    r.add_post(f"/schools/{n}", o.school_update)
+    r.add_post(f"/schools/{n}/teachers", o.teacher_create)
+    r.add_post(f"/schools/{n}/classes", o.class_create)
+    r.add_get(f"/schools/{n}/week", o.school_week)
+    r.add_post(f"/teachers/{n}/active", o.teacher_active)
+    r.add_get(f"/teachers/{n}/week", o.teacher_week)
+    r.add_get(f"/classes/{n}", o.class_page)
+    r.add_post(f"/classes/{n}", o.class_update)
+    r.add_post(f"/classes/{n}/students", o.student_add)
+    r.add_post(f"/classes/{n}/import", o.roster_import)
+    r.add_post(f"/classes/{n}/code", o.join_code_renew)
+    r.add_post(f"/classes/{n}/lessons", o.lesson_schedule)
+    r.add_get(f"/classes/{n}/week", o.class_week)
+    r.add_get(f"/classes/{n}/cards", o.cards_sheet)
+    r.add_post(f"/students/{n}/remove", o.student_remove)
+    r.add_post(f"/students/{n}/card", o.student_card_renew)
+    r.add_get(f"/lessons/{n}", o.lesson_page)
+    r.add_post(f"/lessons/{n}/reschedule", o.lesson_reschedule)
+    r.add_post(f"/lessons/{n}/cancel", o.lesson_cancel)
+    r.add_get("/teacher", teacher_pages.teacher_home)
+    r.add_get("/join", views.join_page)
+    r.add_post("/join", views.join_submit)

@@ -167,7 +167,7 @@ class SeriesOut(BaseModel):
     class_id: int
     title: str
     weekdays: list[int]
-    start_time: dt.time
+    start_time: str = Field(description="HH:MM, school's local time")
     duration_minutes: int
     first_date: dt.date
     last_date: dt.date

@@ -277,7 +277,7 @@ class _Session:
         self.room, self.me = room, me
         self.conn.send({"type": "welcome", "participant_id": me.id, "resume": me.resume,
                         "listen_token": me.listen_token, "role": me.role,
-                        "lesson": room.lesson.public(), "ice_servers": room.ice_servers,
+                        "lesson": room.lesson.public(), "ice_servers": room.ice_servers_for(me.id),
                         "tier": me.controller.tier, "room": room.room_state()})
         if me.role == "teacher":
             room.send_participants()

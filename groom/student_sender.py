@@ -34,9 +34,8 @@ from typing import Any
 from aiortc import RTCPeerConnection, RTCRtpSender, RTCRtpTransceiver
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtcdtlstransport import State as DtlsState
-from aiortc.rtcrtpsender import RTCRtpSender as _Sender
 
-from .packets import EncodedPacket
+from .packets import SAMPLE_RATE, EncodedPacket
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +107,7 @@ class StudentSender:
 
     def __init__(self, transceiver: RTCRtpTransceiver, track: PacketPathTrack) -> None:
         self._transceiver = transceiver
-        self._sender: _Sender = transceiver.sender
+        self._sender: RTCRtpSender = transceiver.sender
         self._track = track
         self._ready = False
         self._protect: Any = None
@@ -210,7 +209,11 @@ class StudentSender:
         return True
 
     def link_quality(self) -> LinkQuality:
-        """Latest receiver-report figures for this student; a dict lookup, no allocation of stats."""
+        """Latest receiver-report figures for this student, for tier adaptation.
+
+        Reads what aiortc's sender stored from the last receiver report: a dict lookup instead of
+        ``await getStats()`` building a report per call.
+        """
         sender = self._sender
         stats = sender._RTCRtpSender__stats
         report = stats.get("remote-inbound-rtp_" + str(id(sender)))
@@ -220,7 +223,7 @@ class StudentSender:
         return LinkQuality(
             fraction_lost=report.fractionLost / 256,
             packets_lost=report.packetsLost,
-            jitter_ms=report.jitter * 1000 / 48000,
+            jitter_ms=report.jitter * 1000 / SAMPLE_RATE,
             rtt_ms=None if rtt is None else rtt * 1000,
             reported_at=report.timestamp,
         )

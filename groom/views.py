@@ -19,7 +19,7 @@ from aiohttp import web
 from multidict import MultiDictProxy
 
 from .auth import Viewer
-from .codes import normalize
+from .codes import CARD_CODE_LENGTH, normalize
 from .errors import AppError
 from .plumbing import render, tr, viewer
 
@@ -115,7 +115,7 @@ def page(request: web.Request, template: str, status: int = 200, **context: Any)
     return render(request, template, status=status, **context)
 
 
-# --- students: the join page and the stubs the live room will replace ---------------------------
+# --- students: typing a code (``/join/{code}`` and ``/c/{card}`` are the live room's, live.py) ---
 
 async def join_page(request: web.Request) -> web.StreamResponse:
     return page(request, "join.html", code="")
@@ -129,29 +129,5 @@ async def join_submit(request: web.Request) -> web.StreamResponse:
         _ = tr(request)
         return page(request, "join.html", status=422, code=raw,
                     error=_("Type the code from your card or from your teacher."))
-    raise web.HTTPFound(f"/join/{code}")
-
-
-async def _waiting(request: web.Request, code: str) -> web.StreamResponse:
-    """Which class (and lesson) a code opens; the live room replaces this page."""
-    from . import joining  # imported late: joining imports plumbing, like this module
-
-    try:
-        target = await joining.check_code(request, code)
-    except AppError as exc:
-        response = page(request, "join.html", status=exc.status, code=code[:40],
-                        error=error_text(request, exc))
-        response.headers.update(joining.retry_after_header(exc))
-        return response
-    lesson = target.lesson
-    return page(request, "join_wait.html", target=target, lesson=lesson,
-                t=Clock(target.school.timezone),
-                live=lesson is not None and lesson.state.value == "live")
-
-
-async def join_code_page(request: web.Request) -> web.StreamResponse:
-    return await _waiting(request, request.match_info["code"])
-
-
-async def card_page(request: web.Request) -> web.StreamResponse:
-    return await _waiting(request, request.match_info["card"])
+    # A personal card code goes to the card's page (which knows the student), else the class's.
+    raise web.HTTPFound(f"/c/{code}" if len(code) == CARD_CODE_LENGTH else f"/join/{code}")

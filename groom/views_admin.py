@@ -13,7 +13,7 @@ from typing import Any, Optional
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from . import cards, office, scheduling
+from . import cards, ical, office, scheduling
 from .auth import Viewer
 from .errors import AppError
 from .models import LessonState, Role
@@ -26,18 +26,6 @@ WEEKDAY_KEYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 def _db(request: web.Request) -> AsyncSession:
     return request.app[SESSIONS]()
-
-
-def _feeds(request: web.Request, **kwargs: Any) -> str:
-    """The calendar feed URL of a class or teacher (``ical.py``), or "" if it is not there."""
-    try:
-        from . import ical
-    except ImportError:  # pragma: no cover - ical.py arrives with the office API
-        return ""
-    fn = getattr(ical, "feed_url", None)
-    if fn is None:
-        return ""
-    return str(fn(cards.public_base(request), request.app, **kwargs))
 
 
 # --- form parsing (text -> values; the domain checks the meaning) ---------------------------------
@@ -202,7 +190,7 @@ async def _show_class(request: web.Request, v: Viewer, class_id: int, status: in
         return page(request, "class.html", status=status, classroom=classroom, school=school,
                     students=students, lessons=lessons, teachers=teachers, t=clock,
                     can_manage=can_manage, weekday_keys=WEEKDAY_KEYS,
-                    ics=_feeds(request, class_id=classroom.id, join_code=classroom.join_code),
+                    ics=ical.class_feed_url(request, classroom),
                     join_link=f"{cards.public_base(request)}/join/{classroom.join_code}",
                     pretty=cards.pretty, **context)
 
@@ -210,8 +198,10 @@ async def _show_class(request: web.Request, v: Viewer, class_id: int, status: in
 async def _roster_upload(form: Any) -> bytes:
     upload = form.get("file")
     data = b""
-    if upload is not None and not isinstance(upload, str):
+    if isinstance(upload, web.FileField):
         data = upload.file.read(office.MAX_CSV_BYTES + 1)
+    elif isinstance(upload, (bytes, bytearray)):  # a file part without a file name
+        data = bytes(upload[:office.MAX_CSV_BYTES + 1])
     pasted = form.get("names")
     if not data and isinstance(pasted, str) and pasted.strip():
         data = pasted[:MAX_PASTE_CHARS + 1].encode("utf-8")

@@ -117,6 +117,14 @@ class Peer:
             audio = audio[-int(48000 * last_seconds):]
         return float(np.sqrt(np.mean(audio ** 2))) if audio.size else 0.0
 
+    def rms_since(self, mark: int) -> float:
+        """RMS of what arrived after ``mark`` (= ``len(self.frames)`` then). With DTX the
+        server sends nothing during silence, so "the last second received" may be old audio."""
+        if len(self.frames) <= mark:
+            return 0.0
+        audio = np.concatenate(self.frames[mark:]).astype(np.float64)
+        return float(np.sqrt(np.mean(audio ** 2)))
+
     def seconds_received(self) -> float:
         return sum(len(f) for f in self.frames) / 48000
 

@@ -36,7 +36,7 @@ INBOUND = """async () => {
 }"""
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """A server of its own with the demo school: its JSON line names the class and lesson."""
     srv = GroomServer(tmp_path_factory.mktemp("groom-browser-live"),
@@ -67,7 +67,9 @@ async def teacher_page(browser: Browser, base: str, info: dict[str, Any]) -> tup
     page = await context.new_page()
     page.on("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))
     lesson_id = info.get("lesson_id", 1)
-    await page.goto(f"{base}/lessons/{lesson_id}/teach?lang=en")
+    response = await page.goto(f"{base}/lessons/{lesson_id}/teach?lang=en")
+    assert response is not None and response.ok and await page.query_selector("#start"), \
+        f"{page.url}: {(await page.content())[:2000]}"
     return context, page
 
 
@@ -88,9 +90,9 @@ async def test_teacher_and_three_students_hear_the_lesson(demo: Any, browser: Br
     t_context, teacher = await teacher_page(browser, base, info)
     teacher.on("pageerror", lambda exc: errors.append(f"teacher: {exc}"))
     await teacher.click("#start")
-    await teacher.wait_for_function("document.body.dataset.state === 'live'", timeout=15000)
+    await teacher.wait_for_function("() => document.body.dataset.state === 'live'", timeout=15000)
     await teacher.wait_for_function(
-        "window.groom && window.groom.pc && window.groom.pc.connectionState === 'connected'",
+        "() => window.groom && window.groom.pc && window.groom.pc.connectionState === 'connected'",
         timeout=15000)
 
     students = []
@@ -100,9 +102,9 @@ async def test_teacher_and_three_students_hear_the_lesson(demo: Any, browser: Br
         students.append((context, page))
 
     for _, page in students:
-        await page.wait_for_function("document.body.dataset.state === 'live'", timeout=15000)
+        await page.wait_for_function("() => document.body.dataset.state === 'live'", timeout=15000)
         await page.wait_for_function(
-            "window.groom && window.groom.pc && window.groom.pc.connectionState === 'connected'",
+            "() => window.groom && window.groom.pc && window.groom.pc.connectionState === 'connected'",
             timeout=15000)
 
     # Audio arrives at every student, with energy (the speech, not silence).
@@ -111,7 +113,7 @@ async def test_teacher_and_three_students_hear_the_lesson(demo: Any, browser: Br
     while True:
         await asyncio.sleep(1)
         later = [await page.evaluate(INBOUND) for _, page in students]
-        ok = [a is not None and b is not None and b["packets"] > a["packets"] + 10 and b["energy"] > 0
+        ok = [b is not None and b["packets"] > (a["packets"] if a else 0) + 10 and b["energy"] > 0
               for a, b in zip(first, later)]
         if all(ok) or time.monotonic() > deadline:
             break
@@ -119,12 +121,12 @@ async def test_teacher_and_three_students_hear_the_lesson(demo: Any, browser: Br
 
     # The teacher's page lists the three students; the students see their data use.
     await teacher.wait_for_function(
-        "document.querySelectorAll('#people tr[data-id]').length === 3", timeout=10000)
+        "() => document.querySelectorAll('#people tr[data-id]').length === 3", timeout=10000)
     names = await teacher.eval_on_selector_all("#people tr[data-id] td:first-child",
                                                "cells => cells.map(c => c.textContent)")
     assert sorted(names) == ["Student 1", "Student 2", "Student 3"]
     await students[0][1].wait_for_function(
-        "document.getElementById('used').textContent !== '0.00 MB'", timeout=10000)
+        "() => document.getElementById('used').textContent !== '0.00 MB'", timeout=10000)
     assert await students[0][1].text_content("#tier") in ("Low (saves data)", "Standard", "High")
 
     # A raised hand reaches the teacher's queue, with a button to give the floor.
@@ -135,10 +137,102 @@ async def test_teacher_and_three_students_hear_the_lesson(demo: Any, browser: Br
     # The teacher ends the lesson; every student page says so.
     await teacher.click("#end")
     for _, page in students:
-        await page.wait_for_function("document.body.dataset.state === 'ended'", timeout=10000)
-    await teacher.wait_for_function("document.body.dataset.state === 'ended'", timeout=10000)
+        await page.wait_for_function("() => document.body.dataset.state === 'ended'", timeout=10000)
+    await teacher.wait_for_function("() => document.body.dataset.state === 'ended'", timeout=10000)
 
     assert not errors, errors
     for context, _ in students:
         await context.close()
     await t_context.close()
+
+
+async def wait_state(page: Page, state: str, timeout: float = 15000) -> None:
+    await page.wait_for_function(f"() => document.body.dataset.state === '{state}'", timeout=timeout)
+
+
+async def teacher_inbound(teacher: Page) -> dict[str, Any]:
+    stats = await teacher.evaluate(INBOUND)
+    return stats or {"packets": 0, "energy": 0}
+
+
+async def test_waiting_fallback_floor_data_saver_and_reconnects(demo: Any, browser: Browser) -> None:
+    srv, info = demo
+    errors: list[str] = []
+
+    # A student who comes early waits for the teacher.
+    a_context, a = await student_page(browser, info["student_url"], "Early Student")
+    a.on("pageerror", lambda exc: errors.append(f"A: {exc}"))
+    await wait_state(a, "waiting")
+    await a.evaluate("() => { window.seen = []; window.groom.on('state', (s) => window.seen.push(s)); }")
+
+    t_context, teacher = await teacher_page(browser, srv.base_url, info)
+    teacher.on("pageerror", lambda exc: errors.append(f"teacher: {exc}"))
+    await teacher.click("#start")
+    await wait_state(teacher, "live")
+    await wait_state(a, "live")
+    await a.wait_for_function("() => window.groom.pc && window.groom.pc.connectionState === 'connected'",
+                              timeout=15000)
+
+    # A phone without WebRTC plays the HTTP stream instead.
+    b_context = await browser.new_context(locale="en-US")
+    await b_context.add_init_script("delete window.RTCPeerConnection;")
+    b = await b_context.new_page()
+    b.on("pageerror", lambda exc: errors.append(f"B: {exc}"))
+    await b.goto(info["student_url"] + "?lang=en")
+    await b.fill("#name", "Old Phone")
+    await b.click("#go")
+    await wait_state(b, "live")
+    await b.wait_for_function(
+        "() => { const a = document.getElementById('audio'); "
+        "return a.src.indexOf('/listen/') > 0 && a.currentTime > 1; }", timeout=20000)
+    assert await b.text_content("#status") == "Live (backup stream)"
+
+    # Data saver pins the lowest tier.
+    await a.check("#saver")
+    await a.wait_for_function("() => document.getElementById('tier').textContent === 'Low (saves data)'",
+                              timeout=10000)
+
+    # Hand up, the teacher gives the floor: A publishes its microphone and the teacher hears it.
+    await a.click("#hand")
+    assert await a.get_attribute("#hand", "aria-pressed") == "true"
+    await teacher.click("#hands li button")
+    await a.wait_for_selector("#floor", state="visible", timeout=10000)
+    await a.wait_for_function(
+        "() => window.groom.tr && window.groom.tr.sender.track && "
+        "window.groom.tr.currentDirection === 'sendrecv'", timeout=10000)
+    assert await a.get_attribute("#hand", "aria-pressed") == "false"
+    await teacher.wait_for_selector("#floor", state="visible", timeout=10000)
+    before = await teacher_inbound(teacher)
+    deadline = time.monotonic() + 15
+    while True:
+        await asyncio.sleep(1)
+        after = await teacher_inbound(teacher)
+        heard = after["packets"] > before["packets"] + 10 and after["energy"] > before["energy"]
+        if heard or time.monotonic() > deadline:
+            break
+    assert heard, f"the teacher did not hear the student with the floor: {before} -> {after}"
+
+    # The teacher takes the floor back: A's microphone stops.
+    await teacher.click("#takeback")
+    await a.wait_for_selector("#floor", state="hidden", timeout=10000)
+    await a.wait_for_function("() => window.groom.mic === null && !window.groom.tr.sender.track",
+                              timeout=10000)
+
+    # A's socket drops: it comes back by itself as the same participant, media untouched.
+    pid = await a.evaluate("() => { window.groom.pc.mark = 1; return window.groom.welcome.participant_id; }")
+    await a.evaluate("() => window.groom.ws.close()")
+    await a.wait_for_function("() => window.seen.indexOf('reconnecting') >= 0", timeout=5000)
+    await wait_state(a, "live")
+    assert await a.evaluate("() => window.groom.welcome.participant_id") == pid
+    assert await a.evaluate("() => window.groom.pc.mark === 1 && window.groom.pc.connectionState")\
+        == "connected"
+
+    # The teacher's socket drops: students see "teacher reconnecting", then live again.
+    await teacher.evaluate("() => window.groom.ws.close()")
+    await a.wait_for_function("() => window.seen.indexOf('teacher-away') >= 0", timeout=10000)
+    await wait_state(teacher, "live")
+    await wait_state(a, "live")
+
+    assert not errors, errors
+    for context in (a_context, b_context, t_context):
+        await context.close()

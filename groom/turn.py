@@ -1,0 +1,35 @@
+"""ICE servers for pages and for the server, with time-limited TURN credentials.
+
+coturn's ``use-auth-secret`` mode (the TURN REST API convention): the username is
+``<expiry unix time>:<name>`` and the password is base64(HMAC-SHA1(secret, username)). The
+secret stays on the server; a leaked page credential stops working when it expires.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import time
+from typing import Any
+
+TTL_SECONDS = 6 * 3600  # longer than any lesson
+
+
+def _is_turn(server: dict[str, Any]) -> bool:
+    urls = server.get("urls", [])
+    urls = [urls] if isinstance(urls, str) else urls
+    return any(str(u).startswith(("turn:", "turns:")) for u in urls)
+
+
+def ice_servers_for(configured: list[dict[str, Any]], turn_secret: str, name: str,
+                    now: float | None = None) -> list[dict[str, Any]]:
+    """The configured servers, TURN ones given fresh credentials when a secret is set."""
+    if not turn_secret:
+        return [dict(s) for s in configured]
+    expiry = int((now if now is not None else time.time()) + TTL_SECONDS)
+    username = f"{expiry}:{name}"
+    digest = hmac.new(turn_secret.encode(), username.encode(), hashlib.sha1).digest()
+    password = base64.b64encode(digest).decode()
+    return [dict(s, username=username, credential=password) if _is_turn(s) else dict(s)
+            for s in configured]
