@@ -14,7 +14,12 @@ from .errors import AppError
 from .models import Lesson
 from .plumbing import SESSIONS, SETTINGS, render, viewer
 from . import joining
+from .jobs import JobWorker
+from .postprocess import job_handlers, recover_recordings
 from .rooms import ROOMS, Rooms
+
+
+JOBS = web.AppKey("jobs", JobWorker)
 
 
 def _ws_url(request: web.Request) -> str:
@@ -79,7 +84,17 @@ async def listen(request: web.Request) -> web.StreamResponse:
 
 
 async def rooms_ctx(app: web.Application) -> AsyncIterator[None]:
-    """The live rooms of this process; on shutdown their sockets close with 1001."""
-    app[ROOMS] = Rooms(app[SESSIONS], app[SETTINGS])
+    """The live rooms of this process and the worker that post-processes their recordings.
+
+    At start, recordings a crash left open are repaired and queued, and lessons it left "live"
+    are ended; at shutdown, live lessons end cleanly before the worker stops."""
+    settings, sessions = app[SETTINGS], app[SESSIONS]
+    worker = JobWorker(sessions, job_handlers(sessions, settings.data_dir))
+    rooms = app[ROOMS] = Rooms(sessions, settings, worker)
+    await rooms.end_orphans()
+    await recover_recordings(sessions, settings.data_dir, worker)
+    await worker.start()
+    app[JOBS] = worker
     yield
-    await app[ROOMS].shutdown()
+    await rooms.shutdown()
+    await worker.stop()

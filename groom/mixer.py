@@ -61,8 +61,8 @@ FLOOR_TRACK_FRAMES = 5  # the teacher's return stream holds at most 100 ms
 # a stall, frames queued in aiortc before it got the floor, a faster sound card): beyond
 # FLOOR_MAX_QUEUED frames waiting, the oldest are dropped down to FLOOR_KEEP, like a jitter
 # buffer dropping late packets.
-FLOOR_MAX_QUEUED = 3
-FLOOR_KEEP = 2
+FLOOR_MAX_QUEUED = 2
+FLOOR_KEEP = 1
 
 FrameSink = Callable[[av.AudioFrame, float], None]  # TierSet.feed(frame, created)
 
@@ -133,15 +133,16 @@ class SampleBuffer:
 class Source:
     """One remote track read by one task into one bounded buffer, resampled to 48 kHz mono.
 
-    ``ready`` is set whenever a full 20 ms frame is buffered, so the mixer can wake on it.
+    ``on_ready`` is called whenever a full 20 ms frame is buffered (and when the track ends),
+    so the mixer can sleep until then instead of polling.
     """
 
-    def __init__(self, track: MediaStreamTrack, name: str) -> None:
+    def __init__(self, track: MediaStreamTrack, name: str, on_ready: Callable[[], None]) -> None:
         self.track = track
         self.name = name
         self.buffer = SampleBuffer()
-        self.ready = asyncio.Event()
         self.ended = False
+        self._on_ready = on_ready
         self._resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
         self._task: asyncio.Task[None] | None = None
 
@@ -158,10 +159,7 @@ class Source:
             self._task = None
 
     def take(self) -> tuple[np.ndarray, float] | None:
-        chunk = self.buffer.pop(FRAME_SAMPLES)
-        if len(self.buffer) < FRAME_SAMPLES:
-            self.ready.clear()
-        return chunk
+        return self.buffer.pop(FRAME_SAMPLES)
 
     async def _read(self) -> None:
         try:
@@ -174,12 +172,12 @@ class Source:
                     samples = out.to_ndarray().reshape(-1)
                     self.buffer.push(samples, created)
                 if len(self.buffer) >= FRAME_SAMPLES:
-                    self.ready.set()
+                    self._on_ready()
         except MediaStreamError:
             log.info("mixer source %s ended", self.name)
         finally:
             self.ended = True
-            self.ready.set()  # wake the mixer so it stops waiting for this source
+            self._on_ready()  # wake the mixer so it stops waiting for this source
 
 
 class FloorTrack(MediaStreamTrack):
@@ -217,6 +215,10 @@ class FloorTrack(MediaStreamTrack):
         self._ready.set()  # let a pending recv() see the end
 
 
+def _nothing() -> None:
+    pass
+
+
 def _frame(samples: np.ndarray, pts: int) -> av.AudioFrame:
     frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
     frame.sample_rate = SAMPLE_RATE
@@ -241,7 +243,7 @@ class Mixer:
         self._floor: Source | None = None
         self._floor_tracks: set[FloorTrack] = set()
         self._task: asyncio.Task[None] | None = None
-        self._changed = asyncio.Event()  # a source was set or cleared
+        self._waiter: asyncio.Future[None] | None = None  # the clock's sleep, cut short by _wake
         self._pts = 0
         self._budget = CATCH_UP_BUDGET  # seconds of early delivery still allowed
         self._level_sq = 0.0
@@ -268,14 +270,14 @@ class Mixer:
         old, self._teacher = self._teacher, self._new_source(track, "teacher")
         self._level_sq, self._level_frames = 0.0, 0
         self.teacher_level_dbfs = None if track is None else SILENCE_DBFS
-        self._changed.set()
+        self._wake()
         if old is not None:
             await old.stop()
 
     async def set_floor(self, track: MediaStreamTrack | None) -> None:
         """Mix ``track`` (the student holding the floor) in, or stop mixing one (None)."""
         old, self._floor = self._floor, self._new_source(track, "floor")
-        self._changed.set()
+        self._wake()
         if old is not None:
             await old.stop()
 
@@ -288,7 +290,8 @@ class Mixer:
     def _new_source(self, track: MediaStreamTrack | None, name: str) -> Source | None:
         if track is None:
             return None
-        source = Source(track, name)
+        # only the teacher paces the clock; the floor is taken at whatever pace that is
+        source = Source(track, name, on_ready=self._wake if name == "teacher" else _nothing)
         if self._task is not None:
             source.start()
         return source
@@ -345,8 +348,9 @@ class Mixer:
                 live = teacher is not None and not teacher.ended
                 deadline = due + (GRACE if live else 0.0)
                 if now < deadline:
-                    if await self._wait_for_source(teacher, deadline - now):
-                        continue  # a teacher frame (or a new source): decide again
+                    await self._sleep(deadline - now)
+                    if self._teacher is not teacher or time.monotonic() < deadline:
+                        continue  # woken early: a teacher frame or a new source
                 self.silence_frames += 1
                 self._emit(None)
                 due += FRAME_SECONDS
@@ -358,19 +362,23 @@ class Mixer:
                 due += skipped * FRAME_SECONDS
                 log.warning("mixer fell %.0f ms behind; skipped %d frames", behind * 1000, skipped)
 
-    async def _wait_for_source(self, teacher: Source | None, timeout: float) -> bool:
-        """Wait until the teacher has a frame or the sources change; False on timeout."""
-        self._changed.clear()
-        waits = [asyncio.ensure_future(self._changed.wait())]
-        if teacher is not None and not teacher.ended:
-            waits.append(asyncio.ensure_future(teacher.ready.wait()))
+    async def _sleep(self, seconds: float) -> None:
+        """Sleep up to ``seconds``; a source with a frame ready (or a new source) ends it early.
+
+        One future and one timer per wait: this runs 50 times a second in every room.
+        """
+        waiter = asyncio.get_running_loop().create_future()
+        handle = asyncio.get_running_loop().call_later(seconds, self._wake)
+        self._waiter = waiter
         try:
-            done, _ = await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            await waiter
         finally:
-            for w in waits:
-                w.cancel()
-        return bool(done) and (self._changed.is_set() or self._teacher is not teacher
-                               or (teacher is not None and len(teacher.buffer) >= FRAME_SAMPLES))
+            handle.cancel()
+            self._waiter = None
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
 
     def _emit(self, teacher_chunk: tuple[np.ndarray, float] | None) -> None:
         floor = self._floor

@@ -32,7 +32,10 @@ from .adaptation import TierController, Timing
 from .errors import AppError
 from .config import Settings
 from .fallback import FallbackStream
+from .jobs import JobWorker
 from .mixer import Mixer
+from .postprocess import start_recording, stop_recording
+from .recorder import Recorder
 from .models import Attendance, Lesson, LessonState, utcnow
 from .student_sender import StudentSender, add_student_audio
 from .tiers import TierSet
@@ -104,7 +107,8 @@ class Participant:
 
 class Room:
     def __init__(self, lesson: LessonInfo, sessions: async_sessionmaker[AsyncSession],
-                 settings: Settings, *, on_closed: Callable[["Room"], None]) -> None:
+                 settings: Settings, *, worker: Optional[JobWorker],
+                 on_closed: Callable[["Room"], None]) -> None:
         self.lesson = lesson
         self._sessions = sessions
         self._settings = settings
@@ -125,10 +129,17 @@ class Room:
         self._grace_task: Optional[asyncio.Task[None]] = None
         self._ending = False
         self._fallbacks: dict[str, FallbackStream] = {}
+        self._worker = worker
+        self.recorder: Optional[Recorder] = None
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
-    def start(self) -> None:
+    async def start(self) -> None:
+        """Start the audio clock and the recorder: the recorder is one more subscriber of the
+        top tier (what the best-connected students hear), so recording costs no encoding."""
+        self.recorder = await start_recording(self._sessions, self._settings.data_dir,
+                                              self.lesson.id, self.started)
+        self.tiers.subscribe(self.recorder, self.tiers.specs[-1].name)
         self.mixer.start()
         self._tick_task = asyncio.create_task(self._tick(), name=f"room-{self.lesson.id}-tick")
 
@@ -144,27 +155,28 @@ class Room:
             log.info("lesson ended", extra={"lesson_id": self.lesson.id, "reason": reason})
         self._on_closed(self)
 
-    async def close(self, reason: Optional[str]) -> bool:
-        """Stop media, close sockets, save attendance. ``reason`` None: the server is stopping
-        and the lesson stays live, so it resumes when the teacher reconnects after a restart.
+    async def close(self, reason: str) -> bool:
+        """Stop media and recording, close sockets, save attendance.
         Returns False if the room was already closing."""
         if self._ending:
             return False
         self._ending = True
-        self.state = "ended" if reason else self.state
+        self.state = "ended"
         for task in (self._tick_task, self._grace_task, *self._tasks):
             if task is not None:
                 task.cancel()
         for p in self.everyone():
-            if reason:
-                p.send({"type": "ended", "reason": reason})
+            p.send({"type": "ended", "reason": reason})
             if p.outbox is not None:
-                p.outbox.close(4410 if reason else 1001, "lesson ended" if reason else "server restarting")
+                p.outbox.close(4410, "lesson ended")
             self._leave_time(p)
         await self.mixer.stop()
         await asyncio.gather(*(self._close_media(p) for p in self.everyone()),
                              *(stream.close() for stream in self._fallbacks.values()),
                              return_exceptions=True)
+        if self.recorder is not None:
+            self.tiers.unsubscribe(self.recorder)
+            await stop_recording(self._sessions, self.lesson.id, self.recorder, self._worker)
         self.tiers.close()
         await self._save_attendance(final=True)
         return True

@@ -13,10 +13,12 @@ import logging
 from typing import Any, Optional
 
 from aiohttp import web
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from .auth import Viewer
 from .config import Settings
+from .jobs import JobWorker
 from .errors import AppError
 from .models import Lesson, LessonState, User, utcnow
 from .room import LessonInfo, Participant, Room
@@ -29,9 +31,11 @@ START_LATE = dt.timedelta(hours=2)
 
 
 class Rooms:
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], settings: Settings) -> None:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], settings: Settings,
+                 worker: Optional[JobWorker] = None) -> None:
         self._sessions = sessions
         self._settings = settings
+        self._worker = worker
         self.by_lesson: dict[int, Room] = {}
         self._class_started: dict[int, asyncio.Event] = {}
         self._starting: dict[int, asyncio.Lock] = {}
@@ -63,9 +67,10 @@ class Rooms:
             room = self.by_lesson.get(lesson_id)
             if room is not None:
                 return room
-            room = Room(info, self._sessions, self._settings, on_closed=self._closed)
+            room = Room(info, self._sessions, self._settings, worker=self._worker,
+                        on_closed=self._closed)
             self.by_lesson[lesson_id] = room
-            room.start()
+            await room.start()
             event = self._class_started.pop(info.class_id, None)
             if event is not None:
                 event.set()
@@ -101,10 +106,19 @@ class Rooms:
         self._starting.pop(room.lesson.id, None)
 
     async def shutdown(self) -> None:
-        """Server stopping: close sockets and media, but leave lessons live so they resume."""
+        """Server stopping: every live lesson ends cleanly (attendance and recording kept)."""
         rooms = list(self.by_lesson.values())
-        self.by_lesson.clear()
-        await asyncio.gather(*(room.close(reason=None) for room in rooms), return_exceptions=True)
+        await asyncio.gather(*(room.end("server_stopping") for room in rooms), return_exceptions=True)
+
+    async def end_orphans(self) -> list[int]:
+        """At start: lessons a crash left "live" have no room any more; mark them ended."""
+        async with self._sessions() as db:
+            lessons = (await db.execute(select(Lesson).where(Lesson.state == LessonState.live))).scalars().all()
+            for lesson in lessons:
+                lesson.state = LessonState.ended
+                lesson.ended_at = utcnow()
+            await db.commit()
+            return [lesson.id for lesson in lessons]
 
 
 

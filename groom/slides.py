@@ -70,7 +70,8 @@ class Limits:
     max_bytes: int = MAX_UPLOAD_BYTES
     max_pages: int = 300
     max_image_pixels: int = 50_000_000  # a picture slide (a 48 MP phone photo passes)
-    page_seconds: float = 20.0  # per page, and for opening the document
+    open_seconds: float = 30.0  # starting the worker and opening the document
+    page_seconds: float = 20.0  # per page
     deck_seconds: float = 900.0
     memory_mb: int = 1024  # address space of the page worker (~100 MB of it is the interpreter)
     office_seconds: float = 180.0
@@ -326,7 +327,7 @@ async def _rasterize(source: Path, kind: str, staging: Path, limits: Limits,
             "--cpu-seconds", str(cpu), stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE, stderr=stderr, start_new_session=True)
         try:
-            header = await _next_message(proc, limits.page_seconds, "The file could not be opened")
+            header = await _next_message(proc, limits.open_seconds, "Opening the file")
             total = int(header["pages"])
             pages = []
             for index in range(total):
