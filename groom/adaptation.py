@@ -15,9 +15,10 @@ Pure logic: no I/O, no tasks, an injectable clock. The room feeds it figures and
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from enum import Enum
-from typing import Any, Callable, Sequence
+from typing import Any
 
 DEFAULT_TIERS: tuple[str, ...] = ("low", "standard", "high")  # lowest bitrate first
 START_TIER = "standard"
@@ -196,7 +197,7 @@ class TierController:
         self._data_saver = bool(on)
         return self.tier if self.tier != before else None
 
-    def rtcp_report(self, fraction_lost: int, jitter: int | float,
+    def rtcp_report(self, fraction_lost: int, jitter: float,
                     rtt: float | None = None) -> str | None:
         """An RTCP receiver report (aiortc ``remote-inbound-rtp``).
 

@@ -23,7 +23,7 @@ import secrets
 import socket
 import struct
 import zlib
-from typing import Iterable
+from collections.abc import Iterable
 
 from aiohttp import web
 
@@ -294,6 +294,6 @@ class FallbackStream:
             async with asyncio.timeout(timeout):
                 async with self._done:
                     await self._done.wait_for(lambda: not self._listeners)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             log.warning("fallback %s: %d listeners did not finish", self.tier, len(self._listeners))
         self._ring.clear()

@@ -20,8 +20,9 @@ Clock rule (``_run``): a frame is due every 20 ms.
   the network stalled, or there is no teacher), a frame of silence (plus the floor) goes out on
   the timer, with the next one due exactly 20 ms later, so timer mode does not drift either.
   The tiers' encoders then run in DTX and the silence costs next to nothing on the air.
-- If the loop itself was held up for long (``RESYNC``), the missed frames are skipped, not
-  sent in a burst; pts still advance by the skipped time so receivers see a gap, like DTX.
+- Whatever happens, two frames are never sent less than 10 ms apart. If the loop itself was
+  held up for long (``RESYNC``), the missed frames are skipped rather than caught up; pts still
+  advance by the skipped time so receivers see a gap, like DTX.
 
 Every source buffer is bounded (``MAX_BUFFER``, drop oldest) and aiortc's unbounded remote-track
 queue is drained by our reader as fast as it fills, so overload shows up as loss, never as
@@ -36,7 +37,7 @@ import fractions
 import logging
 import math
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import av
 import numpy as np
@@ -137,7 +138,8 @@ class Source:
     so the mixer can sleep until then instead of polling.
     """
 
-    def __init__(self, track: MediaStreamTrack, name: str, on_ready: Callable[[], None]) -> None:
+    def __init__(self, track: MediaStreamTrack, name: str,
+                 on_ready: Callable[[], None] | None = None) -> None:
         self.track = track
         self.name = name
         self.buffer = SampleBuffer()
@@ -171,13 +173,14 @@ class Source:
                 for out in self._resampler.resample(frame):
                     samples = out.to_ndarray().reshape(-1)
                     self.buffer.push(samples, created)
-                if len(self.buffer) >= FRAME_SAMPLES:
+                if self._on_ready is not None and len(self.buffer) >= FRAME_SAMPLES:
                     self._on_ready()
         except MediaStreamError:
             log.info("mixer source %s ended", self.name)
         finally:
             self.ended = True
-            self._on_ready()  # wake the mixer so it stops waiting for this source
+            if self._on_ready is not None:
+                self._on_ready()  # wake the mixer so it stops waiting for this source
 
 
 class FloorTrack(MediaStreamTrack):
@@ -190,7 +193,7 @@ class FloorTrack(MediaStreamTrack):
 
     kind = "audio"
 
-    def __init__(self, on_stop: Callable[["FloorTrack"], None]) -> None:
+    def __init__(self, on_stop: Callable[[FloorTrack], None]) -> None:
         super().__init__()
         self._frames: collections.deque[av.AudioFrame] = collections.deque(maxlen=FLOOR_TRACK_FRAMES)
         self._ready = asyncio.Event()
@@ -213,10 +216,6 @@ class FloorTrack(MediaStreamTrack):
             self._on_stop(self)
         super().stop()
         self._ready.set()  # let a pending recv() see the end
-
-
-def _nothing() -> None:
-    pass
 
 
 def _frame(samples: np.ndarray, pts: int) -> av.AudioFrame:
@@ -291,7 +290,7 @@ class Mixer:
         if track is None:
             return None
         # only the teacher paces the clock; the floor is taken at whatever pace that is
-        source = Source(track, name, on_ready=self._wake if name == "teacher" else _nothing)
+        source = Source(track, name, on_ready=self._wake if name == "teacher" else None)
         if self._task is not None:
             source.start()
         return source
@@ -325,6 +324,7 @@ class Mixer:
 
     async def _run(self) -> None:
         due = last = time.monotonic()
+        last_sent = -math.inf
         while True:
             teacher = self._teacher
             now = time.monotonic()
@@ -332,26 +332,30 @@ class Mixer:
             last = now
             if teacher is not None and len(teacher.buffer) >= FRAME_SAMPLES:
                 lead = min(CATCH_UP, self._budget)
-                send_at = due - lead
+                # never two frames closer than 10 ms, even after the loop itself was held up
+                send_at = max(due - lead, last_sent + FRAME_SECONDS - CATCH_UP)
                 if now < send_at:
                     await asyncio.sleep(send_at - now)
                 if self._teacher is not teacher:  # replaced while we slept
                     continue
                 chunk = teacher.take()
                 assert chunk is not None
-                self._budget -= lead
+                last_sent = time.monotonic()
+                self._budget -= max(0.0, min(lead, due - last_sent))  # only earliness costs
                 # Pace from when the frame arrived (or was allowed out), not from when this
                 # loop woke up: wake-up delays would otherwise add up to a slow clock.
                 due = max(chunk[1], send_at) + FRAME_SECONDS
                 self._emit(chunk)
             else:
                 live = teacher is not None and not teacher.ended
-                deadline = due + (GRACE if live else 0.0)
+                deadline = max(due + (GRACE if live else 0.0),
+                               last_sent + FRAME_SECONDS - CATCH_UP)
                 if now < deadline:
                     await self._sleep(deadline - now)
                     if self._teacher is not teacher or time.monotonic() < deadline:
                         continue  # woken early: a teacher frame or a new source
                 self.silence_frames += 1
+                last_sent = time.monotonic()
                 self._emit(None)
                 due += FRAME_SECONDS
             behind = time.monotonic() - due

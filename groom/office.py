@@ -271,8 +271,17 @@ async def update_class(db: AsyncSession, viewer: Viewer, class_id: int, *,
                        clear_teacher: bool = False) -> Classroom:
     """Change a class. A new teacher also takes over the class's upcoming scheduled lessons, which
     is refused (409, naming the lesson) if one of them clashes with the new teacher's timetable."""
-    from .scheduling import reassign_teacher  # scheduling imports this module
+    from .scheduling import reassign_teacher, schedule_lock  # scheduling imports this module
 
+    async with schedule_lock:
+        return await _update_class(db, viewer, class_id, name=name, subject=subject, grade=grade,
+                                   teacher_id=teacher_id, clear_teacher=clear_teacher,
+                                   reassign_teacher=reassign_teacher)
+
+
+async def _update_class(db: AsyncSession, viewer: Viewer, class_id: int, *, name: Optional[str],
+                        subject: Optional[str], grade: Optional[str], teacher_id: Optional[int],
+                        clear_teacher: bool, reassign_teacher) -> Classroom:  # type: ignore[no-untyped-def]
     classroom = await manage_class(db, viewer, class_id)
     if name is not None:
         classroom.name = clean_text(name, field="class name")

@@ -116,6 +116,13 @@ def encode_slide(large: Image.Image, small: Image.Image, out_dir: Path) -> dict[
             "files": {k: {"name": v.name, "bytes": v.bytes} for k, v in files.items()}}
 
 
+def draw(page: pdfium.PdfPage, size: tuple[float, float], box: tuple[int, int]) -> Image.Image:
+    """Draw a page to fit ``box``. The scale comes from the page size, so the bitmap can never
+    exceed the box however large the page claims to be (a 5 m poster page is not 830 MB)."""
+    bitmap = page.render(scale=fit(size, box), fill_color=(255, 255, 255, 255))
+    return bitmap.to_pil().convert("RGB")
+
+
 def pdf_pages(path: Path, max_pages: int) -> tuple[int, Iterator[tuple[Image.Image, Image.Image]]]:
     """Open a PDF, check it, and return its page count and a generator of (large, small) images."""
     try:
@@ -138,10 +145,7 @@ def pdf_pages(path: Path, max_pages: int) -> tuple[int, Iterator[tuple[Image.Ima
             size = page.get_size()
             if min(size) <= 0:
                 raise Refusal("damaged", f"Page {index + 1} has no area.")
-            # The scale comes from the page size, so the bitmap can never exceed the target box
-            # however large the page claims to be.
-            yield tuple(page.render(scale=fit(size, box), fill_color=(255, 255, 255, 255))
-                        .to_pil().convert("RGB") for box in (LARGE, SMALL))  # type: ignore[misc]
+            yield draw(page, size, LARGE), draw(page, size, SMALL)
             page.close()
 
     return count, render()
@@ -149,12 +153,12 @@ def pdf_pages(path: Path, max_pages: int) -> tuple[int, Iterator[tuple[Image.Ima
 
 def image_pages(path: Path, max_pixels: int) -> tuple[int, Iterator[tuple[Image.Image, Image.Image]]]:
     """A PNG or JPEG is one slide; its header size is checked before any pixel is decoded."""
-    Image.MAX_IMAGE_PIXELS = max_pixels
+    Image.MAX_IMAGE_PIXELS = None  # Pillow's own check raises at open; ours has a clear message
     try:
         image = Image.open(path)
         width, height = image.size
-    except (OSError, Image.DecompressionBombError) as exc:
-        raise Refusal("damaged", "This picture is damaged or too large to read.") from exc
+    except OSError as exc:
+        raise Refusal("damaged", "This picture is damaged and cannot be read.") from exc
     if width * height > max_pixels:
         raise Refusal("image_too_large", f"This picture is {width}x{height} pixels; at most "
                       f"{max_pixels // 1_000_000} megapixels are allowed.")
@@ -199,26 +203,26 @@ def emit(message: dict[str, Any]) -> None:
 def run(args: argparse.Namespace) -> int:
     """Open, then draw page after page; every failure becomes one error line for the parent."""
     source, out_dir = Path(args.source), Path(args.out)
-    index = -1
+    done = 0
     try:
         if args.kind == "pdf":
             count, pages = pdf_pages(source, args.max_pages)
         else:
             count, pages = image_pages(source, args.max_pixels)
         emit({"pages": count})
-        for index, (large, small) in enumerate(pages):
-            emit({"page": index, **encode_slide(large, small, out_dir)})
-            index += 1  # a failure while drawing the next page names that page
+        for large, small in pages:
+            emit({"page": done, **encode_slide(large, small, out_dir)})
+            done += 1
     except Refusal as exc:
         emit({"error": exc.code, "message": exc.message})
         return 2
     except MemoryError:
-        emit({"error": "page_too_complex", "message": f"Page {max(index, 0) + 1} needs more memory "
+        emit({"error": "page_too_complex", "message": f"Page {done + 1} needs more memory "
               "to draw than the server allows. Simplify it or export the deck again as PDF."})
         return 2
     except Exception:  # pdfium and the codecs fail in many ways; the parent only needs the page
         traceback.print_exc()
-        emit({"error": "page_failed", "message": f"Page {max(index, 0) + 1} could not be drawn: "
+        emit({"error": "page_failed", "message": f"Page {done + 1} could not be drawn: "
               "it is damaged or needs more memory than the server allows."})
         return 2
     return 0

@@ -17,6 +17,7 @@ own lessons (week view, agenda, attendance).
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import datetime as dt
 from dataclasses import dataclass, field
@@ -30,7 +31,8 @@ from .auth import Viewer
 from .errors import AppError, not_found
 from .models import (Attendance, Classroom, Lesson, LessonState, Role, School, Series, User,
                      utcnow)
-from .office import _get, clean_text, get_class, get_school, get_teacher, manage_class, school_of
+from .office import (DEFAULT_TIMEZONE, _get, clean_text, get_class, get_school, get_teacher,
+                     manage_class, school_of)
 
 Scope = Literal["one", "rest"]
 
@@ -41,6 +43,13 @@ MAX_AGENDA_DAYS = 62
 # Dates outside this range are typing mistakes (and years like 9999 overflow once converted).
 MIN_YEAR, MAX_YEAR = 2000, 2100
 UTC = dt.timezone.utc
+
+# Checking for a clash and writing the lesson must not interleave with another booking. On
+# PostgreSQL, ``find_clash`` locks the class and teacher rows (which also covers several server
+# processes); SQLite's driver runs the check's SELECTs outside the write transaction, so within
+# the one process that owns a SQLite file, bookings also take this lock. Office writes are rare
+# and short, so serializing them costs nothing noticeable.
+schedule_lock = asyncio.Lock()
 
 
 # --- time zones ----------------------------------------------------------------------------------
@@ -120,6 +129,11 @@ async def find_clash(db: AsyncSession, slots: Sequence[tuple[dt.datetime, dt.dat
     teacher (cancelled lessons and the lessons in ``ignore`` left out), or None."""
     if not slots:
         return None
+    # On PostgreSQL, lock the class and teacher rows until commit so that two offices scheduling
+    # at the same moment cannot both pass the check (SQLite has one writer at a time anyway).
+    await db.execute(select(Classroom.id).where(Classroom.id == class_id).with_for_update())
+    if teacher_id is not None:
+        await db.execute(select(User.id).where(User.id == teacher_id).with_for_update())
     ordered = sorted(slots)
     who = [Lesson.class_id == class_id]
     if teacher_id is not None:
@@ -252,7 +266,7 @@ async def agenda(db: AsyncSession, viewer: Viewer, days: int = 7) -> list[Lesson
     teacher: their own; an admin: their schools'). "Today" is the school's today."""
     if not 1 <= days <= MAX_AGENDA_DAYS:
         raise AppError("invalid", "Choose from 1 to {max} days.", status=422, max=MAX_AGENDA_DAYS)
-    tz = ZoneInfo("UTC")
+    tz = ZoneInfo(DEFAULT_TIMEZONE)  # the admin of all schools: the district's own day
     if viewer.user.school_id is not None:
         tz = zone(await school_of(db, viewer.user.school_id))
     start = to_utc(dt.datetime.combine(today(tz), dt.time()), tz)
@@ -280,7 +294,7 @@ async def upcoming(db: AsyncSession, viewer: Viewer, class_id: int,
 
 # --- creating ------------------------------------------------------------------------------------
 
-async def create_lesson(db: AsyncSession, viewer: Viewer, class_id: int, title: str,
+async def _create_lesson(db: AsyncSession, viewer: Viewer, class_id: int, title: str,
                         starts_at: dt.datetime, duration_minutes: int) -> Lesson:
     """A one-off lesson taught by the class's teacher. ``starts_at`` is the school's local time
     (naive) or an aware time."""
@@ -326,7 +340,7 @@ def series_dates(weekdays: Sequence[int], first_date: dt.date, last_date: dt.dat
     return dates
 
 
-async def create_series(db: AsyncSession, viewer: Viewer, class_id: int, title: str,
+async def _create_series(db: AsyncSession, viewer: Viewer, class_id: int, title: str,
                         weekdays: Sequence[int], start_time: dt.time, duration_minutes: int,
                         first_date: dt.date, last_date: dt.date) -> tuple[Series, list[Lesson]]:
     """A weekly series: every chosen weekday from ``first_date`` to ``last_date`` at the local
@@ -381,7 +395,7 @@ async def _scope(db: AsyncSession, lesson: Lesson, scope: Scope) -> list[Lesson]
     return list((await db.execute(query)).unique().scalars())
 
 
-async def reschedule(db: AsyncSession, viewer: Viewer, lesson_id: int, starts_at: dt.datetime,
+async def _reschedule(db: AsyncSession, viewer: Viewer, lesson_id: int, starts_at: dt.datetime,
                      duration_minutes: Optional[int] = None, scope: Scope = "one") -> list[Lesson]:
     """Move a lesson (``scope="one"``), or it and the rest of its series (``"rest"``), to a new
     local start time, optionally with a new duration. For the rest of a series, each later lesson
@@ -443,3 +457,30 @@ async def reassign_teacher(db: AsyncSession, classroom: Classroom,
     for lesson in lessons:
         lesson.teacher_id = teacher_id
 
+
+
+# --- the public changes, one booking at a time --------------------------------------------------
+
+async def create_lesson(db: AsyncSession, viewer: Viewer, class_id: int, title: str,
+                        starts_at: dt.datetime, duration_minutes: int) -> Lesson:
+    async with schedule_lock:
+        return await _create_lesson(db, viewer, class_id, title, starts_at, duration_minutes)
+
+
+async def create_series(db: AsyncSession, viewer: Viewer, class_id: int, title: str,
+                        weekdays: Sequence[int], start_time: dt.time, duration_minutes: int,
+                        first_date: dt.date, last_date: dt.date) -> tuple[Series, list[Lesson]]:
+    async with schedule_lock:
+        return await _create_series(db, viewer, class_id, title, weekdays, start_time,
+                                    duration_minutes, first_date, last_date)
+
+
+async def reschedule(db: AsyncSession, viewer: Viewer, lesson_id: int, starts_at: dt.datetime,
+                     duration_minutes: Optional[int] = None, scope: Scope = "one") -> list[Lesson]:
+    async with schedule_lock:
+        return await _reschedule(db, viewer, lesson_id, starts_at, duration_minutes, scope)
+
+
+create_lesson.__doc__ = _create_lesson.__doc__
+create_series.__doc__ = _create_series.__doc__
+reschedule.__doc__ = _reschedule.__doc__

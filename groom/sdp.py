@@ -17,7 +17,7 @@ The edits are made on the answer text handed to the browser; aiortc keeps its ow
 from __future__ import annotations
 
 import re
-from typing import Mapping
+from collections.abc import Mapping
 
 TEACHER_UPLOAD: Mapping[str, int] = {
     "minptime": 10,

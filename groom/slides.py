@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from sqlalchemy import delete, or_, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from groom import rasterize
@@ -225,14 +226,15 @@ async def sweep(session_maker: async_sessionmaker[AsyncSession], data_dir: Path,
 
 def sniff(filename: str, data: bytes) -> str:
     """The upload's kind from its first bytes: "pdf", "image" or "office"."""
-    if b"%PDF-" in data[:1024]:  # the spec lets a few bytes of junk come first
-        return "pdf"
-    if filename.lower().endswith(".pdf"):
+    is_pdf = b"%PDF-" in data[:1024]  # readers accept some junk before the header
+    if filename.lower().endswith(".pdf") and not is_pdf:
         raise DeckError("not_pdf", "This file is named .pdf but is not a PDF.", 415)
-    if data.startswith(PNG_MAGIC) or data.startswith(JPEG_MAGIC):
+    if data.startswith((PNG_MAGIC, JPEG_MAGIC)):
         return "image"
     if data.startswith(ZIP_MAGIC):
         return "office"
+    if is_pdf:
+        return "pdf"
     raise DeckError("unsupported_type", "Upload a PDF, a PPTX or ODP presentation, or a PNG or "
                     "JPEG picture.", 415)
 
@@ -279,7 +281,7 @@ def check_office_zip(data: bytes, limits: Limits) -> str:
 # --- the heavy steps ------------------------------------------------------------------------
 
 def _write_source(staging: Path, suffix: str, data: bytes) -> Path:
-    staging.mkdir(parents=True)
+    (staging / "out").mkdir(parents=True)  # the worker's files, until they are published
     source = staging / ("source" + suffix)  # LibreOffice picks its import filter by suffix
     source.write_bytes(data)
     return source
@@ -317,9 +319,9 @@ async def _rasterize(source: Path, kind: str, staging: Path, limits: Limits,
                      progress: Optional[Progress]) -> list[dict[str, Any]]:
     """Run the page worker on ``source``; return its page records in order."""
     out = staging / "out"
-    out.mkdir()
     cpu = int(limits.page_seconds * (limits.max_pages + 1))
-    with open(staging / "worker.log", "wb") as stderr:
+    stderr = await asyncio.to_thread(open, staging / "worker.log", "wb")
+    with stderr:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, rasterize.__file__, "--source", str(source), "--kind", kind,
             "--out", str(out), "--max-pages", str(limits.max_pages),
@@ -337,8 +339,9 @@ async def _rasterize(source: Path, kind: str, staging: Path, limits: Limits,
                     progress(index + 1, total)
             await proc.wait()
         except DeckError:
+            await _kill_group(proc)
             log.warning("page worker refused %s: exit %s, log: %s", source.name, proc.returncode,
-                        _tail(staging / "worker.log"))
+                        await asyncio.to_thread(_tail, staging / "worker.log"))
             raise
         finally:
             await _kill_group(proc)
@@ -405,20 +408,28 @@ async def _save(session_maker: async_sessionmaker[AsyncSession], class_id: int, 
                 filename: str, pages: list[dict[str, Any]]) -> Deck:
     name = Path(filename.replace("\\", "/")).name[:255]
     title = " ".join(title.split())[:200] or Path(name).stem[:200] or "Slides"
-    async with session_maker() as session, session.begin():
-        deck = Deck(class_id=class_id, title=title, filename=name, pages=len(pages),
-                    small_bytes=sum(p["files"]["small"]["bytes"] for p in pages))
-        session.add(deck)
-        await session.flush()
-        for index, page in enumerate(pages):
-            files = page["files"]
-            session.add(Slide(
-                deck_id=deck.id, index=index, width=page["width"], height=page["height"],
-                small=files["small"]["name"], small_bytes=files["small"]["bytes"],
-                large=files["large"]["name"], large_bytes=files["large"]["bytes"],
-                thumb=files["thumb"]["name"], thumb_bytes=files["thumb"]["bytes"],
-                jpeg=files["jpeg"]["name"], jpeg_bytes=files["jpeg"]["bytes"]))
+    try:
+        async with session_maker() as session, session.begin():
+            deck = Deck(class_id=class_id, title=title, filename=name, pages=len(pages),
+                        small_bytes=sum(p["files"]["small"]["bytes"] for p in pages))
+            session.add(deck)
+            await session.flush()
+            _add_slides(session, deck.id, pages)
+    except IntegrityError as exc:  # the only constraint a new deck can break: its class is gone
+        raise DeckError("no_class", "This class was removed while the deck was being "
+                        "prepared.", 404) from exc
     return deck
+
+
+def _add_slides(session: AsyncSession, deck_id: int, pages: list[dict[str, Any]]) -> None:
+    for index, page in enumerate(pages):
+        files = page["files"]
+        session.add(Slide(
+            deck_id=deck_id, index=index, width=page["width"], height=page["height"],
+            small=files["small"]["name"], small_bytes=files["small"]["bytes"],
+            large=files["large"]["name"], large_bytes=files["large"]["bytes"],
+            thumb=files["thumb"]["name"], thumb_bytes=files["thumb"]["bytes"],
+            jpeg=files["jpeg"]["name"], jpeg_bytes=files["jpeg"]["bytes"]))
 
 
 async def _referenced(session: AsyncSession, names: set[str]) -> set[str]:

@@ -8,6 +8,7 @@ audio arrived, was not silent, and lost nothing.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 from pathlib import Path
 from typing import Any, Optional
@@ -16,7 +17,9 @@ import aiohttp
 import numpy as np
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.contrib.media import MediaPlayer
-from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.mediastreams import AudioStreamTrack, MediaStreamError, MediaStreamTrack
+
+from servers import ApiClient, GroomServer
 
 SPEECH = Path(__file__).resolve().parent.parent / "media" / "speech.wav"
 
@@ -138,3 +141,61 @@ class Peer:
         if self.ws is not None:
             await self.ws.close()
         await self.http.close()
+
+
+async def new_lesson(srv: GroomServer, demo: dict[str, Any]) -> int:
+    """A fresh 5-minute lesson of the demo class, in its own slot so it clashes with nothing
+    (the demo's own lesson is cancelled first: it covers the next 45 minutes)."""
+    client = ApiClient(srv.base_url)
+    try:
+        await client.login(demo["admin_login"]["username"], demo["admin_login"]["password"])
+        if not demo.get("demo_lesson_cancelled"):
+            status, body = await client.call("POST", f"/api/lessons/{demo['lesson_id']}/cancel",
+                                             json={"scope": "one"})
+            assert status == 200, body
+            demo["demo_lesson_cancelled"] = True
+        demo["slot"] = slot = demo.get("slot", 0) + 1  # lessons may start up to 1 h early
+        start = dt.datetime.now(dt.timezone.utc) + dt.timedelta(minutes=5 * slot)
+        status, body = await client.call("POST", f"/api/classes/{demo['class_id']}/lessons", json={
+            "title": "Live test", "starts_at": start.isoformat(), "duration_minutes": 5})
+        assert status == 201, body
+        return int(body["id"])
+    finally:
+        await client.close()
+
+
+async def start_teacher(srv: GroomServer, demo: dict[str, Any], *, silent: bool = False) -> Peer:
+    lesson_id = await new_lesson(srv, demo)
+    demo["lesson_id"] = lesson_id
+    peer = Peer(srv.base_url)
+    login = demo["teacher_login"]
+    async with peer.http.post(srv.base_url + "/api/login", json=login) as resp:
+        assert resp.status == 200
+    welcome = await peer.connect({"type": "hello", "role": "teacher", "lesson_id": lesson_id})
+    assert welcome["type"] == "welcome", welcome
+    if silent:
+        pc = peer.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        pc.addTransceiver(AudioStreamTrack(), direction="sendrecv")
+
+        @pc.on("track")
+        def on_track(track: Any) -> None:
+            peer._tasks.append(asyncio.create_task(peer._record(track)))
+
+        await pc.setLocalDescription(await pc.createOffer())
+        await peer.send({"type": "offer", "sdp": pc.localDescription.sdp})
+        answer = await peer.expect("answer")
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
+    else:
+        await peer.negotiate(send_audio=True, receive_audio=True)
+    return peer
+
+
+async def join_student(srv: GroomServer, demo: dict[str, Any], name: str, **extra: Any) -> Peer:
+    peer = Peer(srv.base_url)
+    welcome = await peer.connect({"type": "hello", "role": "student", "code": demo["class_code"],
+                                  "name": name, **extra})
+    assert welcome["type"] == "welcome", welcome
+    await peer.negotiate(send_audio=False, receive_audio=True)
+    return peer
+
+

@@ -24,11 +24,18 @@ ROOT_USER, ROOT_PASSWORD = "root", "root-password-1"
 
 _RESET_PG = """
 import asyncio, sys, asyncpg
-async def main(url):
-    conn = await asyncpg.connect(url.replace('postgresql+asyncpg://', 'postgresql://'))
+async def main(url, name):
+    base = url.replace('postgresql+asyncpg://', 'postgresql://')
+    if name:
+        conn = await asyncpg.connect(base)
+        if not await conn.fetchval('SELECT 1 FROM pg_database WHERE datname = $1', name):
+            await conn.execute(f'CREATE DATABASE "{name}"')
+        await conn.close()
+        base = base.rsplit('/', 1)[0] + '/' + name
+    conn = await asyncpg.connect(base)
     await conn.execute('DROP SCHEMA public CASCADE; CREATE SCHEMA public')
     await conn.close()
-asyncio.run(main(sys.argv[1]))
+asyncio.run(main(sys.argv[1], sys.argv[2]))
 """
 
 
@@ -47,19 +54,25 @@ def database_backends() -> list[str]:
 
 class GroomServer:
     def __init__(self, data_dir: Path, backend: str = "sqlite", *, args: tuple[str, ...] = (),
-                 reset_database: bool = True) -> None:
+                 reset_database: bool = True, pg_database: str = "") -> None:
+        """``pg_database``: a PostgreSQL database of its own (made if missing), for a server
+        that runs beside the session's shared one; empty means the database of the URL."""
         self.data_dir = data_dir
         self.backend = backend
         self.args = args
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
-        self.database_url = (os.environ["GROOM_TEST_DATABASE_URL"] if backend == "postgresql"
-                             else f"sqlite+aiosqlite:///{data_dir / 'groom.sqlite3'}")
+        if backend == "postgresql":
+            url = os.environ["GROOM_TEST_DATABASE_URL"]
+            self.database_url = url.rsplit("/", 1)[0] + "/" + pg_database if pg_database else url
+        else:
+            self.database_url = f"sqlite+aiosqlite:///{data_dir / 'groom.sqlite3'}"
         self.proc: Optional[subprocess.Popen[bytes]] = None
         self.log_path = data_dir / "server.log"
         data_dir.mkdir(parents=True, exist_ok=True)
         if backend == "postgresql" and reset_database:
-            subprocess.run([sys.executable, "-c", _RESET_PG, self.database_url], check=True)
+            subprocess.run([sys.executable, "-c", _RESET_PG, os.environ["GROOM_TEST_DATABASE_URL"],
+                            pg_database], check=True)
 
     def common_args(self) -> list[str]:
         return ["--data-dir", str(self.data_dir), "--database-url", self.database_url]

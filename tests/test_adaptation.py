@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from groom.adaptation import (Grade, LinkSample, Thresholds, TierController, Timing, classify)
+from groom.adaptation import Grade, LinkSample, Thresholds, TierController, Timing, classify
 
 
 class Clock:
@@ -17,10 +17,10 @@ class Clock:
         return self.now
 
 
-GOOD_RTCP = dict(fraction_lost=0, jitter=480, rtt=0.15)  # 0 %, 10 ms, 150 ms
-BAD_RTCP = dict(fraction_lost=40, jitter=480, rtt=0.15)  # 15.6 % loss
-FAIR_RTCP = dict(fraction_lost=10, jitter=480, rtt=0.15)  # 3.9 % loss
-SEVERE_RTCP = dict(fraction_lost=128, jitter=480, rtt=0.15)  # 50 % loss
+GOOD_RTCP = {"fraction_lost": 0, "jitter": 480, "rtt": 0.15}  # 0 %, 10 ms, 150 ms
+BAD_RTCP = {"fraction_lost": 40, "jitter": 480, "rtt": 0.15}  # 15.6 % loss
+FAIR_RTCP = {"fraction_lost": 10, "jitter": 480, "rtt": 0.15}  # 3.9 % loss
+SEVERE_RTCP = {"fraction_lost": 128, "jitter": 480, "rtt": 0.15}  # 50 % loss
 
 
 def make(**kw: object) -> tuple[TierController, Clock]:

@@ -163,7 +163,8 @@ async def test_waiting_fallback_floor_data_saver_and_reconnects(demo: Any, brows
     a_context, a = await student_page(browser, info["student_url"], "Early Student")
     a.on("pageerror", lambda exc: errors.append(f"A: {exc}"))
     await wait_state(a, "waiting")
-    await a.evaluate("() => { window.seen = []; window.groom.on('state', (s) => window.seen.push(s)); }")
+    await a.evaluate("() => { window.seen = []; window.groom.on('state', (s) => window.seen.push(s)); "
+                     "window.rooms = []; window.groom.on('room', (r) => window.rooms.push(r)); }")
 
     t_context, teacher = await teacher_page(browser, srv.base_url, info)
     teacher.on("pageerror", lambda exc: errors.append(f"teacher: {exc}"))
@@ -229,7 +230,10 @@ async def test_waiting_fallback_floor_data_saver_and_reconnects(demo: Any, brows
 
     # The teacher's socket drops: students see "teacher reconnecting", then live again.
     await teacher.evaluate("() => window.groom.ws.close()")
-    await a.wait_for_function("() => window.seen.indexOf('teacher-away') >= 0", timeout=10000)
+    try:
+        await a.wait_for_function("() => window.seen.indexOf('teacher-away') >= 0", timeout=10000)
+    except Exception:
+        raise AssertionError(await a.evaluate("() => JSON.stringify([window.seen, window.rooms])"))
     await wait_state(teacher, "live")
     await wait_state(a, "live")
 

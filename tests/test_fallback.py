@@ -6,8 +6,8 @@ import asyncio
 import socket
 import struct
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import AsyncIterator
 
 import aiohttp
 import av
@@ -94,7 +94,7 @@ class Server:
     async def _listen(self, request: web.Request) -> web.StreamResponse:
         return await self.stream.serve(request)
 
-    async def __aenter__(self) -> "Server":
+    async def __aenter__(self) -> Server:
         await self.runner.setup()
         site = web.TCPSite(self.runner, "127.0.0.1", 0)
         await site.start()

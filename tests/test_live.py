@@ -3,102 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import io
-import itertools
-import time
-from pathlib import Path
-from typing import Any, AsyncIterator, Iterator
+from typing import Any
 
 import aiohttp
 import av
 import numpy as np
 import pytest
-from aiortc.mediastreams import AudioStreamTrack
 
-from peers import Peer
-from servers import ApiClient, GroomServer, database_backends
+from peers import Peer, join_student, start_teacher
+from servers import GroomServer
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture(scope="module", params=database_backends())
-def live(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[GroomServer, dict[str, Any]]]:
-    srv = GroomServer(tmp_path_factory.mktemp(f"live-{request.param}"), request.param,
-                      args=("--demo", "--json", "--grace-seconds", "4", "--tier-up-seconds", "2",
-                            "--join-attempts-per-minute", "1000"))
-    srv.start()
-    demo: dict[str, Any] = {}
-    for _ in range(100):
-        for line in srv.log_lines():
-            if "admin_url" in line:
-                demo = line
-        if demo:
-            break
-        time.sleep(0.1)
-    assert demo, "the demo did not print its JSON line"
-    yield srv, demo
-    srv.stop()
-
-
-_slots = itertools.count(1)
-
-
-async def _new_lesson(srv: GroomServer, demo: dict[str, Any]) -> int:
-    """A fresh 5-minute lesson of the demo class, in its own slot so it clashes with nothing
-    (the demo's own lesson is cancelled first: it covers the next 45 minutes)."""
-    client = ApiClient(srv.base_url)
-    try:
-        await client.login(demo["admin_login"]["username"], demo["admin_login"]["password"])
-        if not demo.get("demo_lesson_cancelled"):
-            status, body = await client.call("POST", f"/api/lessons/{demo['lesson_id']}/cancel",
-                                             json={"scope": "one"})
-            assert status == 200, body
-            demo["demo_lesson_cancelled"] = True
-        start = dt.datetime.now(dt.timezone.utc) + dt.timedelta(minutes=5 * next(_slots))
-        status, body = await client.call("POST", f"/api/classes/{demo['class_id']}/lessons", json={
-            "title": "Live test", "starts_at": start.isoformat(), "duration_minutes": 5})
-        assert status == 201, body
-        return int(body["id"])
-    finally:
-        await client.close()
-
-
-async def _teacher(srv: GroomServer, demo: dict[str, Any], *, silent: bool = False) -> Peer:
-    lesson_id = await _new_lesson(srv, demo)
-    demo["lesson_id"] = lesson_id
-    peer = Peer(srv.base_url)
-    login = demo["teacher_login"]
-    async with peer.http.post(srv.base_url + "/api/login", json=login) as resp:
-        assert resp.status == 200
-    welcome = await peer.connect({"type": "hello", "role": "teacher", "lesson_id": lesson_id})
-    assert welcome["type"] == "welcome", welcome
-    if silent:
-        from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
-
-        pc = peer.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-        pc.addTransceiver(AudioStreamTrack(), direction="sendrecv")
-
-        @pc.on("track")
-        def on_track(track: Any) -> None:
-            peer._tasks.append(asyncio.create_task(peer._record(track)))
-
-        await pc.setLocalDescription(await pc.createOffer())
-        await peer.send({"type": "offer", "sdp": pc.localDescription.sdp})
-        answer = await peer.expect("answer")
-        await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
-    else:
-        await peer.negotiate(send_audio=True, receive_audio=True)
-    return peer
-
-
-async def _student(srv: GroomServer, demo: dict[str, Any], name: str, **extra: Any) -> Peer:
-    peer = Peer(srv.base_url)
-    welcome = await peer.connect({"type": "hello", "role": "student", "code": demo["class_code"],
-                                  "name": name, **extra})
-    assert welcome["type"] == "welcome", welcome
-    await peer.negotiate(send_audio=False, receive_audio=True)
-    return peer
 
 
 async def _end(teacher: Peer) -> None:
@@ -114,8 +30,8 @@ async def _inbound(peer: Peer) -> Any:
 
 async def test_teacher_voice_reaches_students_on_their_tiers(live: tuple[GroomServer, dict[str, Any]]) -> None:
     srv, demo = live
-    teacher = await _teacher(srv, demo)
-    students = [await _student(srv, demo, f"Student {i}") for i in range(2)]
+    teacher = await start_teacher(srv, demo)
+    students = [await join_student(srv, demo, f"Student {i}") for i in range(2)]
     saver = students[1]
     try:
         await saver.send({"type": "data_saver", "on": True})
@@ -142,8 +58,8 @@ async def test_teacher_voice_reaches_students_on_their_tiers(live: tuple[GroomSe
 
 async def test_tier_moves_lose_nothing(live: tuple[GroomServer, dict[str, Any]]) -> None:
     srv, demo = live
-    teacher = await _teacher(srv, demo)
-    student = await _student(srv, demo, "Mover")
+    teacher = await start_teacher(srv, demo)
+    student = await join_student(srv, demo, "Mover")
     try:
         await asyncio.sleep(2)
         for on in (True, False, True, False):
@@ -175,9 +91,9 @@ async def test_tier_moves_lose_nothing(live: tuple[GroomServer, dict[str, Any]])
 
 async def test_stalled_student_does_not_delay_others(live: tuple[GroomServer, dict[str, Any]]) -> None:
     srv, demo = live
-    teacher = await _teacher(srv, demo)
-    stalled = await _student(srv, demo, "Stalled")
-    healthy = await _student(srv, demo, "Healthy")
+    teacher = await start_teacher(srv, demo)
+    stalled = await join_student(srv, demo, "Stalled")
+    healthy = await join_student(srv, demo, "Healthy")
     try:
         await asyncio.sleep(1)
         # Stop reading the stalled student's UDP socket: its kernel buffer fills up.
@@ -199,9 +115,9 @@ async def test_stalled_student_does_not_delay_others(live: tuple[GroomServer, di
 
 async def test_floor_audio_reaches_everyone(live: tuple[GroomServer, dict[str, Any]]) -> None:
     srv, demo = live
-    teacher = await _teacher(srv, demo, silent=True)
-    speaker = await _student(srv, demo, "Speaker")
-    listener = await _student(srv, demo, "Listener")
+    teacher = await start_teacher(srv, demo, silent=True)
+    speaker = await join_student(srv, demo, "Speaker")
+    listener = await join_student(srv, demo, "Listener")
     try:
         mark = len(listener.frames)
         await asyncio.sleep(2)
@@ -253,8 +169,8 @@ async def _publish_mic(peer: Peer) -> None:
 
 async def test_teacher_reconnect_within_grace_keeps_the_room(live: tuple[GroomServer, dict[str, Any]]) -> None:
     srv, demo = live
-    teacher = await _teacher(srv, demo)
-    student = await _student(srv, demo, "Patient")
+    teacher = await start_teacher(srv, demo)
+    student = await join_student(srv, demo, "Patient")
     resume = teacher.welcome["resume"]
     http = teacher.http
     try:
@@ -284,8 +200,8 @@ async def test_teacher_reconnect_within_grace_keeps_the_room(live: tuple[GroomSe
 
 async def test_teacher_gone_past_grace_ends_the_lesson(live: tuple[GroomServer, dict[str, Any]]) -> None:
     srv, demo = live
-    teacher = await _teacher(srv, demo)
-    student = await _student(srv, demo, "Left alone")
+    teacher = await start_teacher(srv, demo)
+    student = await join_student(srv, demo, "Left alone")
     try:
         assert teacher.ws is not None
         await teacher.ws.close()
@@ -299,7 +215,7 @@ async def test_teacher_gone_past_grace_ends_the_lesson(live: tuple[GroomServer, 
 
 async def test_http_fallback_stream_decodes(live: tuple[GroomServer, dict[str, Any]]) -> None:
     srv, demo = live
-    teacher = await _teacher(srv, demo)
+    teacher = await start_teacher(srv, demo)
     student = Peer(srv.base_url)
     try:
         welcome = await student.connect({"type": "hello", "role": "student",

@@ -3,6 +3,7 @@ or the rest of a series, all-or-nothing clashes, a class changing teacher, week 
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from typing import Any
 
@@ -121,11 +122,17 @@ async def test_reschedule_and_cancel_one_or_the_rest(root: ApiClient) -> None:
     assert status == 409 and body["error"]["details"]["lesson_id"] == lessons[3]["id"]
     status, fifth = await root.call("GET", f"/api/lessons/{lessons[4]['id']}")
     assert fifth == moved[1]
-    # "rest" moving every later lesson one week later would land on the next one: refused.
+    # The same move for the rest of the series is refused as a whole too.
     status, body = await root.call("POST", f"/api/lessons/{lessons[4]['id']}/reschedule", json={
-        "starts_at": (dt.datetime.fromisoformat(moved[1]["local_start"]) + dt.timedelta(days=7))
+        "starts_at": moved[0]["local_start"], "scope": "rest"})
+    assert status == 409 and body["error"]["details"]["lesson_id"] == lessons[3]["id"]
+    status, later = await root.call("GET", f"/api/classes/{classroom['id']}/lessons")
+    assert [x["starts_at"] for x in later[3:]] == [x["starts_at"] for x in moved]
+    # Moving the rest one week later is fine: the moved lessons keep their spacing.
+    status, body = await root.call("POST", f"/api/lessons/{lessons[8]['id']}/reschedule", json={
+        "starts_at": (dt.datetime.fromisoformat(moved[5]["local_start"]) + dt.timedelta(days=7))
         .replace(tzinfo=None).isoformat(), "scope": "rest"})
-    assert status == 409
+    assert status == 200 and len(body) == 2
 
     # Cancel the rest from the 8th lesson; cancelled lessons cannot be moved or cancelled again.
     status, cancelled = await root.call("POST", f"/api/lessons/{lessons[7]['id']}/cancel",
@@ -217,3 +224,16 @@ async def test_class_changes_teacher(root: ApiClient) -> None:
     status, changed = await root.call("PATCH", f"/api/classes/{classroom['id']}",
                                       json={"teacher_id": None})
     assert status == 200 and changed["teacher_id"] is None
+
+
+async def test_simultaneous_bookings_of_one_slot(root: ApiClient) -> None:
+    """Two offices booking the same slot at the same moment: exactly one wins."""
+    _, _, classroom = await setup(root)
+    monday = monday_in(4)
+    answers = await asyncio.gather(*(
+        root.call("POST", f"/api/classes/{classroom['id']}/lessons", json={
+            "title": f"Try {i}", "starts_at": f"{monday}T10:{i:02d}", "duration_minutes": 45})
+        for i in range(6)))
+    assert sorted(status for status, _ in answers) == [201] + [409] * 5, answers
+    status, lessons = await root.call("GET", f"/api/classes/{classroom['id']}/lessons")
+    assert len(lessons) == 1

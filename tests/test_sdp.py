@@ -8,8 +8,14 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import AudioStreamTrack, VideoStreamTrack
 from aiortc.sdp import SessionDescription
 
-from groom.sdp import (STUDENT_LINK, TEACHER_UPLOAD, has_audio, set_opus_params, student_answer,
-                       teacher_answer)
+from groom.sdp import (
+    STUDENT_LINK,
+    TEACHER_UPLOAD,
+    has_audio,
+    set_opus_params,
+    student_answer,
+    teacher_answer,
+)
 
 CHROME_AUDIO = """v=0\r
 o=- 1 2 IN IP4 127.0.0.1\r

@@ -97,7 +97,9 @@
       link.appendChild(el("small", " " + fill(t.link, {
         loss: (p.loss_pct || 0).toFixed(1), jitter: Math.round(p.jitter_ms || 0) })));
       tr.appendChild(link);
-      tr.appendChild(el("td", p.hand ? "✋" : ""));
+      var hand = el("td", p.hand ? "✋" : "");
+      if (p.hand) hand.title = t.hand_up;
+      tr.appendChild(hand);
       var actions = el("td");
       actions.appendChild(button(t.kick, function () {
         if (window.confirm(fill(t.kick_confirm, { name: p.name }))) {
