@@ -62,8 +62,10 @@ def student_out(student: Student) -> StudentOut:
 async def lesson_outs(db: AsyncSession, lessons: Sequence[Lesson]) -> list[LessonOut]:
     zones = await scheduling.zones_of(db, lessons)
     teacher_ids = {x.teacher_id for x in lessons if x.teacher_id is not None}
-    names = dict((await db.execute(select(User.id, User.display_name)
-                                   .where(User.id.in_(teacher_ids)))).tuples().all()) if teacher_ids else {}
+    names: dict[int, str] = {}
+    if teacher_ids:
+        names = dict((await db.execute(select(User.id, User.display_name)
+                                       .where(User.id.in_(teacher_ids)))).tuples().all())
     out = []
     for x in lessons:
         tz = zones[x.id]

@@ -14,6 +14,7 @@ from . import db
 from .auth import SessionCodec
 from .config import Settings
 from .i18n import load_catalogs
+from .decks import imports_ctx
 from .live import rooms_ctx
 from .plumbing import (CATALOGS, CODEC, ENGINE, JINJA, SESSIONS, SETTINGS, csrf, errors,
                        make_jinja, request_context)
@@ -31,6 +32,7 @@ def create_app(settings: Settings) -> web.Application:
     app[JINJA] = make_jinja()
     app[CATALOGS] = load_catalogs()
     app.cleanup_ctx.append(_database)
+    app.cleanup_ctx.append(imports_ctx)
     app.cleanup_ctx.append(rooms_ctx)
     setup_routes(app)
     return app

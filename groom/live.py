@@ -9,9 +9,13 @@ from __future__ import annotations
 from typing import Any, AsyncIterator, Optional
 
 from aiohttp import web
+from pydantic import BaseModel
+from sqlalchemy import select
 
 from .errors import AppError
-from .models import Lesson
+from .auth import require_viewer
+from .models import Lesson, LessonEvent
+from .openapi import endpoint, path_int
 from .plumbing import SESSIONS, SETTINGS, render, viewer
 from . import joining
 from .jobs import JobWorker
@@ -20,6 +24,27 @@ from .rooms import ROOMS, Rooms
 
 
 JOBS = web.AppKey("jobs", JobWorker)
+
+
+class EventOut(BaseModel):
+    at_ms: int
+    kind: str
+    data: dict[str, Any]
+
+
+@endpoint("GET", "/api/lessons/{lesson_id}/events", summary="The lesson's timeline: slides, ink, "
+          "hands, chat, polls, in order", tag="lessons", response=list[EventOut], errors=(404,))
+async def lesson_events(request: web.Request) -> list[EventOut]:
+    lesson_id = path_int(request, "lesson_id")
+    v = require_viewer(await viewer(request))
+    async with request.app[SESSIONS]() as db:
+        lesson = await db.get(Lesson, lesson_id)
+        if lesson is None:
+            raise AppError("not_found", "Not found: {what}", status=404, what="lesson")
+        v.require_class(lesson.classroom)
+        rows = (await db.execute(select(LessonEvent).where(LessonEvent.lesson_id == lesson_id)
+                                 .order_by(LessonEvent.at_ms, LessonEvent.id))).scalars().all()
+    return [EventOut(at_ms=r.at_ms, kind=r.kind, data=r.data) for r in rows]
 
 
 def _ws_url(request: web.Request) -> str:

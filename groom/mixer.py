@@ -37,6 +37,7 @@ import fractions
 import logging
 import math
 import time
+import weakref
 from collections.abc import Callable
 
 import av
@@ -59,11 +60,10 @@ LEVEL_FRAMES = 10  # teacher level every 200 ms (5x/s)
 SILENCE_DBFS = -100.0
 FLOOR_TRACK_FRAMES = 5  # the teacher's return stream holds at most 100 ms
 # The floor is read at the teacher's pace, so nothing else drains a backlog of it (a burst after
-# a stall, frames queued in aiortc before it got the floor, a faster sound card): beyond
-# FLOOR_MAX_QUEUED frames waiting, the oldest are dropped down to FLOOR_KEEP, like a jitter
-# buffer dropping late packets.
-FLOOR_MAX_QUEUED = 2
-FLOOR_KEEP = 1
+# a stall, frames queued in aiortc before it got the floor, a faster sound card): when more than
+# one packet plus FLOOR_SLACK is waiting, the oldest audio is dropped down to one packet, like a
+# jitter buffer dropping late packets. (Students send 60 ms packets: see sdp.student_answer.)
+FLOOR_SLACK = 2 * FRAME_SAMPLES
 
 FrameSink = Callable[[av.AudioFrame, float], None]  # TierSet.feed(frame, created)
 
@@ -134,6 +134,9 @@ class SampleBuffer:
 class Source:
     """One remote track read by one task into one bounded buffer, resampled to 48 kHz mono.
 
+    ``packet`` is the largest decoded frame seen (20 ms from a browser by default, 60 ms from
+    a student page that honours our ``a=ptime:60``); the buffer always holds at least two.
+
     ``on_ready`` is called whenever a full 20 ms frame is buffered (and when the track ends),
     so the mixer can sleep until then instead of polling.
     """
@@ -143,6 +146,7 @@ class Source:
         self.track = track
         self.name = name
         self.buffer = SampleBuffer()
+        self.packet = FRAME_SAMPLES
         self.ended = False
         self._on_ready = on_ready
         self._resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
@@ -170,9 +174,11 @@ class Source:
                 created = time.monotonic()
                 if not isinstance(frame, av.AudioFrame):
                     continue
+                if frame.samples > self.packet:
+                    self.packet = frame.samples
+                    self.buffer.capacity = max(MAX_BUFFER, 2 * frame.samples)
                 for out in self._resampler.resample(frame):
-                    samples = out.to_ndarray().reshape(-1)
-                    self.buffer.push(samples, created)
+                    self.buffer.push(out.to_ndarray().reshape(-1), created)
                 if self._on_ready is not None and len(self.buffer) >= FRAME_SAMPLES:
                     self._on_ready()
         except MediaStreamError:
@@ -240,7 +246,8 @@ class Mixer:
         self._on_level = on_level
         self._teacher: Source | None = None
         self._floor: Source | None = None
-        self._floor_tracks: set[FloorTrack] = set()
+        # weak: a teacher connection that closes without stopping its track must not leak it
+        self._floor_tracks: weakref.WeakSet[FloorTrack] = weakref.WeakSet()
         self._task: asyncio.Task[None] | None = None
         self._waiter: asyncio.Future[None] | None = None  # the clock's sleep, cut short by _wake
         self._pts = 0
@@ -389,8 +396,8 @@ class Mixer:
         floor_chunk = None
         if floor is not None:
             floor_chunk = floor.take()
-            if len(floor.buffer) > FLOOR_MAX_QUEUED * FRAME_SAMPLES:
-                floor.buffer.discard(len(floor.buffer) - FLOOR_KEEP * FRAME_SAMPLES)
+            if len(floor.buffer) > floor.packet + FLOOR_SLACK:
+                floor.buffer.discard(len(floor.buffer) - floor.packet)
         now = time.monotonic()
         if teacher_chunk is not None and floor_chunk is not None:
             mixed = teacher_chunk[0].astype(np.int32) + floor_chunk[0]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import logging
 import secrets
 import time
@@ -29,16 +30,21 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from . import sdp
 from .adaptation import TierController, Timing
+from .board import Board
+from .chat import Chat
 from .errors import AppError
 from .config import Settings
 from .fallback import FallbackStream
 from .jobs import JobWorker
 from .mixer import Mixer
+from .polls import Polls
 from .postprocess import start_recording, stop_recording
 from .recorder import Recorder
-from .models import Attendance, Lesson, LessonState, utcnow
+from .models import Attendance, Deck, Lesson, LessonState, utcnow
+from .slides import deck_slides
 from .student_sender import StudentSender, add_student_audio
 from .tiers import TierSet
+from .timeline import Timeline
 from .turn import ice_servers_for
 
 log = logging.getLogger("groom.room")
@@ -52,6 +58,8 @@ class Outbox(Protocol):
     """A participant's way back: ``send`` never blocks; ``close`` ends the socket."""
 
     def send(self, message: dict[str, Any]) -> None: ...
+
+    def send_text(self, text: str) -> None: ...
 
     def close(self, code: int, reason: str) -> None: ...
 
@@ -131,6 +139,10 @@ class Room:
         self._fallbacks: dict[str, FallbackStream] = {}
         self._worker = worker
         self.recorder: Optional[Recorder] = None
+        self.board = Board()
+        self.chat = Chat()
+        self.polls = Polls()
+        self.timeline = Timeline(lesson.id, self.started, sessions)
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
@@ -140,6 +152,8 @@ class Room:
         self.recorder = await start_recording(self._sessions, self._settings.data_dir,
                                               self.lesson.id, self.started)
         self.tiers.subscribe(self.recorder, self.tiers.specs[-1].name)
+        self.timeline.recorder = self.recorder
+        self.timeline.start()
         self.mixer.start()
         self._tick_task = asyncio.create_task(self._tick(), name=f"room-{self.lesson.id}-tick")
 
@@ -174,6 +188,7 @@ class Room:
         await asyncio.gather(*(self._close_media(p) for p in self.everyone()),
                              *(stream.close() for stream in self._fallbacks.values()),
                              return_exceptions=True)
+        await self.timeline.stop()
         if self.recorder is not None:
             self.tiers.unsubscribe(self.recorder)
             await stop_recording(self._sessions, self.lesson.id, self.recorder, self._worker)
@@ -455,6 +470,7 @@ class Room:
         if up == (p.hand_since is not None):
             return
         p.hand_since = time.monotonic() if up else None
+        self.timeline.add("hand", {"id": p.id, "name": p.name, "up": up})
         if self.teacher is not None:
             self.teacher.send({"type": "hands", "queue": self.hands()})
         self.send_participants()
@@ -477,6 +493,7 @@ class Room:
             holder = self.students[pid]
             self.set_hand(holder, False)
             holder.send({"type": "floor", "you": True})
+        self.timeline.add("floor", {"id": pid, "name": self.students[pid].name if pid else None})
         self.broadcast_room()
 
     def room_state(self) -> dict[str, Any]:
@@ -484,10 +501,96 @@ class Room:
                 "floor": self.floor, "students": sum(1 for s in self.students.values() if s.outbox),
                 "state": self.state}
 
+    def broadcast(self, message: dict[str, Any], *, students_only: bool = False) -> None:
+        """One message to everyone in the room, serialized once (not once per student)."""
+        text = json.dumps(message, ensure_ascii=False)
+        for p in (self.students.values() if students_only else self.everyone()):
+            if p.outbox is not None:
+                p.outbox.send_text(text)
+
     def broadcast_room(self) -> None:
-        message = self.room_state()
-        for p in self.everyone():
-            p.send(message)
+        self.broadcast(self.room_state())
+
+    def snapshot(self) -> dict[str, Any]:
+        """What a (late) joiner needs at once: the deck, the slide and its ink, chat, the poll."""
+        poll = self.polls.current
+        return {"deck": self.board.deck(), "slide": self.board.current(),
+                "chat": {"enabled": self.chat.enabled, "recent": self.chat.recent},
+                "poll": poll.public() if poll is not None and poll.open else None}
+
+    # ---- slides, ink, chat, polls ------------------------------------------------------------
+
+    async def load_deck(self, deck_id: int) -> None:
+        slides = await deck_slides(self._sessions, self.lesson.class_id, deck_id)
+        if slides is None:
+            raise AppError("not_found", "Not found: {what}", status=404, what="deck")
+        async with self._sessions() as db:
+            deck = await db.get(Deck, deck_id)
+            title = deck.title if deck is not None else ""
+        self.board.load_deck(deck_id, title, slides)
+        self.broadcast({"type": "deck", "deck": self.board.deck()})
+        if slides:
+            self.show_slide(0)
+
+    def show_slide(self, page: int) -> None:
+        self.board.show(page)
+        current = self.board.current()
+        assert current is not None
+        self.broadcast({"type": "slide", "slide": current})
+        self.timeline.add("slide", {"deck_id": self.board.deck_id, "page": page,
+                                    "image": current["small"], "large": current["large"]})
+
+    def add_ink(self, points: list[int], color: int, width: int) -> None:
+        stroke = self.board.add_stroke(points, color, width)
+        self.broadcast({"type": "ink", "page": self.board.page, "stroke": stroke},
+                       students_only=True)
+        self.timeline.add("ink", {"page": self.board.page, **stroke})
+
+    def clear_ink(self) -> None:
+        self.board.clear()
+        self.broadcast({"type": "ink_clear", "page": self.board.page}, students_only=True)
+        self.timeline.add("ink_clear", {"page": self.board.page})
+
+    def point(self, x: Optional[int], y: Optional[int]) -> None:
+        """The teacher's pointer: transient, not kept in the timeline."""
+        self.broadcast({"type": "pointer", "x": x, "y": y}, students_only=True)
+
+    def post_chat(self, p: Participant, text: str) -> None:
+        message = self.chat.post(p.id, p.name, text, teacher=p.role == "teacher")
+        self.broadcast({"type": "chat", **message})
+        self.timeline.add("chat", message)
+
+    def set_chat(self, on: bool) -> None:
+        self.chat.enabled = on
+        self.broadcast({"type": "chat_enabled", "on": on})
+        self.timeline.add("chat_enabled", {"on": on})
+
+    def ask_poll(self, question: str, choices: list[str]) -> None:
+        poll = self.polls.ask(question, choices)
+        self.broadcast({"type": "poll", "poll": poll.public()})
+        self.timeline.add("poll", poll.public())
+        self._poll_counts()
+
+    def vote(self, p: Participant, poll_id: str, choice: int) -> None:
+        self.polls.vote(p.key, poll_id, choice)
+        p.send({"type": "voted", "poll_id": poll_id, "choice": choice})
+        self._poll_counts()
+
+    def close_poll(self, show: bool) -> None:
+        poll = self.polls.close()
+        result = {"type": "poll_result", "id": poll.id, "question": poll.question,
+                  "choices": poll.choices, "counts": poll.counts(), "shown": show}
+        if show:
+            self.broadcast(result)
+        elif self.teacher is not None:
+            self.teacher.send(result)
+        self.timeline.add("poll_result", {k: v for k, v in result.items() if k != "type"})
+
+    def _poll_counts(self) -> None:
+        poll = self.polls.current
+        if poll is not None and self.teacher is not None:
+            self.teacher.send({"type": "poll_counts", "id": poll.id, "counts": poll.counts(),
+                               "voters": len(poll.votes)})
 
     def send_participants(self) -> None:
         if self.teacher is None or self.teacher.outbox is None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from . import accounts, api, ical, live, signaling  # noqa: F401  (api registers endpoints)
+from . import accounts, api, decks, ical, live, signaling  # noqa: F401  (api, decks register endpoints)
 from . import views, views_admin as office_pages, views_teacher as teacher_pages
 from .config import WEB_DIR
 from .openapi import add_api_routes, document
@@ -51,6 +51,7 @@ def setup_routes(app: web.Application) -> None:
     r.add_get("/c/{card}", live.card_page)
     r.add_get("/lessons/{lesson_id}/teach", live.teach_page)
     r.add_get("/listen/{token}.ogg", live.listen)
+    r.add_get("/slides/{name}", decks.slide_image)
     r.add_get("/calendar/class/{ident}/{token}.ics", ical.class_feed)
     r.add_get("/calendar/teacher/{ident}/{token}.ics", ical.teacher_feed)
     add_page_routes(r)

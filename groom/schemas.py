@@ -35,7 +35,7 @@ class Input(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-# --- schools ---------------------------------------------------------------------------------------
+# --- schools -------------------------------------------------------------------------------
 
 class SchoolIn(Input):
     name: Name

@@ -24,6 +24,7 @@ from .errors import AppError
 from .live import waiting_lesson
 from . import joining
 from .plumbing import viewer
+from .board import COLORS, MAX_POINTS, WIDTHS
 from .room import Participant, Room
 from .rooms import ROOMS
 
@@ -95,11 +96,71 @@ class Ping(_Msg):
     type: Literal["ping"]
 
 
-Message = Annotated[Union[Hello, Offer, Stats, DataSaver, Hand, Floor, Kick, End, Ping],
+class DeckMsg(_Msg):
+    type: Literal["deck"]
+    deck_id: int = Field(ge=1, le=2**31)
+
+
+class SlideMsg(_Msg):
+    type: Literal["slide"]
+    page: int = Field(ge=0, le=10_000)
+
+
+Coord = Annotated[int, Field(ge=0, le=1000)]
+
+
+class Ink(_Msg):
+    type: Literal["ink"]
+    points: list[Coord] = Field(min_length=2, max_length=2 * MAX_POINTS)
+    color: int = Field(default=0, ge=0, lt=COLORS)
+    width: int = Field(default=1, ge=1, le=WIDTHS)
+
+
+class InkClear(_Msg):
+    type: Literal["ink_clear"]
+
+
+class Pointer(_Msg):
+    type: Literal["pointer"]
+    x: Optional[Coord] = None
+    y: Optional[Coord] = None
+
+
+class ChatMsg(_Msg):
+    type: Literal["chat"]
+    text: str = Field(min_length=1, max_length=1000)
+
+
+class ChatEnabled(_Msg):
+    type: Literal["chat_enabled"]
+    on: bool
+
+
+class PollMsg(_Msg):
+    type: Literal["poll"]
+    question: str = Field(min_length=1, max_length=200)
+    choices: list[Annotated[str, Field(min_length=1, max_length=80)]] = Field(min_length=2, max_length=6)
+
+
+class PollClose(_Msg):
+    type: Literal["poll_close"]
+    show: bool = True
+
+
+class Vote(_Msg):
+    type: Literal["vote"]
+    poll_id: str = Field(max_length=16)
+    choice: int = Field(ge=0, le=5)
+
+
+Message = Annotated[Union[Hello, Offer, Stats, DataSaver, Hand, Floor, Kick, End, Ping, DeckMsg,
+                          SlideMsg, Ink, InkClear, Pointer, ChatMsg, ChatEnabled, PollMsg,
+                          PollClose, Vote],
                     Field(discriminator="type")]
 _parse = TypeAdapter(Message)
-TEACHER_ONLY = (Floor, Kick, End)
-STUDENT_ONLY = (Stats, DataSaver, Hand)
+TEACHER_ONLY = (Floor, Kick, End, DeckMsg, SlideMsg, Ink, InkClear, Pointer, ChatEnabled, PollMsg,
+                PollClose)
+STUDENT_ONLY = (Stats, DataSaver, Hand, Vote)
 
 
 class Connection:
@@ -113,10 +174,13 @@ class Connection:
         self._writer = asyncio.create_task(self._write(), name=f"ws-writer-{cid}")
 
     def send(self, message: dict[str, Any]) -> None:
+        self.send_text(json.dumps(message, ensure_ascii=False))
+
+    def send_text(self, text: str) -> None:
         if self._close is not None:
             return
         try:
-            self._queue.put_nowait(json.dumps(message, ensure_ascii=False))
+            self._queue.put_nowait(text)
         except asyncio.QueueFull:
             log.warning("client too slow; dropping", extra={"conn": self.cid})
             self.close(1013, "too slow")
@@ -278,7 +342,8 @@ class _Session:
         self.conn.send({"type": "welcome", "participant_id": me.id, "resume": me.resume,
                         "listen_token": me.listen_token, "role": me.role,
                         "lesson": room.lesson.public(), "ice_servers": room.ice_servers_for(me.id),
-                        "tier": me.controller.tier, "room": room.room_state()})
+                        "tier": me.controller.tier, "room": room.room_state(),
+                        **room.snapshot()})
         if me.role == "teacher":
             room.send_participants()
             self.conn.send({"type": "hands", "queue": room.hands()})
@@ -329,6 +394,28 @@ class _Session:
             await room.kick(message.participant_id)
         elif isinstance(message, End):
             await room.end("teacher_ended")
+        elif isinstance(message, DeckMsg):
+            await room.load_deck(message.deck_id)
+        elif isinstance(message, SlideMsg):
+            room.show_slide(message.page)
+        elif isinstance(message, Ink):
+            if len(message.points) % 2:
+                raise AppError("bad_message", "Ink points come in x, y pairs.", status=400)
+            room.add_ink(message.points, message.color, message.width)
+        elif isinstance(message, InkClear):
+            room.clear_ink()
+        elif isinstance(message, Pointer):
+            room.point(message.x, message.y)
+        elif isinstance(message, ChatMsg):
+            room.post_chat(me, message.text)
+        elif isinstance(message, ChatEnabled):
+            room.set_chat(message.on)
+        elif isinstance(message, PollMsg):
+            room.ask_poll(message.question, message.choices)
+        elif isinstance(message, PollClose):
+            room.close_poll(message.show)
+        elif isinstance(message, Vote):
+            room.vote(me, message.poll_id, message.choice)
         elif isinstance(message, Hello):
             raise AppError("bad_message", "Already joined.", status=400)
 

@@ -185,7 +185,7 @@ async def test_waiting_fallback_floor_data_saver_and_reconnects(demo: Any, brows
     await wait_state(b, "live")
     await b.wait_for_function(
         "() => { const a = document.getElementById('audio'); "
-        "return a.src.indexOf('/listen/') > 0 && a.currentTime > 1; }", timeout=20000)
+        "return a.src.indexOf('/listen/') > 0 && a.currentTime > 1; }", timeout=40000)
     assert await b.text_content("#status") == "Live (backup stream)"
 
     # Data saver pins the lowest tier.
@@ -236,6 +236,13 @@ async def test_waiting_fallback_floor_data_saver_and_reconnects(demo: Any, brows
         raise AssertionError(await a.evaluate("() => JSON.stringify([window.seen, window.rooms])"))
     await wait_state(teacher, "live")
     await wait_state(a, "live")
+
+    # The teacher removes A: A's page says so and stays quiet.
+    await teacher.click(f"#people tr[data-id='{pid}'] button")
+    await wait_state(a, "kicked", timeout=10000)
+    assert await a.text_content("#status") == "You were removed from the lesson."
+    await teacher.wait_for_function(
+        f"() => !document.querySelector(\"#people tr[data-id='{pid}']\")", timeout=10000)
 
     assert not errors, errors
     for context in (a_context, b_context, t_context):

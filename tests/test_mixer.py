@@ -16,7 +16,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection
 from aiortc.contrib.media import MediaPlayer
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from groom.mixer import FRAME_SAMPLES, MAX_BUFFER, SAMPLE_RATE, Mixer
+from groom.mixer import FRAME_SAMPLES, SAMPLE_RATE, Mixer
 
 SPEECH = Path(__file__).resolve().parent.parent / "media" / "speech.wav"
 
@@ -50,9 +50,10 @@ class ToneTrack(MediaStreamTrack):
 
     kind = "audio"
 
-    def __init__(self, hz: float, amplitude: float = 0.3, speed: float = 1.0) -> None:
+    def __init__(self, hz: float, amplitude: float = 0.3, speed: float = 1.0,
+                 samples: int = FRAME_SAMPLES) -> None:
         super().__init__()
-        self._hz, self._amp, self._speed = hz, amplitude, speed
+        self._hz, self._amp, self._speed, self._size = hz, amplitude, speed, samples
         self._n = 0
         self._start: float | None = None
 
@@ -61,15 +62,15 @@ class ToneTrack(MediaStreamTrack):
             raise MediaStreamError
         if self._start is None:
             self._start = time.monotonic()
-        wait = self._start + self._n * FRAME_SAMPLES / SAMPLE_RATE / self._speed - time.monotonic()
+        wait = self._start + self._n * self._size / SAMPLE_RATE / self._speed - time.monotonic()
         if wait > 0:
             await asyncio.sleep(wait)
-        t = (np.arange(FRAME_SAMPLES) + self._n * FRAME_SAMPLES) / SAMPLE_RATE
+        t = (np.arange(self._size) + self._n * self._size) / SAMPLE_RATE
         mono = (self._amp * 32767 * np.sin(2 * math.pi * self._hz * t)).astype(np.int16)
         frame = av.AudioFrame.from_ndarray(np.repeat(mono, 2).reshape(1, -1), format="s16",
                                            layout="stereo")
         frame.sample_rate = SAMPLE_RATE
-        frame.pts = self._n * FRAME_SAMPLES
+        frame.pts = self._n * self._size
         frame.time_base = fractions.Fraction(1, SAMPLE_RATE)
         self._n += 1
         return frame
@@ -254,6 +255,30 @@ async def test_a_source_faster_than_real_time_is_bounded_and_does_not_speed_up_t
     finally:
         await mixer.stop()
         fast.stop()
+
+
+async def test_floor_in_60ms_packets_is_not_trimmed() -> None:
+    """A student page sends 60 ms packets (our answer asks for them): the floor buffer must
+    hold a whole packet plus jitter, not mistake every packet for a backlog."""
+    out = Collector()
+    mixer = Mixer(out)
+    teacher, student = ToneTrack(300.0), ToneTrack(2500.0, samples=3 * FRAME_SAMPLES)
+    await mixer.set_teacher(teacher)
+    await mixer.set_floor(student)
+    mixer.start()
+    try:
+        await asyncio.sleep(0.3)
+        t0 = time.monotonic()
+        dropped = mixer.dropped_samples
+        await asyncio.sleep(1.5)
+        # nothing, or at most one packet when the test machine hiccups (not one per packet)
+        assert mixer.dropped_samples - dropped <= 3 * FRAME_SAMPLES
+        mixed = np.concatenate([f.samples for f in out.since(t0)])
+        assert tone_share(mixed, 2500.0) > 0.4 and tone_share(mixed, 300.0) > 0.4
+    finally:
+        await mixer.stop()
+        teacher.stop()
+        student.stop()
 
 
 async def test_mixing_clips_instead_of_wrapping() -> None:

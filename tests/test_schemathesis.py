@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -97,5 +98,7 @@ async def test_api_matches_its_document(fuzz_server: GroomServer) -> None:
     finally:
         await client.close()
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+    tested = re.search(r"Tested:\s+(\d+)", result.stdout)
+    assert tested and int(tested.group(1)) >= 30, result.stdout[-3000:]
     errors = [line for line in fuzz_server.log_lines() if line.get("event") == "unhandled error"]
     assert not errors, errors[:3]
