@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 PRE_SKIP = 312  # libopus' lookahead at 48 kHz (voip): samples to drop at the start of a stream
 PAGE_SAMPLES = 12 * 960  # close an Ogg page every ~240 ms: ~1 kbps of framing, not ~4
-MAX_GAP_FILL = 30 * SAMPLE_RATE  # a longer gap is not filled, just jumped (granule restarts)
+MAX_GAP_FILL = 30 * SAMPLE_RATE  # a longer jump (an upstream clock reset) is not filled
 
 # ---- Ogg -----------------------------------------------------------------------------------
 
@@ -80,7 +80,8 @@ def opus_tags(vendor: str = "G-Room", comments: Iterable[str] = ()) -> bytes:
 
 
 def silent_packets(samples: int) -> list[tuple[bytes, int]]:
-    """(Opus packet, samples) of empty (concealed) 20 ms frames covering ``samples`` (rounded down)."""
+    """(Opus packet, samples) of empty (concealed) 20 ms frames covering ``samples``, rounded
+    down."""
     frames = samples // 960
     out = [(b"\x0b\x06", 6 * 960)] * (frames // 6)  # code 3: six 20 ms frames of length 0
     rest = frames % 6
@@ -102,7 +103,6 @@ class OggOpusWriter:
         self.serial = secrets.randbits(32) if serial is None else serial
         self._page_samples = page_samples
         self._sequence = 0
-        self._origin: int | None = None  # room timestamp of the first packet
         self._next: int | None = None  # room timestamp the next packet should start at
         self._granule = PRE_SKIP  # granule at the end of the packets written so far
         self._pending: list[bytes] = []
@@ -116,16 +116,12 @@ class OggOpusWriter:
     def add(self, packet: EncodedPacket) -> bytes:
         """Queue ``packet``; return the bytes of any page(s) it completed (often b"")."""
         out = bytearray()
-        if self._next is not None and packet.timestamp != self._next:
-            gap = packet.timestamp - self._next
-            if gap < 0:  # a packet from before the last one: a repeat, or a clock reset upstream
-                if gap > -MAX_GAP_FILL:
-                    return b""
-            elif gap <= MAX_GAP_FILL:
-                for filler, samples in silent_packets(gap):
-                    out += self._append(filler, samples)
-        if self._origin is None:
-            self._origin = packet.timestamp
+        gap = 0 if self._next is None else packet.timestamp - self._next
+        if -MAX_GAP_FILL < gap < 0:
+            return b""  # a packet from before the last one (a repeat): already written
+        if 0 < gap <= MAX_GAP_FILL:  # DTX: keep the stream's time equal to the room's
+            for filler, samples in silent_packets(gap):
+                out += self._append(filler, samples)
         self._next = packet.timestamp + packet.duration
         out += self._append(packet.payload, packet.duration)
         return bytes(out)
@@ -206,6 +202,7 @@ class FallbackStream:
         self._send_buffer = send_buffer
         self._listeners: set[_Listener] = set()
         self._done = asyncio.Condition()
+        self._closed = False
         self.dropped_listeners = 0
 
     @property
@@ -223,6 +220,9 @@ class FallbackStream:
 
     async def serve(self, request: web.Request) -> web.StreamResponse:
         """Stream the tier to this client until it leaves, is too slow, or the stream closes."""
+        if self._closed:
+            raise web.HTTPGone(text='{"error": "the lesson has ended"}',
+                               content_type="application/json")
         if len(self._listeners) >= self._max_listeners:
             raise web.HTTPServiceUnavailable(text='{"error": "too many listeners"}',
                                              content_type="application/json")
@@ -287,6 +287,7 @@ class FallbackStream:
 
     async def close(self, timeout: float = 5.0) -> None:
         """End every listener's stream cleanly (last Ogg page) and wait for them to go."""
+        self._closed = True
         for listener in self._listeners:
             listener.closed = True
             listener.wakeup.set()

@@ -32,6 +32,31 @@ class EventOut(BaseModel):
     data: dict[str, Any]
 
 
+class LiveRoom(BaseModel):
+    lesson: dict[str, Any]
+    class_id: int
+    seconds: float
+    teacher_present: bool
+    students_joined: int
+    students_connected: int
+    floor: Optional[str]
+    tiers: dict[str, dict[str, int]]
+    packets_sent: int
+    packets_dropped: int
+    wire_bytes: int
+    latency: dict[str, Optional[float]]
+    mixer: dict[str, int]
+
+
+@endpoint("GET", "/api/live", summary="What is live now in my schools: rooms, students per tier, "
+          "packets, server-added latency", tag="lessons", response=list[LiveRoom])
+async def live_now(request: web.Request) -> list[LiveRoom]:
+    v = require_viewer(await viewer(request))
+    v.require_admin()
+    return [LiveRoom(**room.figures()) for room in request.app[ROOMS].by_lesson.values()
+            if v.can_manage_school(room.lesson.school_id)]
+
+
 @endpoint("GET", "/api/lessons/{lesson_id}/events", summary="The lesson's timeline: slides, ink, "
           "hands, chat, polls, in order", tag="lessons", response=list[EventOut], errors=(404,))
 async def lesson_events(request: web.Request) -> list[EventOut]:
@@ -96,7 +121,8 @@ async def teach_page(request: web.Request) -> web.StreamResponse:
         v.require_class(lesson.classroom)
         info = {"id": lesson.id, "title": lesson.title or lesson.classroom.name,
                 "class_name": lesson.classroom.name, "state": lesson.state.value}
-    return render(request, "teach.html", lesson=info, ws_url=_ws_url(request))
+        class_id = lesson.classroom.id
+    return render(request, "teach.html", lesson=info, class_id=class_id, ws_url=_ws_url(request))
 
 
 async def listen(request: web.Request) -> web.StreamResponse:

@@ -201,7 +201,8 @@ class FloorTrack(MediaStreamTrack):
 
     def __init__(self, on_stop: Callable[[FloorTrack], None]) -> None:
         super().__init__()
-        self._frames: collections.deque[av.AudioFrame] = collections.deque(maxlen=FLOOR_TRACK_FRAMES)
+        self._frames: collections.deque[av.AudioFrame] = collections.deque(
+            maxlen=FLOOR_TRACK_FRAMES)
         self._ready = asyncio.Event()
         self._on_stop = on_stop
 

@@ -32,6 +32,7 @@ from typing import Any, Callable, Optional
 
 import av
 import ffmpeg
+import numpy as np
 from PIL import Image, ImageDraw
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -56,7 +57,8 @@ class FfmpegError(RuntimeError):
 
 
 class NoAudio(Exception):
-    """The lesson produced no audio packet at all: nothing to process (a state, not a failure)."""
+    """Nothing was heard in the lesson (no packet, or only silence): nothing to play. A state,
+    not a failure."""
 
 
 @dataclass(frozen=True)
@@ -113,6 +115,25 @@ def audio_duration(path: Path) -> float:
         if stream.duration is not None and stream.time_base is not None:
             return float(stream.duration * stream.time_base)
         return (container.duration or 0) / 1_000_000
+
+
+SOUND_RMS = 200  # int16 RMS of a 60 ms frame (about -44 dBFS): quieter than any voice
+
+
+def has_sound(path: Path, threshold: float = SOUND_RMS) -> bool:
+    """Whether any frame of the audio is louder than near-silence. Blocking; stops at the first
+    loud frame, so only a silent recording is decoded to its end.
+
+    A lesson with nobody speaking still has packets (the room's clock sends silence, and the
+    encoder's DTX frames), so "no packets" alone does not tell a lesson with no audio."""
+    with av.open(str(path)) as container:
+        for frame in container.decode(audio=0):
+            samples = np.asarray(frame.to_ndarray(), dtype=np.float64)
+            if frame.format.name.startswith(("flt", "dbl")):
+                samples = samples * 32768
+            if samples.size and float(np.sqrt(np.mean(samples ** 2))) > threshold:
+                return True
+    return False
 
 
 # --- ffmpeg ----------------------------------------------------------------------------------
@@ -263,7 +284,8 @@ def _existing_result(directory: Path) -> Result:
 
 async def process(directory: Path, slides_dir: Path, *, exe: Optional[str] = None,
                   title: str = "", keep_original: bool = False) -> Result:
-    """Make ``listen.opus`` and ``offline.zip`` from a closed recording; raises ``NoAudio``."""
+    """Make ``listen.opus`` and ``offline.zip`` from a closed recording; raises ``NoAudio`` when
+    it has no packet or only silence (the original is then kept, the outputs are not made)."""
     marker = read_marker(directory)
     if marker is None:
         raise RuntimeError(f"recording {directory} is not closed")
@@ -278,6 +300,8 @@ async def process(directory: Path, slides_dir: Path, *, exe: Optional[str] = Non
     work.mkdir()
     try:
         opus, mp3 = await make_audio(source, work, exe)
+        if not await asyncio.to_thread(has_sound, opus):
+            raise NoAudio()
         duration_s = await asyncio.to_thread(audio_duration, opus)
         events = await asyncio.to_thread(read_timeline, directory)
         changes = slide_changes(events)

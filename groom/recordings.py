@@ -30,7 +30,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from . import joining
+from . import cards, joining
 from .auth import Viewer, require_viewer
 from .errors import AppError, not_found
 from .jobs import enqueue
@@ -95,10 +95,10 @@ class Manifest(BaseModel):
 
 # --- lookups -----------------------------------------------------------------------------------
 
-def _id(request: web.Request, name: str) -> int:
+def _id(request: web.Request, name: str, what: str = "lesson") -> int:
     raw = request.match_info[name]
     if not (raw.isascii() and raw.isdigit()) or len(raw) > 10 or not 1 <= int(raw) <= MAX_ID:
-        raise not_found("lesson")
+        raise not_found(what)
     return int(raw)
 
 
@@ -267,7 +267,7 @@ def file_response(request: web.Request, lesson: Lesson, rec: Recording, name: st
           tag="recordings", response=list[RecordingOut], errors=(404,))
 async def list_class_recordings(request: web.Request) -> list[RecordingOut]:
     v = require_viewer(await viewer(request))
-    class_id = _id(request, "class_id")
+    class_id = _id(request, "class_id", "class")
     async with request.app[SESSIONS]() as db:
         classroom = await db.get(Classroom, class_id)
         if classroom is None:
@@ -322,7 +322,7 @@ async def request_video(request: web.Request) -> RecordingOut:
 def hms(seconds: Optional[float]) -> str:
     if seconds is None:
         return "–"
-    s = int(round(seconds))
+    s = round(seconds)
     return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
 
 
@@ -344,7 +344,7 @@ def _notice(request: web.Request) -> str:
 
 async def class_recordings_page(request: web.Request) -> web.StreamResponse:
     v = await page_viewer(request)
-    class_id = _id(request, "id")
+    class_id = _id(request, "id", "class")
     async with request.app[SESSIONS]() as db:
         classroom = await db.get(Classroom, class_id)
         if classroom is None:
@@ -356,7 +356,8 @@ async def class_recordings_page(request: web.Request) -> web.StreamResponse:
     items = [(lesson, _staff_out(v, lesson, rec, pending)) for lesson, rec in rows]
     return render(request, "recordings.html", classroom=classroom, items=items, t=clock,
                   staff=True, admin=v.can_manage_school(classroom.school_id), hms=hms,
-                  mb=megabytes, notice=_notice(request), base="/recordings")
+                  mb=megabytes, notice=_notice(request),
+                  student_link=f"{cards.public_base(request)}/r/{classroom.join_code}")
 
 
 async def recording_page(request: web.Request) -> web.StreamResponse:
@@ -411,7 +412,7 @@ async def student_list_page(request: web.Request) -> web.StreamResponse:
                                     page_url=f"{base}/{lesson.id}", admin=False))
              for lesson, rec in rows]
     response = render(request, "recordings.html", classroom=found.classroom, items=items, t=clock,
-                      staff=False, admin=False, hms=hms, mb=megabytes, notice="", base=base)
+                      staff=False, admin=False, hms=hms, mb=megabytes, notice="", student_link="")
     response.headers["Cache-Control"] = "no-store"
     return response
 

@@ -36,6 +36,7 @@ from .errors import AppError
 from .config import Settings
 from .fallback import FallbackStream
 from .jobs import JobWorker
+from .metrics import Latency
 from .mixer import Mixer
 from .polls import Polls
 from .postprocess import start_recording, stop_recording
@@ -52,6 +53,7 @@ log = logging.getLogger("groom.room")
 TICK_SECONDS = 2.0  # participants list, usage, RTCP-driven adaptation
 SAVE_SECONDS = 30.0  # attendance rows refreshed this often while a lesson runs
 DETACHED_PC_SECONDS = 45.0  # a student's media outlives a dropped socket this long
+MAX_STUDENTS = 2000  # joins without a resume token are new people: bound them
 
 
 class Outbox(Protocol):
@@ -59,7 +61,7 @@ class Outbox(Protocol):
 
     def send(self, message: dict[str, Any]) -> None: ...
 
-    def send_text(self, text: str) -> None: ...
+    def send_text(self, text: str, kind: str) -> None: ...
 
     def close(self, code: int, reason: str) -> None: ...
 
@@ -68,6 +70,7 @@ class Outbox(Protocol):
 class LessonInfo:
     id: int
     class_id: int
+    school_id: int
     title: str
     class_name: str
     teacher_name: str
@@ -143,6 +146,8 @@ class Room:
         self.chat = Chat()
         self.polls = Polls()
         self.timeline = Timeline(lesson.id, self.started, sessions)
+        self.latency = Latency()
+        self._attendance_lock = asyncio.Lock()
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
@@ -206,7 +211,13 @@ class Room:
     def _spawn(self, coro: Any, name: str) -> None:
         task = asyncio.create_task(coro, name=name)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("room task failed", exc_info=task.exception(),
+                      extra={"lesson_id": self.lesson.id, "task": task.get_name()})
 
     # ---- audio -------------------------------------------------------------------------------
 
@@ -254,12 +265,14 @@ class Room:
                   if (resume and secrets.compare_digest(s.resume, resume)) or
                   (student_id is not None and s.student_id == student_id)), None)
         if p is None:
+            if len(self.students) >= MAX_STUDENTS:
+                raise AppError("room_full", "This lesson is full.", status=429)
             p = Participant(id="s-" + secrets.token_urlsafe(6), role="student", name=name,
                             key=key, student_id=student_id,
                             controller=TierController(timing=self._timing))
             self.students[p.id] = p
         self.attach(p, outbox)
-        self._spawn(self._save_attendance(), "attendance")
+        self._spawn(self._save_one(p), "attendance")
         self.broadcast_room()
         self.send_participants()
         return p
@@ -280,7 +293,7 @@ class Room:
         if self.floor == p.id:
             self._spawn(self.give_floor(None), "floor-back")
         p.detached_task = asyncio.create_task(self._drop_detached(p), name="detached")
-        self._spawn(self._save_attendance(), "attendance")
+        self._spawn(self._save_one(p), "attendance")
         self.broadcast_room()
         self.send_participants()
 
@@ -350,6 +363,7 @@ class Room:
             return sdp.teacher_answer(pc.localDescription.sdp)
         await pc.setRemoteDescription(offer)
         p.sender = add_student_audio(pc)
+        p.sender.latency = self.latency
         await pc.setLocalDescription(await pc.createAnswer())
         self._watch(p, pc)
         return sdp.student_answer(pc.localDescription.sdp)
@@ -496,6 +510,27 @@ class Room:
         self.timeline.add("floor", {"id": pid, "name": self.students[pid].name if pid else None})
         self.broadcast_room()
 
+    def figures(self) -> dict[str, Any]:
+        """What is happening in this room right now, for admins and benchmarks."""
+        tiers: dict[str, Any] = {}
+        for name, encoder in self.tiers.encoders.items():
+            tiers[name] = {"students": sum(1 for p in self.students.values() if p.sender is not None
+                                           and self.tiers.tier_of(p.sender) == name),
+                           "packets_encoded": encoder.packets, "payload_bytes": encoder.payload_bytes}
+        senders = [p.sender for p in self.students.values() if p.sender is not None]
+        return {"lesson": self.lesson.public(), "class_id": self.lesson.class_id,
+                "seconds": round(time.monotonic() - self.started, 1),
+                "teacher_present": bool(self.teacher and self.teacher.outbox),
+                "students_joined": len(self.students),
+                "students_connected": sum(1 for s in senders if s.ready),
+                "floor": self.floor, "tiers": tiers,
+                "packets_sent": sum(s.packets_sent for s in senders),
+                "packets_dropped": sum(s.dropped for s in senders),
+                "wire_bytes": sum(s.wire_bytes for s in senders),
+                "latency": self.latency.percentiles(),
+                "mixer": {"frames_out": self.mixer.frames_out,
+                          "frames_skipped": self.mixer.frames_skipped}}
+
     def room_state(self) -> dict[str, Any]:
         return {"type": "room", "teacher_present": bool(self.teacher and self.teacher.outbox),
                 "floor": self.floor, "students": sum(1 for s in self.students.values() if s.outbox),
@@ -506,7 +541,7 @@ class Room:
         text = json.dumps(message, ensure_ascii=False)
         for p in (self.students.values() if students_only else self.everyone()):
             if p.outbox is not None:
-                p.outbox.send_text(text)
+                p.outbox.send_text(text, message["type"])
 
     def broadcast_room(self) -> None:
         self.broadcast(self.room_state())
@@ -597,6 +632,8 @@ class Room:
             return
         listing = []
         for p in self.students.values():
+            if p.outbox is None and not p.connected:
+                continue  # gone (attendance keeps them); the list stays as long as the class
             q = p.controller.link_quality()
             listing.append({"id": p.id, "name": p.name, "tier": p.controller.tier,
                             "quality": q.grade.value, "loss_pct": q.loss_pct,
@@ -612,6 +649,12 @@ class Room:
             await self._save_one(p, final)
 
     async def _save_one(self, p: Participant, final: bool = False) -> None:
+        """Write one attendance row; one writer at a time, so a join and a leave in quick
+        succession cannot both insert the same row."""
+        async with self._attendance_lock:
+            await self._write_attendance(p, final)
+
+    async def _write_attendance(self, p: Participant, final: bool) -> None:
         now = time.monotonic()
         present = p.seconds_present + (now - p.present_since if p.present_since else 0.0)
         tiers = dict(p.tier_seconds)

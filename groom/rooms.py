@@ -97,7 +97,8 @@ class Rooms:
                 lesson.started_at = now
                 await db.commit()
             teacher = await db.get(User, lesson.teacher_id) if lesson.teacher_id else None
-            return LessonInfo(id=lesson.id, class_id=classroom.id, title=lesson.title or classroom.name,
+            return LessonInfo(id=lesson.id, class_id=classroom.id, school_id=classroom.school_id,
+                              title=lesson.title or classroom.name,
                               class_name=classroom.name,
                               teacher_name=teacher.display_name if teacher else "")
 

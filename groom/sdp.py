@@ -104,7 +104,8 @@ def set_opus_params(sdp: str, params: Mapping[str, int | str], ptime_ms: int | N
                 continue
             edited.append(line)
         for pt in opus_pts:  # Opus payload types that had no fmtp line yet
-            at = next(i for i, line in enumerate(edited) if line.lower().startswith(f"a=rtpmap:{pt} "))
+            at = next(i for i, line in enumerate(edited)
+                      if line.lower().startswith(f"a=rtpmap:{pt} "))
             edited.insert(at + 1, f"a=fmtp:{pt} {_merge_fmtp('', params)}")
         if ptime_ms is not None:
             edited.append(f"a=ptime:{ptime_ms}")

@@ -163,6 +163,12 @@ TEACHER_ONLY = (Floor, Kick, End, DeckMsg, SlideMsg, Ink, InkClear, Pointer, Cha
 STUDENT_ONLY = (Stats, DataSaver, Hand, Vote)
 
 
+# State messages where only the newest matters: a burst (many joins at once) replaces the
+# queued copy instead of filling the outbox, so a busy room cannot push its teacher out.
+LATEST_ONLY = frozenset({"room", "participants", "hands", "usage", "level", "poll_counts",
+                         "pointer", "tier"})
+
+
 class Connection:
     """The outbox of one socket: bounded, drained by one writer task."""
 
@@ -170,15 +176,23 @@ class Connection:
         self.ws = ws
         self.cid = cid
         self._queue: asyncio.Queue[Optional[str]] = asyncio.Queue(OUTBOX_SIZE)
+        self._latest: dict[str, str] = {}  # state type -> newest text, queued once by its type
         self._close: Optional[tuple[int, str]] = None
         self._writer = asyncio.create_task(self._write(), name=f"ws-writer-{cid}")
 
     def send(self, message: dict[str, Any]) -> None:
-        self.send_text(json.dumps(message, ensure_ascii=False))
+        self.send_text(json.dumps(message, ensure_ascii=False), message.get("type", ""))
 
-    def send_text(self, text: str) -> None:
+    def send_text(self, text: str, kind: str) -> None:
+        """Queue a serialized message of type ``kind``; never blocks."""
         if self._close is not None:
             return
+        if kind in LATEST_ONLY:
+            if kind in self._latest:
+                self._latest[kind] = text  # still queued: send the newest instead
+                return
+            self._latest[kind] = text
+            text = "\0" + kind  # placeholder, resolved by the writer
         try:
             self._queue.put_nowait(text)
         except asyncio.QueueFull:
@@ -200,6 +214,8 @@ class Connection:
                 text = await self._queue.get()
                 if text is None:
                     break
+                if text.startswith("\0"):
+                    text = self._latest.pop(text[1:])
                 await asyncio.wait_for(self.ws.send_str(text), timeout=10)
         except (ConnectionError, asyncio.TimeoutError, RuntimeError):
             pass

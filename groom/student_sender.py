@@ -127,6 +127,7 @@ class StudentSender:
         self.payload_bytes = 0
         self.wire_bytes = 0  # RTP as billed: header + payload + SRTP tag + UDP + IP
         self.dropped = 0  # pushed before start() or after the connection went away
+        self.latency: Latency | None = None  # the room's server-added delay sample
 
     @property
     def ready(self) -> bool:
@@ -180,6 +181,8 @@ class StudentSender:
             + payload
         )
         self._sendto(data, self._remote_addr)
+        if self.latency is not None:
+            self.latency.observe(packet.created)
         self._sequence = (self._sequence + 1) & 0xFFFF
         size = len(data)
         self.packets_sent += 1

@@ -1,452 +1,500 @@
 #!/usr/bin/env python
-"""Relay benchmark: one teacher source, N students on one tier, server CPU per student.
+"""Relay benchmark of the REAL server: one teacher, N students on one tier, server CPU per student.
 
     python scripts/bench_relay.py --n 50,100,200 --seconds 20 --tier standard
 
-For each N it starts a server process (a ``TierSet`` fed by a looping speech WAV in real time,
-one ``StudentSender`` per student, aiortc peer connections, signaling over a tiny aiohttp
-endpoint) and student processes (aiortc peers, ``--per-process`` each). Students count RTP
-packets without decoding (SRTP authentication proves them intact; the Opus TOC is checked) and
-one student per process decodes everything to check the audio is not silent. One JSON line per N.
+For each N, a fresh ``python -m groom serve --demo --json`` (SQLite in a new temporary folder,
+``--tier-up-seconds 1``, join limits lifted) is started, and then:
 
-Figures are measured in the server process only: CPU (psutil user+system) over a steady window
-after every student is connected; latency is from the frame entering the encoders to the packet
-for the *last* student in the fan-out leaving ``sendto`` (a probe sink subscribed after all
-students), so it is the worst case of the fan-out.
+1. an aiortc teacher (in this process) logs in with the demo teacher's login, says ``hello`` for
+   the demo lesson (it starts now) and publishes ``media/speech.wav`` looped (``MediaPlayer``);
+2. a short baseline window with the teacher talking and no student: the room's fixed cost (mixer,
+   one encoder per tier, the recorder);
+3. N students join as aiortc peers in processes of their own (``scripts/bench_students.py``,
+   ``--per-process`` each): ``/ws``, ``hello`` with the class code, recvonly offer, answer. The tier
+   is reached as a phone would: ``data_saver`` for low, good ``stats`` for high;
+4. once every student is on the tier and connected, a settle time, then a steady window of
+   ``--seconds``.
+
+Measured, all over the window:
+- server CPU: user+system of the server's process (psutil, its own pid, all its threads) per
+  wall second, in % of one core; ``cpu_per_student_pct`` = that / N (fixed costs included),
+  ``cpu_marginal_per_student_pct`` = (that - baseline) / N;
+- ``packets_expected``: what the server encoded for the tier in the window (``packets_encoded``
+  delta from ``GET /api/live``) x students on the tier. DTX: tiers send nothing while the teacher
+  is silent, so this is the right yardstick, not N x window x packet rate;
+- ``packets_sent``: the room's ``packets_sent`` delta; ``packets_received``: packets the students
+  received intact (SRTP-authenticated, right Opus frame size), ``packets_lost``: sequence gaps;
+  student windows are opened and closed by the driver a few ms apart from the server's
+  figures, so expected/sent/received can differ by about one packet per student;
+- latency: the room's server-added delay (teacher audio in -> student packet out of the socket,
+  1 packet in 8, the last 4096 samples), read after the window. The settle time is stretched so
+  those samples postdate the joins (``latency_covers_s`` says how many seconds they span);
+- ``wire_bytes_per_student_hour``: the room's ``wire_bytes`` delta (RTP + SRTP + UDP + IP) / N,
+  scaled to an hour;
+- ``machine_cpu_pct``: the whole machine's busy share (100 = every core busy) and
+  ``others_cpu_pct``: CPU (in % of one core) of processes that are not this benchmark, to show
+  contention. ``saturated`` is true when the machine was >= 90 % busy: then figures are
+  pessimistic (the server waited for a core).
+
+One JSON object per line per N on stdout; progress on stderr.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import cProfile
 import json
-import pstats
+import os
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import aiohttp
-import av
-import numpy as np
 import psutil
-from aiohttp import web
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.contrib.media import MediaPlayer
 from aiortc.mediastreams import MediaStreamError
-from aiortc.rtp import is_rtcp
-
-from groom.packets import SAMPLE_RATE, EncodedPacket
-from groom.student_sender import StudentSender, add_student_audio
-from groom.tiers import DEFAULT_TIERS, FRAME_SAMPLES, TierSet
 
 ROOT = Path(__file__).resolve().parent.parent
-CONFIG = RTCConfiguration(iceServers=[])
+SPEECH = ROOT / "media" / "speech.wav"
+STUDENTS_SCRIPT = Path(__file__).resolve().parent / "bench_students.py"
+FRAME_MS = {"low": 60, "standard": 60, "high": 20}  # groom.tiers.DEFAULT_TIERS
+LATENCY_EVERY, LATENCY_KEEP = 8, 4096  # groom.metrics.EVERY / KEEP
 
 
-def speech_wav() -> Path:
-    path = ROOT / "media" / "speech.wav"
-    if path.exists():
-        return path
-    out = Path(tempfile.mkdtemp()) / "speech.wav"
-    subprocess.run(["espeak-ng", "-w", str(out), "Good morning class. Today we learn about water. "
-                    "Rivers carry water from the mountains to the sea."], check=True)
-    return out
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def load_pcm(path: Path) -> np.ndarray:
-    """48 kHz mono s16, resampled with PyAV when the WAV is not already that."""
-    resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
-    chunks = []
-    with av.open(str(path)) as container:
-        for frame in container.decode(audio=0):
-            chunks.extend(f.to_ndarray().reshape(-1) for f in resampler.resample(frame))
-    return np.concatenate(chunks)
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
-# --- server ----------------------------------------------------------------------------------
+# --- the server -----------------------------------------------------------------------------
 
-class LatencyProbe:
-    """Subscribed after every student: its push time is when the whole fan-out is done."""
+class Server:
+    """``python -m groom serve --demo --json`` in a fresh data folder; output to a log file."""
 
-    def __init__(self) -> None:
-        self.samples: list[float] = []
+    def __init__(self, data_dir: Path, extra: list[str]) -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = data_dir / "server.log"
+        self.extra = extra
+        self.proc: Optional[subprocess.Popen[bytes]] = None
+        self.demo: dict[str, Any] = {}
 
-    def push(self, packet: EncodedPacket) -> None:
-        self.samples.append(time.monotonic() - packet.created)
+    def start(self) -> "Server":
+        out = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "groom", "serve", "--demo", "--json", "--port", str(self.port),
+             "--data-dir", str(self.data_dir), "--join-attempts-per-minute", "100000",
+             "--tier-up-seconds", "1", *self.extra],
+            stdout=out, stderr=out, cwd=ROOT)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError("server exited: " + self.log_path.read_text()[-3000:])
+            for line in self.log_path.read_text(errors="replace").splitlines():
+                if line.startswith("{") and '"class_code"' in line:
+                    self.demo = json.loads(line)
+                    return self
+            time.sleep(0.1)
+        raise RuntimeError("no demo JSON from the server: " + self.log_path.read_text()[-3000:])
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def errors(self) -> list[str]:
+        """Log lines at ERROR or above (a crash in the server is worth seeing in the result)."""
+        found = []
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            if '"ERROR"' in line or '"CRITICAL"' in line or "Traceback" in line:
+                found.append(line[:300])
+        return found
 
 
-class BenchServer:
-    def __init__(self, tier: str, pcm: np.ndarray, profile: bool) -> None:
-        self.tier = tier
-        self.profiler = cProfile.Profile() if profile else None
-        self.tiers = TierSet()
-        self.pcm = pcm
-        self.students: dict[RTCPeerConnection, StudentSender] = {}
-        self.attached: list[StudentSender] = []
-        self.feeding = True
-        self.feed_seconds = 0.0  # CPU time of the event-loop thread inside TierSet.feed
-        self.late_ticks = 0
-        self.probe: LatencyProbe | None = None
-        self.window: dict[str, Any] = {}
-        self._source: asyncio.Task[None] | None = None
+async def login(url: str, creds: dict[str, str]) -> aiohttp.ClientSession:
+    http = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
+    async with http.post(url + "/api/login", json=creds) as resp:
+        if resp.status != 200:
+            raise RuntimeError(f"login {creds['username']}: {resp.status} {await resp.text()}")
+    return http
 
-    async def start(self) -> None:
-        self._source = asyncio.create_task(self._run_source())
 
-    async def stop(self) -> None:
-        if self._source is not None:
-            self._source.cancel()
-            await asyncio.gather(self._source, return_exceptions=True)
-        await asyncio.gather(*(pc.close() for pc in self.students), return_exceptions=True)
-        self.tiers.close()
+async def live_room(admin: aiohttp.ClientSession, url: str, lesson_id: int) -> dict[str, Any]:
+    async with admin.get(url + "/api/live") as resp:
+        rooms = await resp.json()
+    for room in rooms:
+        if room["lesson"]["id"] == lesson_id:
+            return room
+    raise RuntimeError(f"lesson {lesson_id} is not live: {rooms}")
 
-    async def _run_source(self) -> None:
-        """The mixer's stand-in: one 20 ms frame every 20 ms on a drift-free schedule."""
-        loop = asyncio.get_running_loop()
-        frames_in_wav = len(self.pcm) // FRAME_SAMPLES
-        start = loop.time()
-        tick = 0
+
+# --- the teacher ----------------------------------------------------------------------------
+
+class Teacher:
+    """An aiortc teacher speaking the protocol: hello, offer (sendrecv, speech.wav looped)."""
+
+    def __init__(self, url: str, http: aiohttp.ClientSession) -> None:
+        self.url = url
+        self.http = http
+        self.ws: Optional[aiohttp.ClientWebSocketResponse] = None
+        self.pc: Optional[RTCPeerConnection] = None
+        self.player: Optional[MediaPlayer] = None
+        self.inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.tasks: list[asyncio.Task[Any]] = []
+
+    async def start(self, lesson_id: int) -> None:
+        self.ws = await self.http.ws_connect(self.url.replace("http", "ws", 1) + "/ws",
+                                             max_msg_size=1 << 24)
+        self.tasks.append(asyncio.create_task(self._read()))
+        await self.ws.send_str(json.dumps({"type": "hello", "role": "teacher", "lesson_id": lesson_id}))
+        welcome = await self._expect("welcome")
+        if welcome["type"] != "welcome":
+            raise RuntimeError(f"teacher hello: {welcome}")
+        self.pc = pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self.player = MediaPlayer(str(SPEECH), loop=True)
+        pc.addTransceiver(self.player.audio, direction="sendrecv")
+
+        @pc.on("track")
+        def on_track(track: Any) -> None:  # what the teacher hears (the floor): drain it
+            self.tasks.append(asyncio.create_task(self._drain(track)))
+
+        await pc.setLocalDescription(await pc.createOffer())
+        await self.ws.send_str(json.dumps({"type": "offer", "sdp": pc.localDescription.sdp}))
+        answer = await self._expect("answer")
+        if answer["type"] != "answer":
+            raise RuntimeError(f"teacher offer: {answer}")
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
+        for _ in range(400):
+            if pc.connectionState == "connected":
+                return
+            await asyncio.sleep(0.05)
+        raise RuntimeError(f"teacher connection {pc.connectionState}")
+
+    async def _read(self) -> None:
+        assert self.ws is not None
+        async for msg in self.ws:
+            if msg.type == aiohttp.WSMsgType.TEXT:
+                data = json.loads(msg.data)
+                if data.get("type") in ("welcome", "answer", "error", "ended"):
+                    await self.inbox.put(data)
+
+    async def _expect(self, kind: str) -> dict[str, Any]:
         while True:
-            if self.feeding:
-                i = tick % frames_in_wav
-                chunk = self.pcm[i * FRAME_SAMPLES:(i + 1) * FRAME_SAMPLES].reshape(1, -1)
-                frame = av.AudioFrame.from_ndarray(chunk, format="s16", layout="mono")
-                frame.sample_rate = SAMPLE_RATE
-                frame.pts = tick * FRAME_SAMPLES
-                t0 = time.thread_time()
-                self.tiers.feed(frame, time.monotonic())
-                self.feed_seconds += time.thread_time() - t0
-            tick += 1
-            delay = start + tick * 0.02 - loop.time()
-            if delay < 0:
-                self.late_ticks += 1
-            await asyncio.sleep(max(delay, 0))
+            message = await asyncio.wait_for(self.inbox.get(), 30)
+            if message["type"] in (kind, "error", "ended"):
+                return message
 
-    async def offer(self, request: web.Request) -> web.Response:
-        params = await request.json()
-        pc = RTCPeerConnection(CONFIG)
-        await pc.setRemoteDescription(RTCSessionDescription(params["sdp"], params["type"]))
-        sender = add_student_audio(pc)
-        self.students[pc] = sender
-
-        @pc.on("connectionstatechange")
-        async def on_state() -> None:
-            if pc.connectionState == "connected" and not sender.ready:
-                sender.start()
-                self.tiers.subscribe(sender, self.tier)
-                self.attached.append(sender)
-            elif pc.connectionState in ("failed", "closed"):
-                self.tiers.unsubscribe(sender)
-
-        await pc.setLocalDescription(await pc.createAnswer())
-        return web.json_response({"sdp": pc.localDescription.sdp, "type": pc.localDescription.type})
-
-    async def status(self, request: web.Request) -> web.Response:
-        return web.json_response({"attached": len(self.attached)})
-
-    async def window_start(self, request: web.Request) -> web.Response:
-        self.probe = LatencyProbe()
-        self.tiers.subscribe(self.probe, self.tier)
-        if self.profiler is not None:
-            self.profiler.enable()
-        times = psutil.Process().cpu_times()
-        machine = psutil.cpu_times()
-        self.window = {
-            "machine_busy": machine.user + machine.system + machine.nice,
-            "cpu": times.user + times.system, "wall": time.monotonic(), "feed": self.feed_seconds,
-            "sent": sum(s.packets_sent for s in self.attached),
-            "data": sum(s.data_used() for s in self.attached), "late": self.late_ticks,
-        }
-        return web.json_response({})
-
-    async def window_stop(self, request: web.Request) -> web.Response:
-        times = psutil.Process().cpu_times()
-        machine = psutil.cpu_times()
-        wall = time.monotonic() - self.window["wall"]
-        if self.profiler is not None:
-            self.profiler.disable()
-            stats = pstats.Stats(self.profiler, stream=sys.stderr)
-            stats.sort_stats("tottime").print_stats(25)
-        cpu = times.user + times.system - self.window["cpu"]
-        assert self.probe is not None
-        self.tiers.unsubscribe(self.probe)
-        n = len(self.attached)
-        sent = sum(s.packets_sent for s in self.attached) - self.window["sent"]
-        data = sum(s.data_used() for s in self.attached) - self.window["data"]
-        latency = np.array(self.probe.samples) * 1000
-        return web.json_response({
-            "n": n, "wall": wall, "cpu_seconds": cpu,
-            "cpu_pct": 100 * cpu / wall,
-            "packets_sent_window": sent,
-            "machine_cpu_pct": 100 * (machine.user + machine.system + machine.nice
-                                      - self.window["machine_busy"]) / wall / psutil.cpu_count(),
-            "feed_cpu_us_per_packet_sent": 1e6 * (self.feed_seconds - self.window["feed"]) / max(sent, 1),
-            "latency_ms_p50": float(np.percentile(latency, 50)),
-            "latency_ms_p95": float(np.percentile(latency, 95)),
-            "latency_ms_max": float(latency.max()),
-            "wire_bytes_per_student_hour": data / n / wall * 3600,
-            "late_ticks": self.late_ticks - self.window["late"],
-        })
-
-    async def pause(self, request: web.Request) -> web.Response:
-        """Stop the source, let the last packets land, return per-student totals."""
-        self.feeding = False
-        await asyncio.sleep(0.5)
-        return web.json_response({
-            "pushed": sum(s.packets_sent + s.dropped for s in self.attached),
-            "sent": sum(s.packets_sent for s in self.attached),
-            "dropped": sum(s.dropped for s in self.attached),
-        })
-
-
-async def run_server(tier: str, wav: Path, profile: bool) -> None:
-    server = BenchServer(tier, load_pcm(wav), profile)
-    app = web.Application()
-    app.router.add_post("/offer", server.offer)
-    app.router.add_get("/status", server.status)
-    app.router.add_post("/window/start", server.window_start)
-    app.router.add_post("/window/stop", server.window_stop)
-    app.router.add_post("/pause", server.pause)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    await server.start()
-    print(json.dumps({"port": port}), flush=True)
-    try:
-        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)  # until told
-    finally:
-        await server.stop()
-        await runner.cleanup()
-
-
-# --- students --------------------------------------------------------------------------------
-
-class BenchStudent:
-    """A student peer that counts RTP packets; ``decode`` ones also decode and measure RMS."""
-
-    def __init__(self, frame_samples: int, decode: bool) -> None:
-        self.pc = RTCPeerConnection(CONFIG)
-        self.frame_samples = frame_samples
-        self.decode = decode
-        self.received = 0
-        self.bad = 0
-        self.square_sum = 0.0
-        self.samples = 0
-        self._drain: asyncio.Task[None] | None = None
-
-    async def connect(self, session: aiohttp.ClientSession, url: str) -> None:
-        self.pc.addTransceiver("audio", direction="recvonly")
-
-        @self.pc.on("track")
-        def on_track(track: Any) -> None:
-            if self.decode:
-                self._drain = asyncio.ensure_future(self._measure(track))
-
-        await self.pc.setLocalDescription(await self.pc.createOffer())
-        async with session.post(url + "/offer", json={"sdp": self.pc.localDescription.sdp,
-                                                      "type": self.pc.localDescription.type}) as r:
-            answer = await r.json()
-        await self.pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], answer["type"]))
-        if self.decode:
-            self._tap_receiver()
-        else:
-            connected = asyncio.Event()
-            self.pc.on("connectionstatechange",
-                       lambda: connected.set() if self.pc.connectionState == "connected" else None)
-            await asyncio.wait_for(connected.wait(), 30)
-            self._tap_socket()
-
-    def _tap_receiver(self) -> None:
-        """Count RTP as it reaches aiortc's receiver, then let it decode as usual."""
-        receiver = self.pc.getTransceivers()[0].receiver
-        original = receiver._handle_rtp_packet
-
-        async def count(packet: Any, arrival_time_ms: int) -> None:
-            self.received += 1
-            if _toc_samples(packet.payload) != self.frame_samples:
-                self.bad += 1
-            await original(packet, arrival_time_ms)
-
-        receiver._handle_rtp_packet = count
-
-    def _tap_socket(self) -> None:
-        """Count RTP right off the socket (SRTP-unprotected, so authenticated) and skip aiortc's
-        receive path for it; RTCP and STUN still take the normal path. Keeps the load clients
-        cheap enough that the server, not the students, is what is measured on 2 cores."""
-        dtls = self.pc.getTransceivers()[0].receiver.transport
-        unprotect = dtls._rx_srtp.unprotect
-        for protocol in dtls.transport._connection._protocols:
-            original = protocol.datagram_received
-
-            def received(data: bytes, addr: Any, original: Any = original) -> None:
-                if 127 < data[0] < 192 and not is_rtcp(data):
-                    try:
-                        payload = unprotect(data)[12:]
-                    except Exception:
-                        self.bad += 1
-                        return
-                    self.received += 1
-                    if _toc_samples(payload) != self.frame_samples:
-                        self.bad += 1
-                else:
-                    original(data, addr)
-
-            protocol.datagram_received = received
-
-    async def _measure(self, track: Any) -> None:
+    @staticmethod
+    async def _drain(track: Any) -> None:
         try:
             while True:
-                frame = await track.recv()
-                pcm = frame.to_ndarray().astype(np.float64)
-                self.square_sum += float((pcm ** 2).sum())
-                self.samples += pcm.size
+                await track.recv()
         except MediaStreamError:
             pass
 
     async def close(self) -> None:
-        if self._drain is not None:
-            self._drain.cancel()
-            await asyncio.gather(self._drain, return_exceptions=True)
-        await self.pc.close()
+        for task in self.tasks:
+            task.cancel()
+        if self.pc is not None:
+            await self.pc.close()
+        if self.player is not None and self.player.audio is not None:
+            self.player.audio.stop()
+        if self.ws is not None:
+            await self.ws.close()
 
 
-def _toc_samples(payload: bytes) -> int:
-    per_frame = ([480, 960, 1920, 2880] * 3 + [480, 960] * 4 + [120, 240, 480, 960] * 4)[payload[0] >> 3]
-    code = payload[0] & 3
-    return per_frame * (1 if code == 0 else 2 if code in (1, 2) else payload[1] & 0x3F)
+# --- student processes ----------------------------------------------------------------------
 
+class Workers:
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen[str]] = []
 
-async def run_students(url: str, count: int, tier: str) -> None:
-    spec = next(s for s in DEFAULT_TIERS if s.name == tier)
-    students = [BenchStudent(spec.frame_samples, decode=(i == 0)) for i in range(count)]
-    async with aiohttp.ClientSession() as session:
-        for student in students:
-            await student.connect(session, url)
-    print(json.dumps({"ready": count}), flush=True)
-    loop = asyncio.get_running_loop()
-    await loop.run_in_executor(None, sys.stdin.readline)  # "report"
-    rms = [np.sqrt(s.square_sum / s.samples) for s in students if s.samples]
-    print(json.dumps({"received": sum(s.received for s in students),
-                      "bad": sum(s.bad for s in students),
-                      "rms": [float(r) for r in rms]}), flush=True)
-    await loop.run_in_executor(None, sys.stdin.readline)  # "quit"
-    await asyncio.gather(*(s.close() for s in students), return_exceptions=True)
+    def spawn(self, url: str, code: str, n: int, per_process: int, tier: str,
+              concurrency: int) -> None:
+        first = 0
+        while first < n:
+            count = min(per_process, n - first)
+            self.procs.append(subprocess.Popen(
+                [sys.executable, str(STUDENTS_SCRIPT), "--url", url, "--code", code,
+                 "--count", str(count), "--first", str(first), "--tier", tier,
+                 "--concurrency", str(concurrency)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1, cwd=ROOT))
+            first += count
 
+    def tell(self, word: str) -> None:
+        for proc in self.procs:
+            assert proc.stdin is not None
+            proc.stdin.write(word + "\n")
+            proc.stdin.flush()
 
-# --- driver ----------------------------------------------------------------------------------
-
-def _spawn(*args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, __file__, *args], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True, bufsize=1)
-
-
-def _read_json(proc: subprocess.Popen[str]) -> dict[str, Any]:
-    assert proc.stdout is not None
-    while True:
-        line = proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"process {proc.pid} exited")
-        if line.startswith("{"):
-            return json.loads(line)
-
-
-def _tell(proc: subprocess.Popen[str], word: str) -> None:
-    assert proc.stdin is not None
-    proc.stdin.write(word + "\n")
-    proc.stdin.flush()
-
-
-async def measure(n: int, tier: str, seconds: float, per_process: int, wav: Path,
-                  profile: bool) -> dict[str, Any]:
-    server = _spawn("--role", "server", "--tier", tier, "--wav", str(wav), *(["--profile"] if profile else []))
-    url = f"http://127.0.0.1:{_read_json(server)['port']}"
-    clients: list[subprocess.Popen[str]] = []
-    try:
-        sizes = [per_process] * (n // per_process) + ([n % per_process] if n % per_process else [])
-        for size in sizes:
-            clients.append(_spawn("--role", "students", "--url", url, "--count", str(size), "--tier", tier))
+    async def read_all(self, timeout: float = 300) -> list[dict[str, Any]]:
         loop = asyncio.get_running_loop()
-        for client in clients:
-            await loop.run_in_executor(None, _read_json, client)
-        async with aiohttp.ClientSession() as session:
-            while True:
-                async with session.get(url + "/status") as r:
-                    if (await r.json())["attached"] >= n:
-                        break
-                await asyncio.sleep(0.2)
-            await asyncio.sleep(3)  # settle: handshakes done, RTCP loops running
-            await session.post(url + "/window/start")
-            await asyncio.sleep(seconds)
-            async with session.post(url + "/window/stop") as r:
-                window = await r.json()
-            async with session.post(url + "/pause") as r:
-                totals = await r.json()
-        reports = []
-        for client in clients:
-            _tell(client, "report")
-            reports.append(await loop.run_in_executor(None, _read_json, client))
-        spec = next(s for s in DEFAULT_TIERS if s.name == tier)
-        received = sum(r["received"] - r["bad"] for r in reports)
-        cpu_per_student = window["cpu_pct"] / n
-        return {
-            "n": n, "tier": tier, "seconds": round(window["wall"], 1),
-            "cpu_per_student_pct": round(cpu_per_student, 4),
-            "server_cpu_pct": round(window["cpu_pct"], 2),
-            "students_per_core": int(100 / cpu_per_student),
-            "packets_expected": totals["pushed"], "packets_received": received,
-            "packets_dropped_server": totals["dropped"],
-            "latency_ms_p50": round(window["latency_ms_p50"], 3),
-            "latency_ms_p95": round(window["latency_ms_p95"], 3),
-            "latency_ms_max": round(window["latency_ms_max"], 3),
-            "feed_cpu_us_per_packet_sent": round(window["feed_cpu_us_per_packet_sent"], 2),
-            "machine_cpu_pct": round(window["machine_cpu_pct"], 1),
-            "wire_bytes_per_student_hour": int(window["wire_bytes_per_student_hour"]),
-            "wire_kbps_per_student": round(window["wire_bytes_per_student_hour"] * 8 / 3600 / 1000, 2),
-            "late_ticks": window["late_ticks"],
-            "decoded_rms": [round(x) for r in reports for x in r["rms"]],
-            "frame_ms": spec.frame_ms,
-        }
-    finally:
-        for proc in [*clients, server]:
+        return await asyncio.wait_for(
+            asyncio.gather(*(loop.run_in_executor(None, self._read_json, p) for p in self.procs)),
+            timeout)
+
+    @staticmethod
+    def _read_json(proc: subprocess.Popen[str]) -> dict[str, Any]:
+        assert proc.stdout is not None
+        while True:
+            line = proc.stdout.readline()
+            if not line:
+                raise RuntimeError(f"student process {proc.pid} exited ({proc.poll()})")
+            if line.startswith("{"):
+                return json.loads(line)
+
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.procs]
+
+    def stop(self) -> None:
+        for proc in self.procs:
             if proc.poll() is None:
                 try:
-                    _tell(proc, "quit")
+                    assert proc.stdin is not None
+                    proc.stdin.write("quit\n")
+                    proc.stdin.flush()
                 except (BrokenPipeError, OSError):
                     pass
-        for proc in [*clients, server]:
+        for proc in self.procs:
             try:
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 proc.kill()
+                proc.wait()
+
+
+# --- CPU ------------------------------------------------------------------------------------
+
+def cpu_seconds(pids: list[int]) -> float:
+    total = 0.0
+    for pid in pids:
+        try:
+            t = psutil.Process(pid).cpu_times()
+            total += t.user + t.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def machine_busy() -> float:
+    """Busy CPU-seconds of the whole machine, summed over cores."""
+    t = psutil.cpu_times()
+    return sum(t) - t.idle - getattr(t, "iowait", 0.0)
+
+
+class Window:
+    """CPU of the server, the students, this process and the machine between two snapshots."""
+
+    def __init__(self, server_pid: int, student_pids: list[int]) -> None:
+        self.server_pid = server_pid
+        self.student_pids = student_pids
+        self.start = self._snap()
+
+    def _snap(self) -> dict[str, float]:
+        return {"wall": time.monotonic(), "server": cpu_seconds([self.server_pid]),
+                "students": cpu_seconds(self.student_pids), "me": cpu_seconds([os.getpid()]),
+                "machine": machine_busy()}
+
+    def stop(self) -> dict[str, float]:
+        end = self._snap()
+        wall = end["wall"] - self.start["wall"]
+        d = {k: end[k] - self.start[k] for k in end}
+        ours = d["server"] + d["students"] + d["me"]
+        cores = psutil.cpu_count() or 1
+        return {"wall": wall, "server_pct": 100 * d["server"] / wall,
+                "students_pct": 100 * d["students"] / wall, "driver_pct": 100 * d["me"] / wall,
+                "machine_pct": 100 * d["machine"] / wall / cores,
+                "others_pct": 100 * max(d["machine"] - ours, 0.0) / wall}
+
+
+# --- one N ----------------------------------------------------------------------------------
+
+async def wait_on_tier(admin: aiohttp.ClientSession, url: str, lesson_id: int, tier: str, n: int,
+                       timeout: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        room = await live_room(admin, url, lesson_id)
+        if room["tiers"][tier]["students"] >= n and room["students_connected"] >= n:
+            return room
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"only {room['tiers'][tier]['students']} of {n} on {tier}, "
+                               f"{room['students_connected']} connected: {room['tiers']}")
+        await asyncio.sleep(0.5)
+
+
+async def measure(n: int, args: argparse.Namespace) -> dict[str, Any]:
+    tier = args.tier
+    data_dir = Path(tempfile.mkdtemp(prefix=f"bench-relay-{n}-"))
+    server = Server(data_dir, args.server_arg or []).start()
+    demo = server.demo
+    url, lesson_id = server.url, int(demo["lesson_id"])
+    admin = teacher_http = None
+    teacher: Optional[Teacher] = None
+    workers = Workers()
+    try:
+        admin = await login(url, demo["admin_login"])
+        teacher_http = await login(url, demo["teacher_login"])
+        teacher = Teacher(url, teacher_http)
+        await teacher.start(lesson_id)
+        log(f"n={n}: server pid {server.pid} on {url}, teacher connected to lesson {lesson_id}")
+        await asyncio.sleep(1.0)
+        baseline: Optional[dict[str, float]] = None
+        if args.baseline_seconds > 0:
+            w = Window(server.pid, [])
+            await asyncio.sleep(args.baseline_seconds)
+            baseline = w.stop()
+            log(f"n={n}: baseline (teacher, no students) {baseline['server_pct']:.2f} % of a core")
+
+        joined_at = time.monotonic()
+        workers.spawn(url, demo["class_code"], n, args.per_process, tier, args.concurrency)
+        ready = await workers.read_all()
+        failed = sum(r["failed"] for r in ready)
+        log(f"n={n}: {n - failed} students joined in {time.monotonic() - joined_at:.1f} s "
+            f"({len(workers.procs)} processes)" + (f", {failed} failed: {ready}" if failed else ""))
+        if failed:
+            raise RuntimeError(f"{failed} students failed to join: {[r['errors'] for r in ready]}")
+        room = await wait_on_tier(admin, url, lesson_id, tier, n, 60)
+        join_seconds = time.monotonic() - joined_at
+
+        # Settle, then stretch it so the latency samples read after the window postdate the joins.
+        await asyncio.sleep(args.settle)
+        before = room
+        t0 = time.monotonic()
+        await asyncio.sleep(2.0)
+        room = await live_room(admin, url, lesson_id)
+        rate = (room["packets_sent"] - before["packets_sent"]) / (time.monotonic() - t0)
+        covers = LATENCY_KEEP * LATENCY_EVERY / max(rate, 1.0)
+        extra = min(max(covers - args.seconds, 0.0), args.max_extra_settle)
+        if extra > 0:
+            log(f"n={n}: {rate:.0f} packets/s: settling {extra:.0f} s more so latency samples "
+                "postdate the joins")
+            await asyncio.sleep(extra)
+
+        # The window.
+        live0 = await live_room(admin, url, lesson_id)
+        w = Window(server.pid, workers.pids())
+        workers.tell("mark")
+        await workers.read_all(30)
+        await asyncio.sleep(args.seconds)
+        live1 = await live_room(admin, url, lesson_id)
+        cpu = w.stop()
+        workers.tell("report")
+        reports = await workers.read_all(30)
+        workers.tell("tiers")
+        tiers_seen = await workers.read_all(30)
+
+        on_tier = live1["tiers"][tier]["students"]
+        encoded = live1["tiers"][tier]["packets_encoded"] - live0["tiers"][tier]["packets_encoded"]
+        sent = live1["packets_sent"] - live0["packets_sent"]
+        dropped = live1["packets_dropped"] - live0["packets_dropped"]
+        wire = live1["wire_bytes"] - live0["wire_bytes"]
+        received = sum(r["received"] for r in reports)
+        lost = sum(r["lost"] for r in reports)
+        bad = sum(r["bad"] for r in reports)
+        wall = cpu["wall"]
+        per_student = cpu["server_pct"] / n
+        latency = live1["latency"]
+        send_rate = sent / wall
+        result: dict[str, Any] = {
+            "n": n, "tier": tier, "frame_ms": FRAME_MS[tier], "seconds": round(wall, 1),
+            "cpu_per_student_pct": round(per_student, 4),
+            "students_per_core": int(100 / per_student) if per_student > 0 else None,
+            "server_cpu_pct": round(cpu["server_pct"], 2),
+            "server_cpu_baseline_pct": round(baseline["server_pct"], 2) if baseline else None,
+            "cpu_marginal_per_student_pct": (round((cpu["server_pct"] - baseline["server_pct"]) / n, 4)
+                                             if baseline else None),
+            "packets_expected": encoded * on_tier,
+            "packets_sent": sent,
+            "packets_received": received,
+            "packets_lost": lost,
+            "packets_bad": bad,
+            "packets_dropped_server": dropped,
+            "delivered_pct": round(100 * received / max(encoded * on_tier, 1), 2),
+            "students_on_tier": on_tier,
+            "students_without_packets": sum(r["students_without_packets"] for r in reports),
+            "tier_packets_per_s": round(encoded / wall, 2),
+            "talk_share": round(encoded / wall / (1000 / FRAME_MS[tier]), 3),
+            "server_us_per_packet_sent": round(1e4 * cpu["server_pct"] / max(send_rate, 1), 1),
+            "latency_ms_p50": latency["p50_ms"], "latency_ms_p95": latency["p95_ms"],
+            "latency_samples": int(latency["samples"] or 0),
+            "latency_covers_s": round(latency["samples"] * LATENCY_EVERY / max(send_rate, 1), 1),
+            "wire_bytes_per_student_hour": int(wire / max(on_tier, 1) / wall * 3600),
+            "wire_kbps_per_student": round(wire * 8 / max(on_tier, 1) / wall / 1000, 2),
+            "machine_cpu_pct": round(cpu["machine_pct"], 1),
+            "machine_cores": psutil.cpu_count(),
+            "others_cpu_pct": round(cpu["others_pct"], 1),
+            "students_cpu_pct": round(cpu["students_pct"], 1),
+            "students_per_process": args.per_process,
+            "driver_cpu_pct": round(cpu["driver_pct"], 1),
+            "saturated": cpu["machine_pct"] >= 90.0,
+            "join_seconds": round(join_seconds, 1),
+            "mixer_frames_skipped": live1["mixer"]["frames_skipped"] - live0["mixer"]["frames_skipped"],
+            "decoded_rms": [x for r in reports for x in r["decoded_rms"]],
+            "client_tiers": _merge(t["tiers"] for t in tiers_seen),
+            "server_errors": server.errors()[:3],
+        }
+        return result
+    finally:
+        workers.stop()
+        if teacher is not None:
+            await teacher.close()
+        for http in (admin, teacher_http):
+            if http is not None:
+                await http.close()
+        server.stop()
+
+
+def _merge(dicts: Any) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for d in dicts:
+        for k, v in d.items():
+            out[k] = out.get(k, 0) + v
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", default="50,100,200", help="comma-separated student counts")
     parser.add_argument("--seconds", type=float, default=20.0, help="steady measuring window")
-    parser.add_argument("--tier", default="standard", choices=[s.name for s in DEFAULT_TIERS])
+    parser.add_argument("--tier", default="standard", choices=["low", "standard", "high"])
     parser.add_argument("--per-process", type=int, default=50, help="student peers per process")
-    parser.add_argument("--wav", type=Path, default=None)
-    parser.add_argument("--profile", action="store_true", help="cProfile the server's window (stderr)")
-    parser.add_argument("--role", choices=["driver", "server", "students"], default="driver")
-    parser.add_argument("--url", default="")
-    parser.add_argument("--count", type=int, default=0)
+    parser.add_argument("--concurrency", type=int, default=10,
+                        help="students joining at once in each student process")
+    parser.add_argument("--settle", type=float, default=3.0,
+                        help="seconds between the last join and the window (stretched for latency)")
+    parser.add_argument("--max-extra-settle", type=float, default=25.0,
+                        help="at most this much extra settling so latency samples postdate joins")
+    parser.add_argument("--baseline-seconds", type=float, default=5.0,
+                        help="window with the teacher talking and no students (0: skip)")
+    parser.add_argument("--server-arg", action="append",
+                        help="extra argument for groom serve (repeat), e.g. --server-arg=--log-level=WARNING")
     args = parser.parse_args()
-    if args.role == "server":
-        asyncio.run(run_server(args.tier, args.wav, args.profile))
-    elif args.role == "students":
-        asyncio.run(run_students(args.url, args.count, args.tier))
-    else:
-        wav = args.wav or speech_wav()
-        for n in (int(x) for x in args.n.split(",")):
-            print(json.dumps(asyncio.run(measure(n, args.tier, args.seconds, args.per_process, wav,
-                                                args.profile))),
-                  flush=True)
+    if not SPEECH.exists():
+        sys.exit(f"missing {SPEECH}")
+    for n in (int(x) for x in args.n.split(",")):
+        print(json.dumps(asyncio.run(measure(n, args))), flush=True)
 
 
 if __name__ == "__main__":

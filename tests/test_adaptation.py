@@ -92,7 +92,8 @@ def test_fair_report_restarts_the_good_run() -> None:
     assert feed(ctl, clock, GOOD_RTCP, 1) == ["standard"]
 
 
-@pytest.mark.parametrize("pattern", [("good", "bad"), ("good", "good", "bad"), ("fair", "bad", "good")])
+@pytest.mark.parametrize("pattern",
+                         [("good", "bad"), ("good", "good", "bad"), ("fair", "bad", "good")])
 def test_no_flapping_on_alternating_figures(pattern: tuple[str, ...]) -> None:
     figures = {"good": GOOD_RTCP, "bad": BAD_RTCP, "fair": FAIR_RTCP}
     ctl, clock = make()

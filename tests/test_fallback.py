@@ -30,7 +30,8 @@ def reference_crc(data: bytes) -> int:
     for byte in data:
         crc ^= byte << 24
         for _ in range(8):
-            crc = ((crc << 1) ^ 0x04C11DB7) & 0xFFFFFFFF if crc & 0x80000000 else (crc << 1) & 0xFFFFFFFF
+            crc = (crc << 1) ^ 0x04C11DB7 if crc & 0x80000000 else crc << 1
+            crc &= 0xFFFFFFFF
     return crc
 
 
@@ -226,6 +227,10 @@ async def test_too_many_listeners_get_503() -> None:
             async with session.get(server.url) as second:
                 assert second.status == 503
                 assert (await second.json())["error"]
+            await stream.close()
+            assert (await first.read()).startswith(b"OggS")  # ended cleanly
+            async with session.get(server.url) as late:
+                assert late.status == 410
 
 
 def test_ogg_framing_details() -> None:
@@ -251,7 +256,8 @@ def test_writer_rebases_granule_fills_gaps_and_ignores_repeats() -> None:
     assert [g for _, g, _, _ in pages] == [0, 0, 312 + 2880]
     # a 200 ms DTX gap, then a packet: the gap's time is kept
     out = writer.add(EncodedPacket("t", b"\xfc" + b"b" * 40, base + 2880 + 9600, 960, 0.0))
-    out += writer.add(EncodedPacket("t", b"\xfc" + b"c" * 40, base + 2880 + 9600, 960, 0.0))  # repeat
+    repeat = EncodedPacket("t", b"\xfc" + b"c" * 40, base + 2880 + 9600, 960, 0.0)
+    out += writer.add(repeat)
     out += writer.flush(last=True)
     last = parse_pages(out)[-1]
     assert last[0] & 0x04 and last[1] == 312 + 2880 + 9600 + 960

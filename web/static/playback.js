@@ -1,14 +1,15 @@
 // G-Room online playback of a recorded lesson: the audio, with the slides changing in step.
 //
 // Usage (page template):
-//   <div class="playback" data-playback-manifest="/api/recordings/12/manifest"></div>
+//   <div class="playback" data-playback-manifest="/api/lessons/12/recording/manifest"
+//        data-playback-error="(translated) Could not load the recording."></div>
 //   <script src="/static/playback.js" defer></script>
 // or from another script: GroomPlayback.mount(element, manifest).
 //
 // The manifest is JSON (groom.postprocess.playback_manifest builds it):
 //   {
 //     "title": "Grade 5 maths",            // optional
-//     "audio": "/recordings/12/listen.opus",  // served with Range support
+//     "audio": "/recordings/12/listen.opus",  // served with Range support (groom/recordings.py)
 //     "duration_s": 2712.4,
 //     "slides": [{"at_ms": 0, "small": "/slides/ab12.webp", "large": "/slides/ab12-l.webp"}, ...]
 //   }
@@ -55,12 +56,17 @@
       return (wide && !saveData && slides[i].large) || slides[i].small || slides[i].large;
     }
 
-    if (manifest.title) root.appendChild(el("h2", "pb-title", manifest.title));
+    if (manifest.title && !root.hasAttribute("data-playback-hide-title")) {
+      root.appendChild(el("h2", "pb-title", manifest.title));
+    }
     var stage = root.appendChild(el("div", "pb-stage"));
     var img = stage.appendChild(el("img", "pb-slide"));
     img.hidden = true;
     img.alt = "";
+    img.style.maxWidth = "100%";  // CSSOM, allowed by the CSP (no inline style attribute)
+    img.style.height = "auto";
     var audio = root.appendChild(el("audio", "pb-audio"));
+    audio.style.width = "100%";
     audio.controls = true;
     audio.preload = "metadata";
     audio.src = manifest.audio;
@@ -132,7 +138,8 @@
         })
         .then(function (manifest) { mount(root, manifest); })
         .catch(function (err) {
-          root.appendChild(el("p", "pb-error", "Could not load the recording (" + err.message + ")"));
+          var text = root.getAttribute("data-playback-error") || "Could not load the recording.";
+          root.appendChild(el("p", "pb-error", text + " (" + err.message + ")"));
         });
     });
   }

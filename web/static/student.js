@@ -1,5 +1,5 @@
-/* Student page: one tap to join, then status, hand, data used, tier, data saver, floor.
- * The protocol lives in protocol.js; this file only draws. */
+/* Student page: one tap to join, then status, the slide with ink and pointer, hand, poll, chat,
+ * data used, tier, data saver, floor. The protocol lives in protocol.js; this file only draws. */
 "use strict";
 (function () {
   /** @param {string} id @returns {any} */
@@ -15,6 +15,19 @@
   /** @type {any} */
   var live = null;
   var handUp = false, ended = "", media = "";
+  var board = new GRoomInk.Board($("board"));
+  /** @type {any} */
+  var deck = null;
+  /** @type {any} */
+  var slide = null;
+  /** @type {any} */
+  var poll = null;
+  var tier = "", prefetched = {}, prefetchTimer = 0, chatOn = true, resultShown = false;
+  /** Browsers without WebP (KaiOS) get the JPEG copy of the small image; asked once. */
+  var webp = (function () {
+    try { return document.createElement("canvas").toDataURL("image/webp").indexOf("data:image/webp") === 0; }
+    catch (e) { return false; }
+  })();
 
   /** localStorage, or nothing when the phone disallows it. */
   function store(key, value) {
@@ -57,6 +70,106 @@
     return t.mb.replace("{mb}", mb.toFixed(mb < 10 ? 2 : 1));
   }
 
+  /** @param {string} tag @param {string} [text] @param {string} [cls] */
+  function el(tag, text, cls) {
+    var e = document.createElement(tag);
+    if (text) e.textContent = text;
+    if (cls) e.className = cls;
+    return e;
+  }
+
+  /** The image this phone should fetch for a slide: small on the low tier or data saver. */
+  function imageUrl(s) {
+    var name = !webp ? s.jpeg : (tier === "low" || saver.checked) ? s.small : s.large;
+    return "/slides/" + encodeURIComponent(name);
+  }
+
+  function showSlide(s) {
+    slide = s;
+    if (!s) { $("board").hidden = true; board.point(null, null); return; }
+    board.show(s.page, imageUrl(s), s.ink);
+  }
+
+  /** Once the slide on screen has loaded, fetch the next two while the link is idle. */
+  function prefetch() {
+    clearTimeout(prefetchTimer);
+    if (!slide || !deck || deck.deck_id !== slide.deck_id) return;
+    var page = slide.page;
+    prefetchTimer = setTimeout(function () {
+      for (var i = page + 1; i <= page + 2 && i < deck.slides.length; i++) {
+        var url = imageUrl(deck.slides[i]);
+        if (prefetched[url]) continue;
+        prefetched[url] = 1;
+        var img = new Image();
+        img.fetchPriority = "low";
+        img.src = url;
+      }
+    }, 800);
+  }
+
+  function addChat(m) {
+    var list = $("chat-list"), li = el("li", "", m.teacher ? "teacher" : "");
+    li.appendChild(el("b", (m.from || "?") + (m.teacher ? " (" + t.teacher + ")" : "") + ": "));
+    li.appendChild(el("span", m.text));
+    list.appendChild(li);
+    while (list.children.length > 50) list.removeChild(list.firstChild);
+    list.scrollTop = list.scrollHeight;
+  }
+
+  function setChat(on) {
+    chatOn = on;
+    $("chat-off").hidden = on;
+    $("chat-text").disabled = !on;
+    $("chat-form").querySelector("button").disabled = !on;
+  }
+
+  function chatError(text) {
+    $("chat-error").textContent = text || "";
+    $("chat-error").hidden = !text;
+  }
+
+  /** A poll to answer (open), or the result the teacher shows (counts). */
+  function showPoll(p, counts) {
+    poll = p;
+    resultShown = !!counts;
+    var box = $("poll"), choices = $("poll-choices");
+    box.hidden = !p;
+    if (!p) return;
+    $("poll-q").textContent = counts ? t.result + ": " + p.question : p.question;
+    $("poll-note").hidden = true;
+    while (choices.firstChild) choices.removeChild(choices.firstChild);
+    var total = counts ? counts.reduce(function (a, b) { return a + b; }, 0) : 0;
+    p.choices.forEach(function (text, i) {
+      if (counts) {
+        var row = el("div", "", "bar");
+        row.appendChild(el("span", text + ": " + counts[i]));
+        var m = el("meter");
+        m.max = Math.max(1, total);
+        m.value = counts[i];
+        row.appendChild(m);
+        choices.appendChild(row);
+        return;
+      }
+      var b = el("button", text);
+      b.type = "button";
+      b.setAttribute("data-choice", String(i));
+      b.addEventListener("click", function () {
+        if (live && live.send({ type: "vote", poll_id: p.id, choice: i })) answered(i);
+      });
+      choices.appendChild(b);
+    });
+  }
+
+  function answered(i) {
+    var buttons = $("poll-choices").querySelectorAll("button");
+    for (var k = 0; k < buttons.length; k++) {
+      buttons[k].disabled = true;
+      buttons[k].setAttribute("aria-pressed", String(k === i));
+    }
+    $("poll-note").textContent = t.answered.replace("{choice}", poll ? poll.choices[i] : "");
+    $("poll-note").hidden = false;
+  }
+
   function start() {
     var hello = join.card ? { role: "student", card: join.card }
                           : { role: "student", code: join.code, name: nameInput.value.trim() };
@@ -72,7 +185,15 @@
         document.title = l.title + " · G-Room";
         $("who").textContent = l.class_name + " · " + l.teacher_name;
       }
-      if (m.tier) $("tier").textContent = t[m.tier] || m.tier;
+      if (m.tier) { tier = m.tier; $("tier").textContent = t[m.tier] || m.tier; }
+      deck = m.deck || null;
+      showSlide(m.slide || null);
+      var chat = m.chat || { enabled: true, recent: [] };
+      while ($("chat-list").firstChild) $("chat-list").removeChild($("chat-list").firstChild);
+      (chat.recent || []).forEach(addChat);
+      setChat(chat.enabled !== false);
+      if (m.poll) { if (!poll || poll.id !== m.poll.id || resultShown) showPoll(m.poll); }
+      else if (!resultShown) showPoll(null);
       if (saver.checked) live.send({ type: "data_saver", on: true });
       if (handUp) live.send({ type: "hand", up: true });
     });
@@ -91,6 +212,25 @@
     live.on("tier", function (m) {
       $("tier").textContent = t[m.tier] || m.tier;
       saver.checked = !!m.data_saver;
+      if (m.tier !== tier) { tier = m.tier; if (slide) showSlide(slide); }
+    });
+    live.on("deck", function (m) { deck = m.deck; prefetched = {}; });
+    live.on("slide", function (m) { showSlide(m.slide); });
+    live.on("ink", function (m) {
+      if (slide && m.page === slide.page) { slide.ink = (slide.ink || []).concat([m.stroke]); board.add(m.stroke); }
+    });
+    live.on("ink_clear", function (m) {
+      if (slide && m.page === slide.page) { slide.ink = []; board.clear(); }
+    });
+    live.on("pointer", function (m) { board.point(m.x, m.y); });
+    live.on("chat", addChat);
+    live.on("chat_enabled", function (m) { setChat(!!m.on); });
+    live.on("poll", function (m) { showPoll(m.poll); });
+    live.on("voted", function (m) { if (poll && poll.id === m.poll_id) answered(m.choice); });
+    live.on("poll_result", function (m) { showPoll(m, m.counts); });
+    live.on("error", function (m) {
+      if (/^chat|^empty/.test(m.code || "")) chatError(m.message);
+      else if (m.code === "already_voted" || m.code === "poll_closed") { $("poll-note").textContent = m.message; $("poll-note").hidden = false; }
     });
     live.on("usage", function (m) { $("used").textContent = megabytes(m.bytes || 0); });
     live.on("floor", function (m) {
@@ -124,12 +264,20 @@
     start();
   });
 
+  $("slide").addEventListener("load", prefetch);
+  $("chat-form").addEventListener("submit", function (ev) {
+    ev.preventDefault();
+    var text = $("chat-text").value.trim();
+    if (!text || !chatOn || !live) return;
+    if (live.send({ type: "chat", text: text.slice(0, 300) })) { $("chat-text").value = ""; chatError(""); }
+  });
   hand.addEventListener("click", function () {
     if (live && live.send({ type: "hand", up: !handUp })) setHand(!handUp);
   });
   saver.addEventListener("change", function () {
     store(SAVER_KEY, saver.checked ? "1" : "0");
     if (live) live.send({ type: "data_saver", on: saver.checked });
+    if (slide) showSlide(slide);
   });
   unmute.addEventListener("click", play);
   audio.addEventListener("error", function () {
