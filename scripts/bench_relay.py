@@ -59,7 +59,7 @@ import aiohttp
 import psutil
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.contrib.media import MediaPlayer
-from aiortc.mediastreams import MediaStreamError
+from aiortc.mediastreams import AudioStreamTrack, MediaStreamError
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEECH = ROOT / "media" / "speech.wav"
@@ -83,8 +83,9 @@ def free_port() -> int:
 class Server:
     """``python -m groom serve --demo --json`` in a fresh data folder; output to a log file."""
 
-    def __init__(self, data_dir: Path, extra: list[str]) -> None:
+    def __init__(self, data_dir: Path, extra: list[str], profile: Optional[Path] = None) -> None:
         self.data_dir = data_dir
+        self.profile = profile
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = data_dir / "server.log"
@@ -94,8 +95,9 @@ class Server:
 
     def start(self) -> "Server":
         out = self.log_path.open("ab")
+        wrap = ["-m", "cProfile", "-o", str(self.profile)] if self.profile else []
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "groom", "serve", "--demo", "--json", "--port", str(self.port),
+            [sys.executable, *wrap, "-m", "groom", "serve", "--demo", "--json", "--port", str(self.port),
              "--data-dir", str(self.data_dir), "--join-attempts-per-minute", "100000",
              "--tier-up-seconds", "1", *self.extra],
             stdout=out, stderr=out, cwd=ROOT)
@@ -164,7 +166,7 @@ class Teacher:
         self.inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self.tasks: list[asyncio.Task[Any]] = []
 
-    async def start(self, lesson_id: int) -> None:
+    async def start(self, lesson_id: int, silent: bool = False) -> None:
         self.ws = await self.http.ws_connect(self.url.replace("http", "ws", 1) + "/ws",
                                              max_msg_size=1 << 24)
         self.tasks.append(asyncio.create_task(self._read()))
@@ -173,8 +175,11 @@ class Teacher:
         if welcome["type"] != "welcome":
             raise RuntimeError(f"teacher hello: {welcome}")
         self.pc = pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-        self.player = MediaPlayer(str(SPEECH), loop=True)
-        pc.addTransceiver(self.player.audio, direction="sendrecv")
+        if silent:  # digital silence: the tiers go DTX, students get (almost) no packets
+            pc.addTransceiver(AudioStreamTrack(), direction="sendrecv")
+        else:
+            self.player = MediaPlayer(str(SPEECH), loop=True)
+            pc.addTransceiver(self.player.audio, direction="sendrecv")
 
         @pc.on("track")
         def on_track(track: Any) -> None:  # what the teacher hears (the floor): drain it
@@ -347,7 +352,8 @@ async def wait_on_tier(admin: aiohttp.ClientSession, url: str, lesson_id: int, t
 async def measure(n: int, args: argparse.Namespace) -> dict[str, Any]:
     tier = args.tier
     data_dir = Path(tempfile.mkdtemp(prefix=f"bench-relay-{n}-"))
-    server = Server(data_dir, args.server_arg or []).start()
+    profile = data_dir / "server.prof" if args.profile else None
+    server = Server(data_dir, args.server_arg or [], profile).start()
     demo = server.demo
     url, lesson_id = server.url, int(demo["lesson_id"])
     admin = teacher_http = None
@@ -357,7 +363,7 @@ async def measure(n: int, args: argparse.Namespace) -> dict[str, Any]:
         admin = await login(url, demo["admin_login"])
         teacher_http = await login(url, demo["teacher_login"])
         teacher = Teacher(url, teacher_http)
-        await teacher.start(lesson_id)
+        await teacher.start(lesson_id, silent=args.silent)
         log(f"n={n}: server pid {server.pid} on {url}, teacher connected to lesson {lesson_id}")
         await asyncio.sleep(1.0)
         baseline: Optional[dict[str, float]] = None
@@ -419,6 +425,8 @@ async def measure(n: int, args: argparse.Namespace) -> dict[str, Any]:
         send_rate = sent / wall
         result: dict[str, Any] = {
             "n": n, "tier": tier, "frame_ms": FRAME_MS[tier], "seconds": round(wall, 1),
+            **({"teacher": "silent"} if args.silent else {}),
+            **({"profiled": True} if args.profile else {}),
             "cpu_per_student_pct": round(per_student, 4),
             "students_per_core": int(100 / per_student) if per_student > 0 else None,
             "server_cpu_pct": round(cpu["server_pct"], 2),
@@ -464,6 +472,10 @@ async def measure(n: int, args: argparse.Namespace) -> dict[str, Any]:
             if http is not None:
                 await http.close()
         server.stop()
+        if profile is not None and profile.exists():
+            import pstats
+            print(f"--- cProfile of the server (main thread, whole run), n={n} ---", file=sys.stderr)
+            pstats.Stats(str(profile), stream=sys.stderr).sort_stats("tottime").print_stats(30)
 
 
 def _merge(dicts: Any) -> dict[str, int]:
@@ -490,6 +502,11 @@ def main() -> None:
                         help="window with the teacher talking and no students (0: skip)")
     parser.add_argument("--server-arg", action="append",
                         help="extra argument for groom serve (repeat), e.g. --server-arg=--log-level=WARNING")
+    parser.add_argument("--silent", action="store_true",
+                        help="the teacher sends digital silence: per-student cost without packets")
+    parser.add_argument("--profile", action="store_true",
+                        help="run the server under cProfile (slows it: CPU figures are then not "
+                             "comparable) and print its top functions to stderr")
     args = parser.parse_args()
     if not SPEECH.exists():
         sys.exit(f"missing {SPEECH}")
