@@ -38,7 +38,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from groom import rasterize
-from groom.models import Classroom, Deck, Slide
+from groom.models import Classroom, Deck, LessonEvent, Slide
 
 log = logging.getLogger(__name__)
 
@@ -433,8 +433,14 @@ def _add_slides(session: AsyncSession, deck_id: int, pages: list[dict[str, Any]]
 
 
 async def _referenced(session: AsyncSession, names: set[str]) -> set[str]:
-    """Which of ``names`` some slide row still uses."""
+    """Which of ``names`` some slide row, or some lesson's timeline, still uses.
+
+    Recorded lessons name their slide images in their timeline; a deck deleted later must not
+    take the images away from those recordings' playback."""
     used: set[str] = set()
+    shown = await session.scalars(select(LessonEvent.data).where(LessonEvent.kind == "slide"))
+    for data in shown:
+        used.update(data.get(key) for key in ("image", "large") if isinstance(data, dict))
     ordered = sorted(names)
     for start in range(0, len(ordered), 200):  # keep the IN lists short for SQLite
         chunk = ordered[start:start + 200]
