@@ -39,7 +39,8 @@ def load_catalogs(folder: Path = WEB_DIR / "translations") -> dict[str, gettext.
     return catalogs
 
 
-def pick_language(request: web.Request) -> str:
+def pick_language(request: web.Request, default: str = DEFAULT_LANGUAGE) -> str:
+    """``?lang=``, the ``lang`` cookie, ``Accept-Language``, then ``default``."""
     for candidate in (request.query.get("lang"), request.cookies.get("lang")):
         if candidate in LANGUAGES:
             return candidate
@@ -48,7 +49,7 @@ def pick_language(request: web.Request) -> str:
         code = part.split(";")[0].strip().lower()[:2]
         if code in LANGUAGES:
             return code
-    return DEFAULT_LANGUAGE
+    return default
 
 
 def translator(catalogs: dict[str, gettext.NullTranslations], lang: str) -> Callable[..., str]:

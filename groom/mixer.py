@@ -126,10 +126,6 @@ class SampleBuffer:
         self._size -= count
         return (parts[0] if len(parts) == 1 else np.concatenate(parts)), created
 
-    def clear(self) -> None:
-        self._chunks.clear()
-        self._size = 0
-
 
 class Source:
     """One remote track read by one task into one bounded buffer, resampled to 48 kHz mono.

@@ -122,7 +122,12 @@ def _allow_header(exc: web.HTTPException) -> dict[str, str]:
 
 def error_response(request: web.Request, exc: AppError) -> web.StreamResponse:
     if is_api(request) or request.headers.get("Accept", "").startswith("application/json"):
-        return web.json_response(exc.to_json(), status=exc.status)
+        # The message in the asker's language (English for scripts that state none); the
+        # code stays the same in every language, for programs.
+        lang = pick_language(request, default="en")
+        body = exc.to_json()
+        body["error"]["message"] = translator(request.app[CATALOGS], lang)(exc.template, **exc.params)
+        return web.json_response(body, status=exc.status)
     _ = tr(request)
     message = _(exc.template, **exc.params)
     return render(request, "error.html", status=exc.status, message=message)

@@ -23,7 +23,7 @@ from . import codes, logs
 from .errors import AppError
 from .live import waiting_lesson
 from . import joining
-from .plumbing import viewer
+from .plumbing import tr, viewer
 from .board import COLORS, MAX_POINTS, WIDTHS
 from .room import Participant, Room
 from .rooms import ROOMS
@@ -269,6 +269,10 @@ class _Session:
         self._allowance = RATE_BURST
         self._last = time.monotonic()
 
+    def _error(self, exc: AppError) -> dict[str, Any]:
+        """An ``error`` message in the participant's language (their page's cookie/header)."""
+        return _error(exc.code, tr(self.request)(exc.template, **exc.params))
+
     def leave(self) -> None:
         if self.room is not None and self.me is not None:
             self.room.detach(self.me, self.conn)
@@ -316,7 +320,7 @@ class _Session:
         try:
             await self._hello(hello)
         except AppError as exc:
-            self.conn.send(_error(exc.code, str(exc)))
+            self.conn.send(self._error(exc))
             self.conn.close(_CLOSE_FOR_STATUS.get(exc.status, 4400), exc.code)
             return
         if self.room is None or self.me is None:
@@ -328,7 +332,7 @@ class _Session:
             try:
                 await self._handle(message)
             except AppError as exc:
-                self.conn.send(_error(exc.code, str(exc)))
+                self.conn.send(self._error(exc))
 
     async def _hello(self, hello: Hello) -> None:
         if hello.role == "teacher":

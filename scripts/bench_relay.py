@@ -237,14 +237,14 @@ class Workers:
         self.procs: list[subprocess.Popen[str]] = []
 
     def spawn(self, url: str, code: str, n: int, per_process: int, tier: str,
-              concurrency: int) -> None:
+              concurrency: int, stats_interval: float) -> None:
         first = 0
         while first < n:
             count = min(per_process, n - first)
             self.procs.append(subprocess.Popen(
                 [sys.executable, str(STUDENTS_SCRIPT), "--url", url, "--code", code,
                  "--count", str(count), "--first", str(first), "--tier", tier,
-                 "--concurrency", str(concurrency)],
+                 "--concurrency", str(concurrency), "--stats-interval", str(stats_interval)],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1, cwd=ROOT))
             first += count
 
@@ -374,7 +374,8 @@ async def measure(n: int, args: argparse.Namespace) -> dict[str, Any]:
             log(f"n={n}: baseline (teacher, no students) {baseline['server_pct']:.2f} % of a core")
 
         joined_at = time.monotonic()
-        workers.spawn(url, demo["class_code"], n, args.per_process, tier, args.concurrency)
+        workers.spawn(url, demo["class_code"], n, args.per_process, tier, args.concurrency,
+                      args.stats_interval)
         ready = await workers.read_all()
         failed = sum(r["failed"] for r in ready)
         log(f"n={n}: {n - failed} students joined in {time.monotonic() - joined_at:.1f} s "
@@ -426,6 +427,7 @@ async def measure(n: int, args: argparse.Namespace) -> dict[str, Any]:
         result: dict[str, Any] = {
             "n": n, "tier": tier, "frame_ms": FRAME_MS[tier], "seconds": round(wall, 1),
             **({"teacher": "silent"} if args.silent else {}),
+            **({"stats_interval": args.stats_interval} if args.stats_interval != 2.0 else {}),
             **({"profiled": True} if args.profile else {}),
             "cpu_per_student_pct": round(per_student, 4),
             "students_per_core": int(100 / per_student) if per_student > 0 else None,
@@ -502,6 +504,9 @@ def main() -> None:
                         help="window with the teacher talking and no students (0: skip)")
     parser.add_argument("--server-arg", action="append",
                         help="extra argument for groom serve (repeat), e.g. --server-arg=--log-level=WARNING")
+    parser.add_argument("--stats-interval", type=float, default=2.0,
+                        help="students' stats messages every this many seconds, as the student "
+                             "page does (0: none, to see what signaling costs)")
     parser.add_argument("--silent", action="store_true",
                         help="the teacher sends digital silence: per-student cost without packets")
     parser.add_argument("--profile", action="store_true",

@@ -63,8 +63,9 @@ def emit(obj: dict[str, Any]) -> None:
 
 
 class Student:
-    def __init__(self, index: int, tier: str, decode: bool) -> None:
+    def __init__(self, index: int, tier: str, decode: bool, stats_interval: float = 2.0) -> None:
         self.index = index
+        self.stats_interval = stats_interval
         self.target = tier
         self.frame_samples = TIER_FRAME_SAMPLES[tier]
         self.tier = ""  # what the server says we are on
@@ -147,7 +148,10 @@ class Student:
         try:
             while True:
                 climbing = self.target == "high" and self.tier != "high"
-                await asyncio.sleep(0.5 if climbing else 2.0)
+                if not climbing and self.stats_interval <= 0:
+                    await asyncio.sleep(1.0)
+                    continue
+                await asyncio.sleep(0.5 if climbing else self.stats_interval)
                 await self.send({"type": "stats", "packets_received": self.received,
                                  "packets_lost": self._lost_total(),
                                  "jitter": STATS_JITTER[self.target], "concealed_samples": 0,
@@ -232,7 +236,8 @@ class Student:
 
 
 async def run(args: argparse.Namespace) -> None:
-    students = [Student(args.first + i, args.tier, decode=(i == 0)) for i in range(args.count)]
+    students = [Student(args.first + i, args.tier, decode=(i == 0), stats_interval=args.stats_interval)
+                for i in range(args.count)]
     gate = asyncio.Semaphore(args.concurrency)
     loop = asyncio.get_running_loop()
     http = aiohttp.ClientSession()
@@ -289,6 +294,8 @@ def main() -> None:
     parser.add_argument("--count", type=int, required=True)
     parser.add_argument("--first", type=int, default=0, help="index of the first student (names)")
     parser.add_argument("--tier", default="standard", choices=sorted(TIER_FRAME_SAMPLES))
+    parser.add_argument("--stats-interval", type=float, default=2.0,
+                        help="seconds between stats messages once on the tier (0: none)")
     parser.add_argument("--concurrency", type=int, default=10, help="students joining at once")
     asyncio.run(run(parser.parse_args()))
 

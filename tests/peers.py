@@ -199,3 +199,9 @@ async def join_student(srv: GroomServer, demo: dict[str, Any], name: str, **extr
     return peer
 
 
+
+
+async def end_lesson(teacher: Peer) -> None:
+    """End the lesson and wait until the server confirms, so the next test's lesson may start."""
+    await teacher.send({"type": "end"})
+    await teacher.expect("ended")

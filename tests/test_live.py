@@ -11,15 +11,10 @@ import av
 import numpy as np
 import pytest
 
-from peers import Peer, join_student, start_teacher
+from peers import Peer, end_lesson, join_student, start_teacher
 from servers import GroomServer
 
 pytestmark = pytest.mark.timeout(120)
-
-
-async def _end(teacher: Peer) -> None:
-    await teacher.send({"type": "end"})
-    await teacher.expect("ended")
 
 
 async def _inbound(peer: Peer) -> Any:
@@ -47,7 +42,7 @@ async def test_teacher_voice_reaches_students_on_their_tiers(live: tuple[GroomSe
         usage = await students[0].expect("usage")
         assert usage["bytes"] > 0
     finally:
-        await _end(teacher)
+        await end_lesson(teacher)
         for p in (teacher, *students):
             await p.close()
     async with aiohttp.ClientSession() as http:
@@ -84,7 +79,7 @@ async def test_tier_moves_lose_nothing(live: tuple[GroomServer, dict[str, Any]])
         assert inbound.packetsLost == 0 and inbound.packetsReceived > received
         assert student.rms(last_seconds=1) > 50
     finally:
-        await _end(teacher)
+        await end_lesson(teacher)
         await teacher.close()
         await student.close()
 
@@ -108,7 +103,7 @@ async def test_stalled_student_does_not_delay_others(live: tuple[GroomServer, di
         inbound = await _inbound(healthy)
         assert inbound.packetsLost == 0
     finally:
-        await _end(teacher)
+        await end_lesson(teacher)
         for p in (teacher, stalled, healthy):
             await p.close()
 
@@ -143,7 +138,7 @@ async def test_floor_audio_reaches_everyone(live: tuple[GroomServer, dict[str, A
         await asyncio.sleep(2.0)
         assert listener.rms_since(mark) < 50, "after the floor is taken back, silence again"
     finally:
-        await _end(teacher)
+        await end_lesson(teacher)
         for p in (teacher, speaker, listener):
             await p.close()
 
@@ -192,7 +187,7 @@ async def test_teacher_reconnect_within_grace_keeps_the_room(live: tuple[GroomSe
         await asyncio.sleep(3)
         assert student.rms(last_seconds=2) > 100
         assert not [m for m in student.messages if m["type"] == "ended"]
-        await _end(again)
+        await end_lesson(again)
         await again.close()
     finally:
         await student.close()
@@ -242,6 +237,6 @@ async def test_http_fallback_stream_decodes(live: tuple[GroomServer, dict[str, A
         assert 2.0 < seconds < 9.0, seconds
         assert float(np.sqrt(np.mean(audio ** 2))) > 100
     finally:
-        await _end(teacher)
+        await end_lesson(teacher)
         await teacher.close()
         await student.close()

@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection
 
-from peers import Peer, join_student, new_lesson, start_teacher
+from peers import Peer, end_lesson, join_student, start_teacher
 from servers import ApiClient, GroomServer
 
 pytestmark = pytest.mark.timeout(180)
@@ -131,7 +131,7 @@ async def test_students_cannot_publish_or_steer_and_bad_sdp(live: tuple[GroomSer
         assert other.rms_since(mark) > 100
         assert not [m for m in other.messages if m["type"] == "ended"]
     finally:
-        await teacher.send({"type": "end"})
+        await end_lesson(teacher)
         for p in (teacher, student, other):
             await p.close()
 
@@ -181,7 +181,7 @@ async def test_floods_and_rapid_reconnects_leave_the_room_alone(live: tuple[Groo
         assert len(listing["list"]) < 10, "gone sockets are not listed"
         assert teacher.closed_code is None, (teacher.closed_code, teacher.messages[-3:])
     finally:
-        await teacher.send({"type": "end"})
+        await end_lesson(teacher)
         await teacher.close()
         await listener.close()
     problems = [line for line in srv.log_lines()
