@@ -21,62 +21,34 @@ import collections
 import logging
 import secrets
 import socket
-import struct
-import zlib
-from collections.abc import Iterable
 
 from aiohttp import web
 
+from .ogg import PRE_SKIP, ogg_page, opus_head, opus_tags
 from .packets import SAMPLE_RATE, EncodedPacket
 
 log = logging.getLogger(__name__)
 
-PRE_SKIP = 312  # libopus' lookahead at 48 kHz (voip): samples to drop at the start of a stream
 PAGE_SAMPLES = 12 * 960  # close an Ogg page every ~240 ms: ~1 kbps of framing, not ~4
 MAX_GAP_FILL = 30 * SAMPLE_RATE  # a longer jump (an upstream clock reset) is not filled
 
-# ---- Ogg -----------------------------------------------------------------------------------
-
-_REVERSE_BITS = bytes(int(f"{b:08b}"[::-1], 2) for b in range(256))
-
-
-def ogg_crc(data: bytes) -> int:
-    """CRC-32 of Ogg (poly 0x04C11DB7, init 0, not reflected, no final xor), at C speed.
-
-    zlib's CRC-32 is the same polynomial, reflected, with init and final xor 0xFFFFFFFF: feed it
-    bit-reversed bytes with the register pre-set to 0, undo the final xor, and reverse the result.
-    """
-    crc = zlib.crc32(data.translate(_REVERSE_BITS), 0xFFFFFFFF) ^ 0xFFFFFFFF
-    return int(f"{crc:032b}"[::-1], 2)
+# Chromium's <audio> waits for about 32 KB of an Ogg stream before it plays a sound: at 16 kbps
+# that is 17 s of silence and then 17 s of lag behind the teacher. So the first packets of each
+# listener's stream are padded (bytes the decoder skips) until this much has been written:
+# sound in well under a second, for 34 KB once per listener.
+START_PADDING = 34 * 1024
+MAX_PADDED = 1200
 
 
-def ogg_page(packets: list[bytes], granule: int, serial: int, sequence: int,
-             first: bool = False, last: bool = False) -> bytes:
-    """One Ogg page holding whole ``packets`` (at most 255 lacing values in total)."""
-    lacing = bytearray()
-    for packet in packets:
-        lacing += b"\xff" * (len(packet) // 255) + bytes([len(packet) % 255])
-    if len(lacing) > 255:
-        raise ValueError("too many packets for one Ogg page")
-    flags = (0x02 if first else 0) | (0x04 if last else 0)
-    header = struct.pack("<4sBBqIIIB", b"OggS", 0, flags, granule, serial, sequence, 0,
-                         len(lacing))
-    page = bytearray(header + lacing + b"".join(packets))
-    struct.pack_into("<I", page, 22, ogg_crc(bytes(page)))
-    return bytes(page)
-
-
-def opus_head(pre_skip: int = PRE_SKIP) -> bytes:
-    """RFC 7845 5.1 identification header: mono, 48 kHz input, no gain, mapping family 0."""
-    return struct.pack("<8sBBHIhB", b"OpusHead", 1, 1, pre_skip, SAMPLE_RATE, 0, 0)
-
-
-def opus_tags(vendor: str = "G-Room", comments: Iterable[str] = ()) -> bytes:
-    items = [c.encode() for c in comments]
-    body = struct.pack("<I", len(vendor.encode())) + vendor.encode() + struct.pack("<I", len(items))
-    for item in items:
-        body += struct.pack("<I", len(item)) + item
-    return b"OpusTags" + body
+def padded(payload: bytes, size: int) -> bytes:
+    """A one-frame Opus packet grown to ``size`` bytes with padding decoders skip (RFC 6716
+    3.2.5: re-framed as code 3, one frame, with padding). Other packets are left as they are."""
+    if not payload or payload[0] & 0x03 != 0 or len(payload) + 2 >= size:
+        return payload
+    extra = size - len(payload) - 1  # beyond the frame-count byte: length bytes + padding
+    k, b = divmod(extra - 1, 255)  # k bytes of 255 (254 padding each), then b
+    return (bytes([payload[0] | 0x03, 0x41]) + b"\xff" * k + bytes([b]) + payload[1:]
+            + bytes(254 * k + b))
 
 
 def silent_packets(samples: int) -> list[tuple[bytes, int]]:
@@ -99,7 +71,8 @@ class OggOpusWriter:
     listener's file starts at time 0 whatever the room's clock says.
     """
 
-    def __init__(self, serial: int | None = None, page_samples: int = PAGE_SAMPLES) -> None:
+    def __init__(self, serial: int | None = None, page_samples: int = PAGE_SAMPLES,
+                 start_padding: int = 0) -> None:
         self.serial = secrets.randbits(32) if serial is None else serial
         self._page_samples = page_samples
         self._sequence = 0
@@ -108,6 +81,7 @@ class OggOpusWriter:
         self._pending: list[bytes] = []
         self._pending_samples = 0
         self._lacing = 0
+        self._padding_left = start_padding
 
     def headers(self) -> bytes:
         head = self._page([opus_head()], 0, first=True)
@@ -134,6 +108,10 @@ class OggOpusWriter:
         return page
 
     def _append(self, payload: bytes, samples: int) -> bytes:
+        if self._padding_left > 0:
+            grown = padded(payload, min(MAX_PADDED, len(payload) + self._padding_left))
+            self._padding_left -= len(grown) - len(payload)
+            payload = grown
         lacing = len(payload) // 255 + 1
         out = b""
         if self._lacing + lacing > 255:
@@ -259,7 +237,7 @@ class FallbackStream:
         return response
 
     async def _write(self, listener: _Listener, response: web.StreamResponse) -> None:
-        writer = OggOpusWriter()
+        writer = OggOpusWriter(start_padding=START_PADDING)
         await self._send(response, writer.headers())
         while True:
             if listener.dropped:

@@ -27,12 +27,9 @@ class Latency:
     def percentiles(self) -> dict[str, float | None]:
         samples = sorted(self._samples)
         if not samples:
-            return {"p50_ms": None, "p95_ms": None, "samples": 0}
+            return {"p50_ms": None, "p95_ms": None, "max_ms": None, "samples": 0}
 
         def at(q: float) -> float:
             return round(samples[min(len(samples) - 1, int(q * len(samples)))] * 1000, 2)
 
-        return {"p50_ms": at(0.50), "p95_ms": at(0.95), "samples": len(samples)}
-
-    def reset(self) -> None:
-        self._samples.clear()
+        return {"p50_ms": at(0.50), "p95_ms": at(0.95), "max_ms": at(1.0), "samples": len(samples)}

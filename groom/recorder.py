@@ -25,10 +25,10 @@ import json
 import logging
 import os
 import struct
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Optional
 
+from groom.ogg import FLAG_EOS, ogg_crc, ogg_page, opus_head, opus_tags, scan_pages
 from groom.packets import SAMPLE_RATE, EncodedPacket
 
 log = logging.getLogger(__name__)
@@ -53,82 +53,6 @@ def recording_dir(data_dir: Path, lesson_id: int) -> Path:
 
 def _silence(frames: int) -> bytes:
     return bytes([_SILENCE_TOC, frames]) + b"\xff\xfe" * frames
-
-
-# --- Ogg pages (RFC 3533) -------------------------------------------------------------------
-
-def _crc_table() -> list[int]:
-    table = []
-    for i in range(256):
-        r = i << 24
-        for _ in range(8):
-            r = ((r << 1) ^ 0x04C11DB7) if r & 0x80000000 else (r << 1)
-        table.append(r & 0xFFFFFFFF)
-    return table
-
-
-_CRC = _crc_table()
-_HEADER = struct.Struct("<4sBBqIIIB")  # capture, version, flags, granule, serial, seq, crc, nseg
-FLAG_BOS, FLAG_EOS = 0x02, 0x04
-
-
-def _crc(data: bytes) -> int:
-    c = 0
-    table = _CRC
-    for b in data:
-        c = ((c << 8) & 0xFFFFFFFF) ^ table[(c >> 24) ^ b]
-    return c
-
-
-def ogg_page(packets: list[bytes], granule: int, seq: int, flags: int = 0) -> bytes:
-    """One page holding whole packets (ours are far below the 64 KB a page can carry)."""
-    lacing = bytearray()
-    for p in packets:
-        lacing += b"\xff" * (len(p) // 255) + bytes([len(p) % 255])
-    if len(lacing) > 255:
-        raise ValueError("too many segments for one Ogg page")
-    body = b"".join(packets)
-    header = _HEADER.pack(b"OggS", 0, flags, granule, _SERIAL, seq, 0, len(lacing)) + lacing
-    crc = _crc(header + body)
-    return header[:22] + struct.pack("<I", crc) + header[26:] + body
-
-
-def _opus_head() -> bytes:
-    # version 1, 1 channel, pre-skip 0 (sample 0 is lesson time 0), 48 kHz, gain 0, mapping 0
-    return b"OpusHead" + struct.pack("<BBHIhB", 1, 1, 0, SAMPLE_RATE, 0, 0)
-
-
-def _opus_tags() -> bytes:
-    vendor = b"groom"
-    return b"OpusTags" + struct.pack("<I", len(vendor)) + vendor + struct.pack("<I", 0)
-
-
-@dataclass(frozen=True)
-class OggPage:
-    offset: int
-    length: int
-    flags: int
-    granule: int
-    seq: int
-
-
-def scan_pages(data: bytes) -> list[OggPage]:
-    """The pages of ``data`` up to the first incomplete or corrupt one (a crash's torn tail)."""
-    pages: list[OggPage] = []
-    pos = 0
-    while pos + 27 <= len(data):
-        capture, _v, flags, granule, _serial, seq, crc, nseg = _HEADER.unpack_from(data, pos)
-        if capture != b"OggS" or pos + 27 + nseg > len(data):
-            break
-        length = 27 + nseg + sum(data[pos + 27:pos + 27 + nseg])
-        if pos + length > len(data):
-            break
-        page = data[pos:pos + length]
-        if _crc(page[:22] + b"\0\0\0\0" + page[26:]) != crc:
-            break
-        pages.append(OggPage(pos, length, flags, granule, seq))
-        pos += length
-    return pages
 
 
 # --- the recorder ----------------------------------------------------------------------------
@@ -166,8 +90,9 @@ class Recorder:
         self.directory.mkdir(parents=True, exist_ok=True)
         self._audio = open(self.directory / AUDIO, "wb")
         self._timeline = open(self.directory / TIMELINE, "a", encoding="utf-8")
-        self._audio.write(ogg_page([_opus_head()], 0, 0, FLAG_BOS))
-        self._audio.write(ogg_page([_opus_tags()], 0, 1))
+        # Pre-skip 0: sample 0 of the file is lesson time 0.
+        self._audio.write(ogg_page([opus_head(pre_skip=0)], 0, _SERIAL, 0, first=True))
+        self._audio.write(ogg_page([opus_tags()], 0, _SERIAL, 1))
         self._page_seq = 2
         self._sync()
 
@@ -230,9 +155,8 @@ class Recorder:
                 segments += len(batch[end][0]) // 255 + 1
                 end += 1
             last = end == len(batch)
-            flags = FLAG_EOS if final and last else 0
             pages.append(ogg_page([p for p, _ in batch[start:end]], batch[end - 1][1],
-                                  self._page_seq, flags))
+                                  _SERIAL, self._page_seq, last=final and last))
             self._page_seq += 1
             start = end
         self._audio.write(b"".join(pages))
@@ -301,7 +225,7 @@ def repair(directory: Path) -> dict[str, Any]:
         page = bytearray(data[last.offset:last.offset + last.length])
         page[5] |= FLAG_EOS
         page[22:26] = b"\0\0\0\0"
-        page[22:26] = struct.pack("<I", _crc(bytes(page)))
+        page[22:26] = struct.pack("<I", ogg_crc(bytes(page)))
         with open(audio, "r+b") as f:
             f.seek(last.offset)
             f.write(page)

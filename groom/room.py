@@ -50,7 +50,9 @@ from .turn import ice_servers_for
 
 log = logging.getLogger("groom.room")
 
-TICK_SECONDS = 2.0  # participants list, usage, RTCP-driven adaptation
+TICK_SECONDS = 2.0  # participants list, RTCP-driven adaptation
+USAGE_TICKS = 5  # "data used" every 10 s: the figure shown changes slowly
+LIST_SECONDS = 1.0  # the teacher's participant list is rebuilt at most this often
 SAVE_SECONDS = 30.0  # attendance rows refreshed this often while a lesson runs
 DETACHED_PC_SECONDS = 45.0  # a student's media outlives a dropped socket this long
 MAX_STUDENTS = 2000  # joins without a resume token are new people: bound them
@@ -103,6 +105,7 @@ class Participant:
     last_client: dict[str, float] = field(default_factory=dict)  # cumulative figures, for deltas
     detached_task: Optional[asyncio.Task[None]] = None
     mic: Optional[MediaStreamTrack] = None  # the student's microphone while holding the floor
+    hears: Optional[MediaStreamTrack] = None  # the teacher's return audio (the floor student)
 
     @property
     def connected(self) -> bool:
@@ -148,6 +151,7 @@ class Room:
         self.timeline = Timeline(lesson.id, self.started, sessions)
         self.latency = Latency()
         self._attendance_lock = asyncio.Lock()
+        self._list_timer: Optional[asyncio.TimerHandle] = None
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
@@ -163,27 +167,31 @@ class Room:
         self._tick_task = asyncio.create_task(self._tick(), name=f"room-{self.lesson.id}-tick")
 
     async def end(self, reason: str) -> None:
-        """End the lesson for everyone: the lesson is marked ended in the database."""
-        if await self.close(reason):
-            async with self._sessions() as db:
-                lesson = await db.get(Lesson, self.lesson.id)
-                if lesson is not None and lesson.state == LessonState.live:
-                    lesson.state = LessonState.ended
-                    lesson.ended_at = utcnow()
-                    await db.commit()
-            log.info("lesson ended", extra={"lesson_id": self.lesson.id, "reason": reason})
-        self._on_closed(self)
+        """End the lesson for everyone: the lesson is marked ended in the database.
 
-    async def close(self, reason: str) -> bool:
-        """Stop media and recording, close sockets, save attendance.
-        Returns False if the room was already closing."""
+        The room leaves the registry first, so the class may start its next lesson at once,
+        while this one is still closing its connections and files."""
         if self._ending:
-            return False
+            return
+        self._on_closed(self)
+        await self.close(reason)
+        async with self._sessions() as db:
+            lesson = await db.get(Lesson, self.lesson.id)
+            if lesson is not None and lesson.state == LessonState.live:
+                lesson.state = LessonState.ended
+                lesson.ended_at = utcnow()
+                await db.commit()
+        log.info("lesson ended", extra={"lesson_id": self.lesson.id, "reason": reason})
+
+    async def close(self, reason: str) -> None:
+        """Stop media and recording, close sockets, save attendance."""
         self._ending = True
         self.state = "ended"
         for task in (self._tick_task, self._grace_task, *self._tasks):
             if task is not None:
                 task.cancel()
+        if self._list_timer is not None:
+            self._list_timer.cancel()
         for p in self.everyone():
             p.send({"type": "ended", "reason": reason})
             if p.outbox is not None:
@@ -199,7 +207,6 @@ class Room:
             await stop_recording(self._sessions, self.lesson.id, self.recorder, self._worker)
         self.tiers.close()
         await self._save_attendance(final=True)
-        return True
 
     def ice_servers_for(self, name: str) -> list[dict[str, Any]]:
         """STUN/TURN servers for one peer (TURN with its own time-limited credentials)."""
@@ -354,7 +361,8 @@ class Room:
             await pc.setRemoteDescription(offer)
             for transceiver in pc.getTransceivers():
                 if transceiver.kind == "audio":
-                    pc.addTrack(self.mixer.floor_track())
+                    p.hears = self.mixer.floor_track()
+                    pc.addTrack(p.hears)
                     receiver_track = transceiver.receiver.track
                     await self.mixer.set_teacher(receiver_track)
                     break
@@ -416,6 +424,9 @@ class Room:
             p.sender = None
         if p.role == "teacher" and pc is not None:
             await self.mixer.set_teacher(None)
+        if p.hears is not None:
+            p.hears.stop()
+            p.hears = None
         if p.mic is not None:
             p.mic = None
             if self.floor == p.id:
@@ -458,8 +469,10 @@ class Room:
         """Every 2 s: RTCP-driven adaptation, data used, the teacher's participant list."""
         last_report: dict[str, Any] = {}
         last_save = time.monotonic()
+        ticks = 0
         while True:
             await asyncio.sleep(TICK_SECONDS)
+            ticks += 1
             for p in list(self.students.values()):
                 if p.sender is None or not p.sender.ready:
                     continue
@@ -470,9 +483,8 @@ class Room:
                                                 (q.jitter_ms or 0) * 48,
                                                 None if q.rtt_ms is None else q.rtt_ms / 1000):
                         self.apply_tier(p, "link")
-                p.send({"type": "usage", "bytes": p.data_used(),
-                        "seconds": round(p.seconds_present + (time.monotonic() - p.present_since
-                                                              if p.present_since else 0))})
+                if ticks % USAGE_TICKS == 1:
+                    self.send_usage(p)
             self.send_participants()
             if time.monotonic() - last_save > SAVE_SECONDS:
                 last_save = time.monotonic()
@@ -627,7 +639,19 @@ class Room:
             self.teacher.send({"type": "poll_counts", "id": poll.id, "counts": poll.counts(),
                                "voters": len(poll.votes)})
 
+    def send_usage(self, p: Participant) -> None:
+        present = p.seconds_present + (time.monotonic() - p.present_since if p.present_since else 0)
+        p.send({"type": "usage", "bytes": p.data_used(), "seconds": round(present)})
+
     def send_participants(self) -> None:
+        """The teacher's list, debounced: a storm of joins costs one list a second, not one
+        list (of every student) per join."""
+        if self._list_timer is None:
+            self._list_timer = asyncio.get_running_loop().call_later(LIST_SECONDS,
+                                                                     self._send_participants)
+
+    def _send_participants(self) -> None:
+        self._list_timer = None
         if self.teacher is None or self.teacher.outbox is None:
             return
         listing = []

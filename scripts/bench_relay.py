@@ -465,6 +465,10 @@ async def measure(n: int, args: argparse.Namespace) -> dict[str, Any]:
             "client_tiers": _merge(t["tiers"] for t in tiers_seen),
             "server_errors": server.errors()[:3],
         }
+        if result["saturated"]:
+            result["note"] = ("machine saturated: other processes used "
+                              f"{result['others_cpu_pct']} % of a core; the server waited for a "
+                              "core, so latency (and CPU, through cache pressure) are pessimistic")
         return result
     finally:
         workers.stop()

@@ -16,7 +16,8 @@ import pytest
 from aiohttp import web
 from aiortc.contrib.media import MediaPlayer
 
-from groom.fallback import FallbackStream, OggOpusWriter, ogg_crc, ogg_page, silent_packets
+from groom.fallback import FallbackStream, OggOpusWriter, silent_packets
+from groom.ogg import ogg_crc, ogg_page
 from groom.mixer import Mixer
 from groom.packets import EncodedPacket
 from groom.tiers import TierSet

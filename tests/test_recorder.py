@@ -20,7 +20,8 @@ import av
 import numpy as np
 
 from groom.packets import SAMPLE_RATE, EncodedPacket
-from groom.recorder import AUDIO, CLOSED, TIMELINE, Recorder, read_marker, recover, scan_pages
+from groom.ogg import scan_pages
+from groom.recorder import AUDIO, CLOSED, TIMELINE, Recorder, read_marker, recover
 
 ROOT = Path(__file__).resolve().parent.parent
 FRAME = 960
