@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-from typing import Any, Optional
+from typing import Optional
 
 from aiohttp import web
 from sqlalchemy import select

@@ -8,11 +8,14 @@ timestamp offset, negotiated payload type), protect it with the DTLS transport's
 hand it to the selected ICE pair's datagram transport, whose ``sendto`` never blocks (the kernel
 drops on a full socket buffer, asyncio buffers and drops on closure). No queue, no task.
 
-RTCP keeps working through aiortc's own sender: its RTP loop is parked on a track that never
-yields (``PacketPathTrack``), and ``push`` keeps the counters its RTCP loop puts in sender
-reports. So sender reports are correct, the student's receiver reports still become
-``remote-inbound-rtp`` in ``getStats()`` (with round-trip time), and ``link_quality()`` reads the
-same figures without building a stats report.
+RTCP: aiortc's RTP loop for this sender is parked on a track that never yields
+(``PacketPathTrack``), and its sender-report task (one coroutine per student, a report every
+~1 s) is replaced by ``send_report``, which the room calls every few seconds for all students
+from one timer: the same synchronous protect-and-sendto path, a fifth of the reports (RTCP is
+header-heavy, and a 2G student pays for every byte) and no task per student. The student's
+receiver reports still reach aiortc's sender, become ``remote-inbound-rtp`` in ``getStats()``
+(round-trip time included, from the report times we record), and ``link_quality()`` reads them
+without building a stats report.
 
 This reaches into aiortc 1.16 / aioice 0.13 internals, all of it here and nowhere else
 (``RTCDtlsTransport._tx_srtp`` / ``_state``, ``Connection._nominated``, the ``RTCRtpSender``
@@ -34,7 +37,9 @@ from typing import Any
 from aiortc import RTCPeerConnection, RTCRtpSender, RTCRtpTransceiver
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtcdtlstransport import State as DtlsState
+from aiortc.rtp import RtcpSdesPacket, RtcpSenderInfo, RtcpSourceInfo, RtcpSrPacket
 
+from .metrics import Latency
 from .packets import SAMPLE_RATE, EncodedPacket
 
 logger = logging.getLogger(__name__)
@@ -47,6 +52,10 @@ _UDP_IPV6_OVERHEAD = 48  # IPv6 (40) + UDP (8)
 # asyncio buffers a datagram only when the kernel says EAGAIN; past this the student's socket is
 # not draining and further packets are dropped instead of piling up in an unbounded buffer.
 _MAX_SOCKET_BACKLOG = 16 * 1024
+
+
+async def _no_rtcp(packets: Any) -> None:
+    """Stands in for a retired aiortc sender's RTCP output (see ``StudentSender.start``)."""
 
 
 def _no_backlog() -> int:
@@ -126,6 +135,9 @@ class StudentSender:
         self.packets_sent = 0
         self.payload_bytes = 0
         self.wire_bytes = 0  # RTP as billed: header + payload + SRTP tag + UDP + IP
+        self.rtcp_bytes = 0  # our sender reports, billed the same way
+        self._last_rtp_timestamp = 0
+        self._cname = ""
         self.dropped = 0  # pushed before start() or after the connection went away
         self.latency: Latency | None = None  # the room's server-added delay sample
 
@@ -142,15 +154,22 @@ class StudentSender:
             raise RuntimeError("student audio did not negotiate Opus")
         if dtls._state != DtlsState.CONNECTED or dtls._tx_srtp is None:
             raise RuntimeError("DTLS is not connected yet")
-        for name in ("_RTCRtpSender__packet_count", "_RTCRtpSender__octet_count",
-                     "_RTCRtpSender__rtp_timestamp", "_RTCRtpSender__ntp_timestamp",
-                     "_RTCRtpSender__rtt", "_RTCRtpSender__stats"):
+        for name in ("_RTCRtpSender__rtcp_task", "_RTCRtpSender__lsr", "_RTCRtpSender__lsr_time",
+                     "_RTCRtpSender__cname", "_RTCRtpSender__rtt", "_RTCRtpSender__stats",
+                     "_RTCRtpSender__packet_count", "_RTCRtpSender__octet_count"):
             if not hasattr(sender, name):
                 raise RuntimeError(f"aiortc internals changed: RTCRtpSender has no {name}")
+        # Retire aiortc's report task; it would send RTCP BYE as it ends, which tells the
+        # student the stream is over, so its send path is silenced first.
+        sender._send_rtcp = _no_rtcp
+        if sender._RTCRtpSender__rtcp_task is not None:
+            sender._RTCRtpSender__rtcp_task.cancel()
+        self._cname = sender._RTCRtpSender__cname or ""
         self._payload_type = opus[0].payloadType
         self._ssrc = sender._ssrc
         self._dtls = dtls
         self._protect = dtls._tx_srtp.protect
+        self._protect_rtcp = dtls._tx_srtp.protect_rtcp
         self._nominated = dtls.transport._connection._nominated
         if not self._bind_pair(self._nominated.get(1)):
             raise RuntimeError("ICE has no selected pair")
@@ -188,15 +207,31 @@ class StudentSender:
         self.packets_sent += 1
         self.payload_bytes += len(payload)
         self.wire_bytes += size + self._ip_overhead
-        # What aiortc's RTCP loop puts in sender reports, and transport-level stats.
-        sender = self._sender
+        self._last_rtp_timestamp = timestamp
+
+    def send_report(self) -> None:
+        """An RTCP sender report (+ SDES CNAME), sent now on the same synchronous path.
+
+        Its times let the student's receiver reports carry a round-trip time; aiortc's own
+        sender computes it from the ``lsr`` values recorded here."""
+        if not self._ready or self._dtls._state is not DtlsState.CONNECTED:
+            return
+        now = time.time()
+        ntp = int((now + _NTP_EPOCH_OFFSET) * _NTP_SCALE)
+        report = RtcpSrPacket(ssrc=self._ssrc, sender_info=RtcpSenderInfo(
+            ntp_timestamp=ntp, rtp_timestamp=self._last_rtp_timestamp,
+            packet_count=self.packets_sent & 0xFFFFFFFF,
+            octet_count=self.payload_bytes & 0xFFFFFFFF))
+        sdes = RtcpSdesPacket(chunks=[RtcpSourceInfo(ssrc=self._ssrc,
+                                                     items=[(1, self._cname.encode())])])
+        data = self._protect_rtcp(bytes(report) + bytes(sdes))
+        self._sendto(data, self._remote_addr)
+        sender = self._sender  # what aiortc's getStats() reports as outbound-rtp, and RTT
+        sender._RTCRtpSender__lsr = (ntp >> 16) & 0xFFFFFFFF
+        sender._RTCRtpSender__lsr_time = now
         sender._RTCRtpSender__packet_count = self.packets_sent
         sender._RTCRtpSender__octet_count = self.payload_bytes
-        sender._RTCRtpSender__rtp_timestamp = timestamp
-        sender._RTCRtpSender__ntp_timestamp = int((time.time() + _NTP_EPOCH_OFFSET) * _NTP_SCALE)
-        dtls = self._dtls
-        dtls._RTCDtlsTransport__tx_bytes += size
-        dtls._RTCDtlsTransport__tx_packets += 1
+        self.rtcp_bytes += len(data) + self._ip_overhead
 
     def _bind_pair(self, pair: Any) -> bool:
         """Cache the selected ICE pair's datagram transport (rebound if ICE ever changes it)."""
@@ -232,9 +267,10 @@ class StudentSender:
         )
 
     def data_used(self) -> int:
-        """Bytes sent to this student on the wire (RTP, RTCP, DTLS; UDP/IP headers included)."""
+        """Bytes sent to this student on the wire, UDP/IP headers included: our RTP and sender
+        reports, plus what aiortc sent itself (DTLS handshake, anything else)."""
         dtls = self._dtls if self._dtls is not None else self._sender.transport
-        return int(dtls._RTCDtlsTransport__tx_bytes
+        return int(self.wire_bytes + self.rtcp_bytes + dtls._RTCDtlsTransport__tx_bytes
                    + dtls._RTCDtlsTransport__tx_packets * self._ip_overhead)
 
     def stop(self) -> None:

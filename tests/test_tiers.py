@@ -304,8 +304,18 @@ async def test_stalled_or_vanished_student_does_not_delay_others(server: Server)
 async def test_receiver_reports_reach_link_quality(server: Server) -> None:
     student, sender = await server.connect("standard")
     assert sender.link_quality().fraction_lost is None
-    frames = frames_of(speech_pcm())[:300]  # 6 s: aiortc reports every 0.5-1.5 s
+    frames = frames_of(speech_pcm())[:300]  # 6 s
+
+    async def report() -> None:  # what the room's timer does for every student
+        while True:
+            await asyncio.sleep(1.0)
+            sender.send_report()
+
+    reporting = asyncio.create_task(report())
     await server.play(frames)
+    sender.send_report()
+    await asyncio.sleep(0.3)  # the student's receiver report answers it
+    reporting.cancel()
     quality = sender.link_quality()
     assert quality.fraction_lost == 0.0 and quality.packets_lost == 0
     assert quality.jitter_ms is not None and quality.jitter_ms < 50
