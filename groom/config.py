@@ -115,8 +115,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for opt in OPTIONS:
         env = f"GROOM_{opt.name.upper()}"
         flag = "--" + opt.name.replace("_", "-")
-        parser.add_argument(flag, dest=opt.name, default=None, metavar=opt.name.upper(),
-                            help=f"{opt.help} [env {env}]")
+        if opt.type is _bool:  # "--self-signed" alone means yes; "--self-signed no" also works
+            parser.add_argument(flag, dest=opt.name, default=None, nargs="?", const="true",
+                                metavar="yes|no", help=f"{opt.help} [env {env}]")
+        else:
+            parser.add_argument(flag, dest=opt.name, default=None, metavar=opt.name.upper(),
+                                help=f"{opt.help} [env {env}]")
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:

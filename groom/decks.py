@@ -113,7 +113,8 @@ async def _class_for_teaching(request: web.Request, class_id: int) -> Classroom:
 
 
 def _deck_error(exc: DeckError) -> AppError:
-    return AppError(exc.code, exc.message, status=exc.status)
+    """The refusal as an AppError keeping template and params, so it is translated at the edge."""
+    return AppError(exc.code, exc.template, status=exc.status, **exc.params)
 
 
 @endpoint("POST", "/api/classes/{class_id}/decks", summary="Upload a deck (PDF, PNG, JPEG; "

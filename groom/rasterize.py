@@ -9,7 +9,8 @@ reading one JSON line per page with a timeout and killing the process when it is
 Protocol (stdout, one JSON object per line):
 ``{"pages": N}`` once the source is open and checked, then ``{"page": i, "width": ..,
 "height": .., "files": {"small": {"name": .., "bytes": ..}, "large": .., "thumb": .., "jpeg": ..}}``
-per page; on a refusal ``{"error": code, "message": text}`` and exit status 2.
+per page; on a refusal ``{"error": code, "message": template, "params": {...}}`` and exit
+status 2 (the template is English with ``{name}`` placeholders; the server translates it).
 
 Each page is drawn at the size it is shown (not drawn big and shrunk): pdfium's text
 anti-aliasing at the target size is both sharper and smaller to encode. Files are named by the
@@ -48,12 +49,17 @@ PDFIUM_PASSWORD_ERROR = 4
 
 
 class Refusal(Exception):
-    """The input is refused; ``code`` and ``message`` travel to the parent unchanged."""
+    """The input is refused; ``code``, the message ``template`` and ``params`` travel to the
+    parent unchanged (the template is a msgid of the server's translation catalog)."""
 
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
+    def __init__(self, code: str, template: str, **params: Any) -> None:
+        super().__init__(template.format(**params) if params else template)
         self.code = code
-        self.message = message
+        self.template = template
+        self.params = params
+
+    def to_json(self) -> dict[str, Any]:
+        return {"error": self.code, "message": self.template, "params": self.params}
 
 
 @dataclass(frozen=True)
@@ -136,15 +142,15 @@ def pdf_pages(path: Path, max_pages: int) -> tuple[int, Iterator[tuple[Image.Ima
     if count == 0:
         raise Refusal("empty", "This PDF has no pages.")
     if count > max_pages:
-        raise Refusal("too_many_pages", f"This PDF has {count} pages; a deck may have at most "
-                      f"{max_pages}. Split it into smaller decks.")
+        raise Refusal("too_many_pages", "This PDF has {pages} pages; a deck may have at most "
+                      "{limit}. Split it into smaller decks.", pages=count, limit=max_pages)
 
     def render() -> Iterator[tuple[Image.Image, Image.Image]]:
         for index in range(count):
             page = pdf[index]
             size = page.get_size()
             if min(size) <= 0:
-                raise Refusal("damaged", f"Page {index + 1} has no area.")
+                raise Refusal("damaged", "Page {page} has no area.", page=index + 1)
             yield draw(page, size, LARGE), draw(page, size, SMALL)
             page.close()
 
@@ -160,8 +166,9 @@ def image_pages(path: Path, max_pixels: int) -> tuple[int, Iterator[tuple[Image.
     except OSError as exc:
         raise Refusal("damaged", "This picture is damaged and cannot be read.") from exc
     if width * height > max_pixels:
-        raise Refusal("image_too_large", f"This picture is {width}x{height} pixels; at most "
-                      f"{max_pixels // 1_000_000} megapixels are allowed.")
+        raise Refusal("image_too_large", "This picture is {width}x{height} pixels; at most "
+                      "{megapixels} megapixels are allowed.", width=width, height=height,
+                      megapixels=max_pixels // 1_000_000)
 
     def render() -> Iterator[tuple[Image.Image, Image.Image]]:
         # Few full-size copies: a 48 MP photo is 144 MB per copy. JPEGs decode at a reduced
@@ -214,16 +221,16 @@ def run(args: argparse.Namespace) -> int:
             emit({"page": done, **encode_slide(large, small, out_dir)})
             done += 1
     except Refusal as exc:
-        emit({"error": exc.code, "message": exc.message})
+        emit(exc.to_json())
         return 2
     except MemoryError:
-        emit({"error": "page_too_complex", "message": f"Page {done + 1} needs more memory "
-              "to draw than the server allows. Simplify it or export the deck again as PDF."})
+        emit(Refusal("page_too_complex", "Page {page} needs more memory to draw than the server "
+                     "allows. Simplify it or export the deck again as PDF.", page=done + 1).to_json())
         return 2
     except Exception:  # pdfium and the codecs fail in many ways; the parent only needs the page
         traceback.print_exc()
-        emit({"error": "page_failed", "message": f"Page {done + 1} could not be drawn: "
-              "it is damaged or needs more memory than the server allows."})
+        emit(Refusal("page_failed", "Page {page} could not be drawn: it is damaged or needs "
+                     "more memory than the server allows.", page=done + 1).to_json())
         return 2
     return 0
 

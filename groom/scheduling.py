@@ -92,9 +92,13 @@ def today(tz: ZoneInfo) -> dt.date:
 
 
 def describe(lesson: Lesson, tz: ZoneInfo) -> str:
-    """How a lesson is named in messages: its local day and time."""
+    """How a lesson is named in messages: its local date and times, e.g. ``2026-11-26 08:00-08:45``.
+
+    No day or month names: the text goes into translated messages, so it must read the same in
+    every language.
+    """
     start, end = local(lesson.starts_at, tz), local(lesson.ends_at, tz)
-    return f"{start:%a %Y-%m-%d %H:%M}-{end:%H:%M}"
+    return f"{start:%Y-%m-%d %H:%M}-{end:%H:%M}"
 
 
 async def zones_of(db: AsyncSession, lessons: Sequence[Lesson]) -> dict[int, ZoneInfo]:

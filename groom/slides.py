@@ -89,13 +89,19 @@ class DeckError(Exception):
 
     ``status`` is the HTTP status a route should answer with (413 too large, 415 unknown type,
     422 for a file that is of a known type but cannot be used).
+
+    Like ``AppError``, the message is a fixed English ``template`` with named ``params``: the
+    template is the msgid in the translation catalog, so the route translates it for the teacher
+    (``message`` is the English text, for logs and tests).
     """
 
-    def __init__(self, code: str, message: str, status: int = 422) -> None:
-        super().__init__(f"{code}: {message}")
+    def __init__(self, code: str, template: str, status: int = 422, **params: Any) -> None:
         self.code = code
-        self.message = message
+        self.template = template
+        self.params = params
+        self.message = template.format(**params) if params else template
         self.status = status
+        super().__init__(f"{code}: {self.message}")
 
 
 # --- what the routes call -------------------------------------------------------------------
@@ -110,7 +116,8 @@ async def import_deck(session_maker: async_sessionmaker[AsyncSession], data_dir:
     which is safe but wasteful). ``progress(done, total)`` is called after each page.
     """
     if len(data) > limits.max_bytes:
-        raise DeckError("too_large", f"The file is larger than {limits.max_bytes >> 20} MB.", 413)
+        raise DeckError("too_large", "The file is too large (at most {mb} MB).", 413,
+                        mb=limits.max_bytes >> 20)
     kind = sniff(filename, data)
     suffix = ".pdf" if kind == "pdf" else ".bin"
     if kind == "office":
@@ -135,8 +142,9 @@ async def import_deck(session_maker: async_sessionmaker[AsyncSession], data_dir:
             await asyncio.to_thread(_unlink_all, slides_dir, added)
             raise
     except TimeoutError:
-        raise DeckError("deck_timeout", f"The deck took longer than {limits.deck_seconds:.0f} s "
-                        "to prepare. Split it into smaller decks.") from None
+        raise DeckError("deck_timeout", "The deck took longer than {seconds} s to prepare. "
+                        "Split it into smaller decks.",
+                        seconds=round(limits.deck_seconds)) from None
     finally:
         await asyncio.to_thread(shutil.rmtree, staging, True)
     log.info("deck %d imported: class %d, %d pages, %.1f s, %d bytes small", deck.id, class_id,
@@ -250,11 +258,11 @@ def check_office_zip(data: bytes, limits: Limits) -> str:
         entries = archive.infolist()
     except (zipfile.BadZipFile, ValueError) as exc:
         raise DeckError("damaged", "This presentation file is damaged.") from exc
-    too_big = DeckError("zip_bomb", "This presentation unpacks to more than "
-                        f"{limits.max_unzipped_bytes >> 20} MB; it cannot be used.")
+    too_big = DeckError("zip_bomb", "This presentation unpacks to more than {mb} MB; it cannot "
+                        "be used.", mb=limits.max_unzipped_bytes >> 20)
     if len(entries) > limits.max_zip_entries:
-        raise DeckError("zip_bomb", f"This presentation has more than {limits.max_zip_entries} "
-                        "parts; it cannot be used.")
+        raise DeckError("zip_bomb", "This presentation has more than {parts} parts; it cannot "
+                        "be used.", parts=limits.max_zip_entries)
     if sum(e.file_size for e in entries) > limits.max_unzipped_bytes:
         raise too_big
     names = {e.filename for e in entries}
@@ -329,11 +337,11 @@ async def _rasterize(source: Path, kind: str, staging: Path, limits: Limits,
             "--cpu-seconds", str(cpu), stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE, stderr=stderr, start_new_session=True)
         try:
-            header = await _next_message(proc, limits.open_seconds, "Opening the file")
+            header = await _next_message(proc, limits.open_seconds, None)
             total = int(header["pages"])
             pages = []
             for index in range(total):
-                page = await _next_message(proc, limits.page_seconds, f"Page {index + 1}")
+                page = await _next_message(proc, limits.page_seconds, index + 1)
                 pages.append(page)
                 if progress is not None:
                     progress(index + 1, total)
@@ -349,23 +357,39 @@ async def _rasterize(source: Path, kind: str, staging: Path, limits: Limits,
 
 
 async def _next_message(proc: asyncio.subprocess.Process, timeout: float,
-                        what: str) -> dict[str, Any]:
-    """The worker's next line, turned into a DeckError when it is late, missing or a refusal."""
+                        page: Optional[int]) -> dict[str, Any]:
+    """The worker's next line, turned into a DeckError when it is late, missing or a refusal.
+
+    ``page`` is the 1-based page being waited for, or None while the file is being opened.
+    """
     assert proc.stdout is not None
+    seconds = round(timeout)
     try:
         line = await asyncio.wait_for(proc.stdout.readline(), timeout)
     except TimeoutError:
-        raise DeckError("page_timeout", f"{what} took longer than {timeout:.0f} s to draw. "
-                        "Simplify it or export the deck again as PDF.") from None
+        if page is None:
+            raise DeckError("page_timeout", "Opening the file took longer than {seconds} s. "
+                            "Export the deck again as PDF.", seconds=seconds) from None
+        raise DeckError("page_timeout", "Page {page} took longer than {seconds} s to draw. "
+                        "Simplify it or export the deck again as PDF.",
+                        page=page, seconds=seconds) from None
     if not line:
-        raise DeckError("page_failed", f"{what} could not be drawn: it is damaged or needs more "
-                        "memory than the server allows.")
+        if page is None:
+            raise DeckError("page_failed", "The file could not be opened: it is damaged or needs "
+                            "more memory than the server allows.")
+        raise DeckError("page_failed", "Page {page} could not be drawn: it is damaged or needs "
+                        "more memory than the server allows.", page=page)
     try:
         message: dict[str, Any] = json.loads(line)
     except ValueError:
-        raise DeckError("page_failed", f"{what} could not be drawn.") from None
+        if page is None:
+            raise DeckError("page_failed", "The file could not be opened.") from None
+        raise DeckError("page_failed", "Page {page} could not be drawn.", page=page) from None
     if "error" in message:
-        raise DeckError(message["error"], message["message"])
+        # The worker sends a template of its own (a ``Refusal`` in rasterize.py) and its params.
+        params = message.get("params")
+        raise DeckError(str(message["error"]), str(message["message"]),
+                        **(params if isinstance(params, dict) else {}))
     return message
 
 

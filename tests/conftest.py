@@ -12,7 +12,6 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from servers import ROOT_PASSWORD, ROOT_USER, ApiClient, GroomServer, database_backends  # noqa: E402
 
-import time  # noqa: E402
 from typing import Any  # noqa: E402
 
 
@@ -44,19 +43,12 @@ async def anon(server: GroomServer) -> AsyncIterator[ApiClient]:
 
 @pytest.fixture(scope="module", params=database_backends())
 def live(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[GroomServer, dict[str, Any]]]:
+    """A demo server per test module (its own PostgreSQL database), for live-lesson tests:
+    yields the server and the demo's JSON (logins, class code and id, lesson id)."""
     srv = GroomServer(tmp_path_factory.mktemp(f"live-{request.param}"), request.param,
                       pg_database=f"groom_live_{request.module.__name__}",
                       args=("--demo", "--json", "--grace-seconds", "4", "--tier-up-seconds", "2",
                             "--join-attempts-per-minute", "1000"))
     srv.start()
-    demo: dict[str, Any] = {}
-    for _ in range(100):
-        for line in srv.log_lines():
-            if "admin_url" in line:
-                demo = line
-        if demo:
-            break
-        time.sleep(0.1)
-    assert demo, "the demo did not print its JSON line"
-    yield srv, demo
+    yield srv, srv.demo_info()
     srv.stop()

@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -61,7 +62,8 @@ class GroomServer:
         self.backend = backend
         self.args = args
         self.port = free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.tls = "--self-signed" in args
+        self.base_url = f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
         if backend == "postgresql":
             url = os.environ["GROOM_TEST_DATABASE_URL"]
             self.database_url = url.rsplit("/", 1)[0] + "/" + pg_database if pg_database else url
@@ -97,7 +99,9 @@ class GroomServer:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited: {self.log_path.read_text()[-3000:]}")
             try:
-                urllib.request.urlopen(self.base_url + "/api/openapi.json", timeout=1).read()
+                context = ssl._create_unverified_context() if self.tls else None
+                urllib.request.urlopen(self.base_url + "/api/openapi.json", timeout=1,
+                                       context=context).read()
                 return self
             except OSError:
                 time.sleep(0.1)
@@ -117,6 +121,16 @@ class GroomServer:
         if self.proc and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+
+    def demo_info(self, timeout: float = 15.0) -> dict[str, Any]:
+        """The JSON line ``--demo --json`` prints (links, logins, class code, lesson id)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in self.log_lines():
+                if "admin_url" in line:
+                    return line
+            time.sleep(0.1)
+        raise AssertionError("the demo did not print its JSON line")
 
     def log_lines(self) -> list[dict[str, Any]]:
         lines = []

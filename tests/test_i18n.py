@@ -1,7 +1,8 @@
 """The Lao catalog covers every string a person can see, and parses with Babel.
 
 Msgids are collected from the code itself: ``_("...")`` in templates and Python, and the message
-template of every ``AppError(...)`` raised anywhere in ``groom/``. A string added without a Lao
+template of every ``AppError(...)``, ``DeckError(...)`` (slide uploads) and ``Refusal(...)`` (the
+page worker, whose templates reach the teacher through DeckError) raised anywhere in ``groom/``. A string added without a Lao
 translation fails here, naming the string.
 """
 
@@ -42,8 +43,13 @@ def _literal(node: ast.AST) -> str | None:
     return None
 
 
+# Exceptions whose second argument is an English message template shown to a person.
+_ERROR_CLASSES = {"AppError", "DeckError", "Refusal"}
+
+
 def python_msgids() -> dict[str, str]:
-    """Second argument of ``AppError(...)`` and first of ``_(...)`` calls in groom/**/*.py."""
+    """Second argument of ``AppError``/``DeckError``/``Refusal`` and first of ``_(...)`` calls
+    in groom/**/*.py."""
     found: dict[str, str] = {}
     for path in sorted((ROOT / "groom").rglob("*.py")):
         tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
@@ -52,11 +58,11 @@ def python_msgids() -> dict[str, str]:
                 continue
             name = getattr(node.func, "id", None) or getattr(node.func, "attr", None)
             text = None
-            if name == "AppError":
+            if name in _ERROR_CLASSES:
                 if len(node.args) >= 2:
                     text = _literal(node.args[1])
                 for kw in node.keywords:
-                    if kw.arg == "message":
+                    if kw.arg in ("message", "template"):
                         text = _literal(kw.value)
             elif name == "_" and node.args:
                 text = _literal(node.args[0])
@@ -79,6 +85,8 @@ def test_extractors_find_known_strings() -> None:
     assert "Log in" in template_msgids()
     assert "Wrong username or password." in python_msgids()
     assert "Not found: {what}" in python_msgids()
+    assert "This presentation file is damaged." in python_msgids()  # DeckError, slides.py
+    assert "This PDF has no pages." in python_msgids()  # Refusal, rasterize.py
 
 
 def test_every_template_string_has_lao() -> None:
