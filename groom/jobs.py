@@ -22,6 +22,7 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from groom.models import Job, JobState, utcnow
+from groom.tasks import cancel
 
 log = logging.getLogger(__name__)
 
@@ -63,13 +64,7 @@ class JobWorker:
 
     async def stop(self) -> None:
         """Cancel the loop; a job cut short stays ``running`` and is requeued at next start."""
-        if self._task is None:
-            return
-        self._task.cancel()
-        try:
-            await self._task
-        except asyncio.CancelledError:
-            pass
+        await cancel(self._task)
         self._task = None
 
     def wake(self) -> None:

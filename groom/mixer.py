@@ -44,6 +44,8 @@ import av
 import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
+from .tasks import cancel
+
 log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 48_000
@@ -152,13 +154,8 @@ class Source:
         self._task = asyncio.create_task(self._read(), name=f"mixer-source-{self.name}")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await cancel(self._task)
+        self._task = None
 
     def take(self) -> tuple[np.ndarray, float] | None:
         return self.buffer.pop(FRAME_SAMPLES)
@@ -311,13 +308,8 @@ class Mixer:
 
     async def stop(self) -> None:
         """Stop the clock and the readers; end the teacher's floor tracks."""
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await cancel(self._task)
+        self._task = None
         for source in (self._teacher, self._floor):
             if source is not None:
                 await source.stop()

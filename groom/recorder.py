@@ -30,6 +30,7 @@ from typing import IO, Any, Optional
 
 from groom.ogg import FLAG_EOS, ogg_crc, ogg_page, opus_head, opus_tags, scan_pages
 from groom.packets import SAMPLE_RATE, EncodedPacket
+from groom.tasks import cancel
 
 log = logging.getLogger(__name__)
 
@@ -173,12 +174,7 @@ class Recorder:
         if self._closed:
             return
         self._closed = True
-        if self._flusher is not None:
-            self._flusher.cancel()
-            try:
-                await self._flusher
-            except asyncio.CancelledError:
-                pass
+        await cancel(self._flusher)
         if self._audio is None:
             return
         await self._flush(final=True)

@@ -44,6 +44,7 @@ from .recorder import Recorder
 from .models import Attendance, Deck, Lesson, LessonState, utcnow
 from .slides import deck_slides
 from .student_sender import StudentSender, add_student_audio
+from .tasks import cancel
 from .tiers import TierSet
 from .timeline import Timeline
 from .turn import ice_servers_for
@@ -187,9 +188,11 @@ class Room:
         """Stop media and recording, close sockets, save attendance."""
         self._ending = True
         self.state = "ended"
-        for task in (self._tick_task, self._grace_task, *self._tasks):
-            if task is not None:
-                task.cancel()
+        me = asyncio.current_task()  # the grace timer ends the lesson from inside itself
+        detached = [p.detached_task for p in self.everyone()]
+        for task in (self._tick_task, self._grace_task, *self._tasks, *detached):
+            if task is not None and task is not me:
+                await cancel(task)
         if self._list_timer is not None:
             self._list_timer.cancel()
         for p in self.everyone():

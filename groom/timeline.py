@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from .models import LessonEvent
 from .recorder import Recorder
+from .tasks import cancel
 
 log = logging.getLogger("groom.timeline")
 
@@ -49,12 +50,7 @@ class Timeline:
         self._task = asyncio.create_task(self._run(), name=f"timeline-{self.lesson_id}")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await cancel(self._task)
         await self.flush()
 
     async def _run(self) -> None:
