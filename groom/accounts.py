@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import secrets
-from typing import Optional
+from typing import Any, Optional
+from urllib.parse import urlsplit
 
 from aiohttp import web
 from pydantic import BaseModel, Field
@@ -139,24 +140,43 @@ def home_for(user: User) -> str:
     return "/admin" if user.role == Role.admin else "/teacher"
 
 
+def safe_next(value: Any) -> str:
+    """``next`` when it is a path on this site, else "" (never an open redirect).
+
+    Only ``/something``: not ``//host`` (another site to a browser), no scheme or host, no
+    backslash (browsers read ``/`` + backslash + host as another site too), no spaces or control
+    characters (browsers drop tabs and newlines, so slash-tab-slash-host would become ``//host``).
+    """
+    if not isinstance(value, str) or not value.startswith("/") or value.startswith("//"):
+        return ""
+    if len(value) > 2000 or "\\" in value or any(c <= " " or c == "\x7f" for c in value):
+        return ""
+    parts = urlsplit(value)
+    if parts.scheme or parts.netloc:
+        return ""
+    return value
+
+
 async def login_page(request: web.Request) -> web.StreamResponse:
+    next_path = safe_next(request.query.get("next"))
     v = await viewer(request)
     if v is not None:
-        raise web.HTTPFound(home_for(v.user))
-    return render(request, "login.html", error=None, username="")
+        raise web.HTTPFound(next_path or home_for(v.user))
+    return render(request, "login.html", error=None, username="", next=next_path)
 
 
 async def login_submit(request: web.Request) -> web.StreamResponse:
     form = await request.post()
     username = str(form.get("username", ""))[:64]
     password = str(form.get("password", ""))[:200]
+    next_path = safe_next(form.get("next"))
     try:
         async with request.app[SESSIONS]() as db:
             user = await authenticate(db, username, password)
     except AppError:
         return render(request, "login.html", status=401, error="Wrong username or password.",
-                      username=username)
-    response = web.HTTPFound(home_for(user))
+                      username=username, next=next_path)
+    response = web.HTTPFound(next_path or home_for(user))
     _login_response(request, user, response)
     raise response
 

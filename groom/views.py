@@ -28,9 +28,11 @@ TRANSLATED_PARAMS = ("field", "what", "reason")
 
 
 async def page_viewer(request: web.Request) -> Viewer:
-    """The logged-in user, or a redirect to the login page."""
+    """The logged-in user, or a redirect to the login page (which comes back here after a GET)."""
     v = await viewer(request)
     if v is None:
+        if request.method == "GET":
+            raise web.HTTPFound("/login?" + urlencode({"next": request.path_qs}))
         raise web.HTTPFound("/login")
     return v
 

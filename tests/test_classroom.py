@@ -55,6 +55,15 @@ async def test_deck_upload_and_slide_images(live: tuple[GroomServer, dict[str, A
             status, body = await _upload(teacher, demo["class_id"], data, name)
             assert 400 <= status < 500, (name, status, body)
             assert body["error"]["code"]
+        # The refusal is a template translated at the edge: English by default, Lao when asked.
+        broken = b"%PDF-1.4\n garbage"
+        status, body = await _upload(teacher, demo["class_id"], broken, "broken.pdf")
+        assert body["error"] == {"code": "damaged",
+                                 "message": "This PDF is damaged and cannot be read."}, body
+        status, body = await teacher.call(
+            "POST", f"/api/classes/{demo['class_id']}/decks?filename=broken.pdf", data=broken,
+            headers={"Content-Type": "application/octet-stream", "Accept-Language": "lo"})
+        assert status == 422 and body["error"]["message"] == "PDF ນີ້ເສຍຫາຍ ແລະ ອ່ານບໍ່ໄດ້.", body
         status, after = await teacher.call("GET", f"/api/classes/{demo['class_id']}/decks")
         assert len(after) == len(decks)
         status, _ = await _upload(anon, demo["class_id"], SAMPLE_DECK.read_bytes(), "deck.pdf")

@@ -10,6 +10,7 @@ import datetime as dt
 import itertools
 import re
 from typing import Any, AsyncIterator
+from urllib.parse import parse_qs, urlsplit
 from zoneinfo import ZoneInfo
 
 import aiohttp
@@ -111,11 +112,75 @@ async def test_anonymous_is_sent_to_the_login_page(pages: PageClient, world: dic
     for path in ("/admin", "/teacher", f"/schools/{world['a']['id']}", f"/classes/{cid}",
                  f"/classes/{cid}/cards", f"/classes/{cid}/week", f"/lessons/1"):
         status, _, location = await pages.get(path)
-        assert status == 302 and location == "/login", path
+        assert status == 302 and location.startswith("/login?"), path
+        assert parse_qs(urlsplit(location).query) == {"next": [path]}, location
     status, _, _ = await pages.post(f"/classes/{cid}/students", {"name": "x"}, csrf=False)
     assert status == 302  # to the login page, and nothing added
     status, html, _ = await pages.get("/join")
     assert status == 200 and 'name="code"' in html
+
+
+async def test_login_goes_back_to_the_page_asked_for(server: GroomServer,
+                                                     world: dict[str, Any]) -> None:
+    """Anonymous -> /login?next=<page> -> the form carries it -> after login, that page again."""
+    page = f"/classes/{world['class_a']['id']}/week"
+    username = world["teacher"]["username"]
+    http = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
+    try:
+        async with http.get(server.base_url + page) as resp:  # follows to the login page
+            assert resp.status == 200 and resp.url.path == "/login"
+            assert resp.url.query.get("next") == page
+            html = await resp.text()
+        match = re.search(r'<input type="hidden" name="next" value="([^"]*)">', html)
+        assert match and match.group(1) == page, html
+        async with http.post(server.base_url + "/login", data={
+                "username": username, "password": TEACHER_PASSWORD, "next": match.group(1)}) as resp:
+            assert resp.status == 200 and resp.url.path == page  # followed the redirect
+            assert [r.headers["Location"] for r in resp.history] == [page]
+        # Already logged in: the login page sends a safe next on at once.
+        async with http.get(server.base_url + "/login",
+                            params={"next": "/teacher?x=1"}, allow_redirects=False) as resp:
+            assert resp.status == 302 and resp.headers["Location"] == "/teacher?x=1"
+        async with http.get(server.base_url + "/login", params={"next": "//evil.example"},
+                            allow_redirects=False) as resp:
+            assert resp.status == 302 and resp.headers["Location"] == "/teacher"
+    finally:
+        await http.close()
+
+
+@pytest.mark.parametrize("unsafe", ["//evil.example", "//evil.example/teacher", "https://evil.example/",
+                                    "/\\evil.example", "/\t/evil.example", "javascript:alert(1)",
+                                    "evil.example", ""])
+async def test_login_ignores_a_next_that_leaves_the_site(server: GroomServer, world: dict[str, Any],
+                                                         unsafe: str) -> None:
+    """An unsafe next is neither put in the form nor followed: the role's home instead."""
+    http = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
+    try:
+        async with http.get(server.base_url + "/login", params={"next": unsafe}) as resp:
+            assert resp.status == 200
+            assert 'name="next"' not in await resp.text()
+        async with http.post(server.base_url + "/login", data={
+                "username": world["teacher"]["username"], "password": TEACHER_PASSWORD,
+                "next": unsafe}) as resp:
+            assert resp.status == 200 and resp.url.host == "127.0.0.1", resp.url
+            assert resp.url.path == "/teacher", resp.url
+            assert [r.headers["Location"] for r in resp.history] == ["/teacher"]
+    finally:
+        await http.close()
+
+
+async def test_a_wrong_password_keeps_next_in_the_form(server: GroomServer,
+                                                       world: dict[str, Any]) -> None:
+    page = f"/classes/{world['class_a']['id']}"
+    http = aiohttp.ClientSession()
+    try:
+        async with http.post(server.base_url + "/login", data={
+                "username": world["teacher"]["username"], "password": "wrong", "next": page},
+                allow_redirects=False) as resp:
+            assert resp.status == 401
+            assert f'<input type="hidden" name="next" value="{page}">' in await resp.text()
+    finally:
+        await http.close()
 
 
 async def test_root_sees_every_page(server: GroomServer, world: dict[str, Any]) -> None:
