@@ -378,8 +378,16 @@ async def test_page_over_the_memory_cap(store: Store) -> None:
 
 
 async def test_cancelled_import_leaves_nothing(store: Store) -> None:
-    task = asyncio.create_task(store.import_(SAMPLE.read_bytes()))
-    await asyncio.sleep(0.3)
+    first_page = asyncio.Event()
+
+    def progress(done: int, total: int) -> None:
+        if done >= 1:
+            first_page.set()
+
+    task = asyncio.create_task(slides.import_deck(
+        store.session_maker, store.data_dir, store.class_id, "Lesson", "deck.pdf",
+        SAMPLE.read_bytes(), progress=progress))
+    await asyncio.wait_for(first_page.wait(), 30)  # cancelled mid-deck, whatever the machine
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
