@@ -8,6 +8,9 @@ Inputs, in ``data_dir/recordings/<lesson_id>/``: ``audio.ogg`` (the top tier's O
   slide images, ``timeline.json`` and ``index.html`` (``web/templates/offline_player.html``, the
   timeline embedded so it works from ``file://``). Entries are stored, not deflated: media does
   not compress and a stored zip can be unpacked by anything.
+- ``listen.mp3``   not a file: the pack's MP3, served straight out of the zip (``pack_member``
+  gives where its bytes lie), so it is offered on its own without being kept twice. Listed in
+  the recording's outputs (``Result.virtual``) but not counted in what is kept.
 - ``video.webm``   VP9 at 1 fps + the Opus audio copied, made on demand by a ``video`` job.
 
 Kept per lesson: ``listen.opus`` + ``offline.zip``: 7.4 MB per hour of speech with 60 light
@@ -46,6 +49,9 @@ log = logging.getLogger(__name__)
 
 LISTEN = "listen.opus"
 PACK = "offline.zip"
+MP3 = "listen.mp3"  # virtual: the pack's PACK_AUDIO member
+PACK_AUDIO = "audio.mp3"
+VIRTUAL = frozenset({MP3})
 VIDEO = "video.webm"
 PLAYER_TEMPLATE = WEB_DIR / "templates" / "offline_player.html"
 VIDEO_SIZE = (854, 480)
@@ -72,6 +78,7 @@ class Result:
     duration_s: float
     slide_count: int
     outputs: dict[str, int] = field(default_factory=dict)  # file name -> bytes
+    virtual: dict[str, int] = field(default_factory=dict)  # served from a file above, not kept
 
 
 # --- inputs ----------------------------------------------------------------------------------
@@ -106,6 +113,61 @@ def slide_changes(events: list[dict[str, Any]]) -> list[SlideChange]:
             continue
         changes.append(SlideChange(max(0, event["at_ms"]), image))
     return changes
+
+
+def _ints(value: Any) -> Optional[list[int]]:
+    if not isinstance(value, list) or not all(type(x) is int for x in value):
+        return None
+    return value
+
+
+def overlays(events: list[dict[str, Any]], changes: list[SlideChange]
+             ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """What is drawn over the slides in playback: ``(ink, polls)``.
+
+    ``ink``: strokes ``{at_ms, page, points, color, width}`` and clears ``{at_ms, page,
+    clear: True}``, where ``page`` is the index in ``changes`` of the first change that showed the
+    slide the ink is on (the players compute the same from their slide list, so no slide entry
+    carries anything new). Ink on a slide not in ``changes`` (no image, a file left out) is
+    dropped. Loading another deck starts its slides without ink, as the live board does, so the
+    pages inked so far get a clear at that moment. ``polls``: the results shown to the class,
+    ``{at_ms, question, choices, counts}``."""
+    key_of: dict[str, int] = {}
+    for i, change in enumerate(changes):
+        key_of.setdefault(change.image, i)
+    ink: list[dict[str, Any]] = []
+    polls: list[dict[str, Any]] = []
+    current: Optional[int] = None
+    deck: Any = None
+    inked: set[int] = set()
+    for event in events:
+        kind, data, at_ms = event.get("kind"), event.get("data"), max(0, event["at_ms"])
+        if not isinstance(data, dict):
+            continue
+        if kind == "slide":
+            if data.get("deck_id") != deck:
+                ink.extend({"at_ms": at_ms, "page": k, "clear": True} for k in sorted(inked))
+                inked.clear()
+                deck = data.get("deck_id")
+            image = data.get("image")
+            current = key_of.get(image) if isinstance(image, str) else None
+        elif kind == "ink" and current is not None:
+            points = _ints(data.get("points"))
+            color, width = data.get("color", 0), data.get("width", 1)
+            if points and len(points) % 2 == 0 and type(color) is int and type(width) is int:
+                ink.append({"at_ms": at_ms, "page": current, "points": points, "color": color,
+                            "width": width})
+                inked.add(current)
+        elif kind == "ink_clear" and current is not None:
+            ink.append({"at_ms": at_ms, "page": current, "clear": True})
+            inked.discard(current)
+        elif kind == "poll_result" and data.get("shown") is True:
+            question, choices, counts = data.get("question"), data.get("choices"), data.get("counts")
+            if (isinstance(question, str) and isinstance(choices, list)
+                    and all(isinstance(c, str) for c in choices) and _ints(counts) is not None):
+                polls.append({"at_ms": at_ms, "question": question, "choices": choices,
+                              "counts": counts})
+    return ink, polls
 
 
 def audio_duration(path: Path) -> float:
@@ -257,9 +319,9 @@ def _player_html(data: dict[str, Any]) -> str:
 def write_pack(out: Path, mp3: Path, events: list[dict[str, Any]], changes: list[SlideChange],
                slides_dir: Path, duration_s: float, title: str) -> None:
     """The offline zip (blocking: run in a thread). Missing slide files are left out."""
-    slides = []
+    kept: list[SlideChange] = []
     with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as pack:
-        pack.write(mp3, "audio.mp3")
+        pack.write(mp3, PACK_AUDIO)
         added: set[str] = set()
         for change in changes:
             source = slides_dir / change.image
@@ -268,18 +330,50 @@ def write_pack(out: Path, mp3: Path, events: list[dict[str, Any]], changes: list
                     continue
                 pack.write(source, f"slides/{change.image}")
                 added.add(change.image)
-            slides.append({"at_ms": change.at_ms, "src": f"slides/{change.image}"})
+            kept.append(change)
+        ink, polls = overlays(events, kept)
+        slides = [{"at_ms": c.at_ms, "src": f"slides/{c.image}"} for c in kept]
         pack.writestr("timeline.json", json.dumps(events, ensure_ascii=False))
-        pack.writestr("index.html", _player_html({"title": title, "audio": "audio.mp3",
-                                                  "duration_s": duration_s, "slides": slides}))
+        pack.writestr("index.html", _player_html({"title": title, "audio": PACK_AUDIO,
+                                                  "duration_s": duration_s, "slides": slides,
+                                                  "ink": ink, "polls": polls}))
+
+
+def pack_member(pack: Path, name: str = PACK_AUDIO) -> tuple[int, int]:
+    """``(offset, size)`` of a stored (uncompressed) member's bytes in a zip, so it can be served
+    as a file of its own; ``KeyError`` when it is missing, ``ValueError`` when it is compressed
+    or the zip is damaged. Blocking (reads the zip's directory and the member's local header)."""
+    try:
+        with zipfile.ZipFile(pack) as archive:
+            info = archive.getinfo(name)
+    except zipfile.BadZipFile as exc:
+        raise ValueError(str(exc)) from None
+    if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x1:
+        raise ValueError(f"{name} is compressed or encrypted in {pack}")
+    with open(pack, "rb") as f:
+        f.seek(info.header_offset)
+        header = f.read(30)
+    if len(header) != 30 or header[:4] != b"PK\x03\x04":
+        raise ValueError(f"bad local header for {name} in {pack}")
+    name_len = int.from_bytes(header[26:28], "little")
+    extra_len = int.from_bytes(header[28:30], "little")
+    return info.header_offset + 30 + name_len + extra_len, info.file_size
 
 
 # --- the whole step --------------------------------------------------------------------------
 
+def _virtual(directory: Path) -> dict[str, int]:
+    try:
+        return {MP3: pack_member(directory / PACK)[1]}
+    except (KeyError, ValueError):
+        return {}
+
+
 def _existing_result(directory: Path) -> Result:
     changes = slide_changes(read_timeline(directory))
     return Result(audio_duration(directory / LISTEN), len({c.image for c in changes}),
-                  {n: (directory / n).stat().st_size for n in (LISTEN, PACK)})
+                  {n: (directory / n).stat().st_size for n in (LISTEN, PACK)},
+                  _virtual(directory))
 
 
 async def process(directory: Path, slides_dir: Path, *, exe: Optional[str] = None,
@@ -311,6 +405,7 @@ async def process(directory: Path, slides_dir: Path, *, exe: Optional[str] = Non
         for name in (LISTEN, PACK):
             (work / name).replace(directory / name)
             result.outputs[name] = (directory / name).stat().st_size
+        result.virtual = await asyncio.to_thread(_virtual, directory)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     if not keep_original:
@@ -410,7 +505,8 @@ def job_handlers(session_maker: async_sessionmaker[AsyncSession], data_dir: Path
                             error=f"{type(exc).__name__}: {exc}"[-4000:])
             raise
         await set_state(job, state=RecordingState.ready, duration_s=result.duration_s,
-                        slide_count=result.slide_count, outputs=result.outputs, error=None,
+                        slide_count=result.slide_count,
+                        outputs={**result.outputs, **result.virtual}, error=None,
                         processed_at=utcnow())
 
     async def on_video(job: Job) -> None:
@@ -441,6 +537,9 @@ def playback_manifest(directory: Path, duration_s: float, audio_url: str,
     ``slide_urls(image)`` gives ``{"small": url, "large": url}`` for a slide image name; the
     slides module owns those URLs.
     """
-    slides = [{"at_ms": c.at_ms, **slide_urls(c.image)}
-              for c in slide_changes(read_timeline(directory))]
-    return {"title": title, "audio": audio_url, "duration_s": duration_s, "slides": slides}
+    events = read_timeline(directory)
+    changes = slide_changes(events)
+    ink, polls = overlays(events, changes)
+    slides = [{"at_ms": c.at_ms, **slide_urls(c.image)} for c in changes]
+    return {"title": title, "audio": audio_url, "duration_s": duration_s, "slides": slides,
+            "ink": ink, "polls": polls}

@@ -13,7 +13,9 @@ A lesson's recording is made by the room (``recorder.py``) and post-processed by
 
 Whatever does not belong to the asker answers 404, exactly like a missing id: another class's
 lesson, a file that is not one of the recording's outputs, a name that is not a plain file name.
-Files are served by ``web.FileResponse`` (Range requests, ETag); slide images by ``/slides/{name}``
+Files are served by ``web.FileResponse`` (Range requests, ETag); ``listen.mp3``, which is not a
+file but the offline pack's stored MP3, by a ranged read of the zip at the member's bytes
+(``member_response``), with the same permissions. Slide images by ``/slides/{name}``
 (``decks.py``), which the playback manifest points to.
 """
 
@@ -21,9 +23,11 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import os
+import re
 import shutil
 from pathlib import Path
-from typing import Literal, Optional, Sequence
+from typing import Literal, Optional, Sequence, Union
 
 from aiohttp import web
 from pydantic import BaseModel, Field
@@ -38,14 +42,16 @@ from .live import JOBS
 from .models import Classroom, Job, JobState, Lesson, Recording, RecordingState, School
 from .openapi import endpoint
 from .plumbing import SESSIONS, SETTINGS, render, tr, viewer
-from .postprocess import LISTEN, PACK, VIDEO, read_timeline, slide_changes
+from .postprocess import (LISTEN, MP3, PACK, VIDEO, VIRTUAL, overlays, pack_member, read_timeline,
+                          slide_changes)
 from .recorder import recording_dir
 from .slides import FILE_NAME
 from .views import Clock, page_viewer
 
 MAX_ID = 2**31 - 1  # ids are 32-bit integers in the database
 # The files a recording may offer: name -> content type. Anything else is a 404.
-FILES = {LISTEN: "audio/ogg; codecs=opus", PACK: "application/zip", VIDEO: "video/webm"}
+FILES = {LISTEN: "audio/ogg; codecs=opus", PACK: "application/zip", VIDEO: "video/webm",
+         MP3: "audio/mpeg"}
 FILE_CACHE = "private, max-age=86400"  # outputs never change once made (deleting removes them)
 
 StateName = Literal["recording", "processing", "ready", "failed", "no_audio"]
@@ -54,7 +60,8 @@ StateName = Literal["recording", "processing", "ready", "failed", "no_audio"]
 # --- response models ---------------------------------------------------------------------------
 
 class RecordingFile(BaseModel):
-    name: str = Field(description="listen.opus (online listening), offline.zip (audio, slides "
+    name: str = Field(description="listen.opus (online listening), listen.mp3 (for old players; "
+                                  "the pack's MP3, not kept twice), offline.zip (audio, slides "
                                   "and a player for use without network), video.webm (on request)")
     bytes: int
     url: str
@@ -69,7 +76,8 @@ class RecordingOut(BaseModel):
     slide_count: int
     recovered: bool = Field(description="Repaired after the server stopped mid-lesson")
     files: list[RecordingFile]
-    total_bytes: int = Field(description="What the recording costs to keep")
+    total_bytes: int = Field(description="What the recording costs to keep (listen.mp3 is "
+                                         "inside offline.zip, so not counted again)")
     error: Optional[str] = Field(default=None, description="Why processing failed (admins only)")
     video_pending: bool = Field(description="A video is being made")
     lesson_started_at: Optional[dt.datetime]
@@ -85,12 +93,35 @@ class ManifestSlide(BaseModel):
     large: str
 
 
+class ManifestStroke(BaseModel):
+    at_ms: int
+    page: int = Field(description="Index in slides of the first change showing the inked slide")
+    points: list[int] = Field(description="x0, y0, x1, y1, ... on a 0-1000 grid of the slide")
+    color: int = Field(description="Palette index (web/static/ink.js)")
+    width: int
+
+
+class ManifestClear(BaseModel):
+    at_ms: int
+    page: int
+    clear: Literal[True] = True
+
+
+class ManifestPoll(BaseModel):
+    at_ms: int = Field(description="When the result was shown to the class")
+    question: str
+    choices: list[str]
+    counts: list[int]
+
+
 class Manifest(BaseModel):
     """What ``web/static/playback.js`` plays."""
     title: str
     audio: str
     duration_s: float
     slides: list[ManifestSlide]
+    ink: list[Union[ManifestStroke, ManifestClear]] = Field(default_factory=list)
+    polls: list[ManifestPoll] = Field(default_factory=list)
 
 
 # --- lookups -----------------------------------------------------------------------------------
@@ -151,7 +182,7 @@ def recording_out(lesson: Lesson, rec: Recording, *, base: str, page_url: str, a
         lesson_id=lesson.id, class_id=lesson.class_id,
         title=lesson.title or lesson.classroom.name, state=rec.state.value,
         duration_s=rec.duration_s, slide_count=rec.slide_count, recovered=rec.recovered,
-        files=files, total_bytes=sum(f.bytes for f in files),
+        files=files, total_bytes=sum(f.bytes for f in files if f.name not in VIRTUAL),
         error=rec.error if admin else None, video_pending=video_pending,
         lesson_started_at=lesson.started_at, lesson_ended_at=lesson.ended_at,
         created_at=rec.created_at, processed_at=rec.processed_at, page_url=page_url)
@@ -230,10 +261,13 @@ def _manifest(directory: Path, title: str, audio_url: str, duration_s: float) ->
             small, big = data.get("image"), data.get("large")
             if isinstance(small, str) and isinstance(big, str) and FILE_NAME.match(big):
                 large[small] = big
+    changes = [c for c in slide_changes(events) if FILE_NAME.match(c.image)]
     slides = [ManifestSlide(at_ms=c.at_ms, small=f"/slides/{c.image}",
-                            large=f"/slides/{large.get(c.image, c.image)}")
-              for c in slide_changes(events) if FILE_NAME.match(c.image)]
-    return Manifest(title=title, audio=audio_url, duration_s=duration_s, slides=slides)
+                            large=f"/slides/{large.get(c.image, c.image)}") for c in changes]
+    ink, polls = overlays(events, changes)
+    return Manifest(title=title, audio=audio_url, duration_s=duration_s, slides=slides,
+                    ink=[ManifestClear(**i) if i.get("clear") else ManifestStroke(**i) for i in ink],
+                    polls=[ManifestPoll(**p) for p in polls])
 
 
 async def manifest_for(request: web.Request, lesson: Lesson, rec: Recording, base: str) -> Manifest:
@@ -244,17 +278,86 @@ async def manifest_for(request: web.Request, lesson: Lesson, rec: Recording, bas
                                    f"{base}/{LISTEN}", rec.duration_s or 0.0)
 
 
-def file_response(request: web.Request, lesson: Lesson, rec: Recording, name: str
-                  ) -> web.StreamResponse:
+RANGE = re.compile(r"bytes=(\d{0,18})-(\d{0,18})")
+CHUNK = 64 * 1024
+
+
+def _byte_range(request: web.Request, size: int, etag: str) -> Optional[tuple[int, int]]:
+    """``(start, end)`` inclusive for a single satisfiable ``Range``, None for the whole file (no
+    Range, a stale If-Range, or one this does not parse: several ranges); 416 if unsatisfiable."""
+    header = request.headers.get("Range")
+    if_range = request.headers.get("If-Range")
+    if header is None or (if_range is not None and if_range != etag):
+        return None
+    match = RANGE.fullmatch(header.strip())
+    if match is None or not (match[1] or match[2]):
+        return None
+    if match[1]:
+        start = int(match[1])
+        end = min(int(match[2]), size - 1) if match[2] else size - 1
+    else:  # the last n bytes
+        start, end = max(0, size - int(match[2])), size - 1
+    if start > end or start >= size:
+        raise web.HTTPRequestRangeNotSatisfiable(headers={"Content-Range": f"bytes */{size}"})
+    return start, end
+
+
+async def member_response(request: web.Request, pack: Path, headers: dict[str, str]
+                          ) -> web.StreamResponse:
+    """The offline pack's stored MP3 as a file of its own: ranged reads at its bytes in the zip
+    (Range, If-Range, ETag, HEAD), never a copy on disk. A pack without it (or damaged) is 404."""
+    try:
+        offset, size = await asyncio.to_thread(pack_member, pack)
+        stat = await asyncio.to_thread(pack.stat)
+    except (OSError, KeyError, ValueError):
+        raise not_found("file") from None
+    etag = f'"{stat.st_mtime_ns:x}-{size:x}"'
+    if request.headers.get("If-None-Match") == etag:
+        return web.Response(status=304, headers={"ETag": etag, "Cache-Control": FILE_CACHE})
+    span = _byte_range(request, size, etag)
+    start, end = span if span is not None else (0, size - 1)
+    response = web.StreamResponse(status=206 if span is not None else 200,
+                                  headers={**headers, "Accept-Ranges": "bytes", "ETag": etag})
+    if span is not None:
+        response.headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+    response.last_modified = stat.st_mtime
+    response.content_length = end - start + 1
+    fd = await asyncio.to_thread(os.open, pack, os.O_RDONLY)
+    try:
+        await response.prepare(request)
+        if request.method != "HEAD":
+            position = offset + start
+            left = end - start + 1
+            while left > 0:
+                chunk = await asyncio.to_thread(os.pread, fd, min(CHUNK, left), position)
+                if not chunk:  # the pack shrank under us: end short, the client sees it
+                    break
+                await response.write(chunk)
+                position += len(chunk)
+                left -= len(chunk)
+        await response.write_eof()
+    finally:
+        os.close(fd)
+    return response
+
+
+async def file_response(request: web.Request, lesson: Lesson, rec: Recording, name: str
+                        ) -> web.StreamResponse:
     """One output file, or 404 for anything that is not one (no path ever comes from the URL:
-    the name must be one of ``FILES`` and listed in the recording's outputs)."""
-    if (name not in FILES or rec.state != RecordingState.ready
-            or name not in (rec.outputs or {})):
+    the name must be one of ``FILES`` and listed in the recording's outputs; ``listen.mp3`` is
+    served out of ``offline.zip`` whenever the pack is, also for packs made before it was
+    listed)."""
+    outputs = rec.outputs or {}
+    source = PACK if name in VIRTUAL else name
+    if name not in FILES or rec.state != RecordingState.ready or source not in outputs:
         raise not_found("file")
-    path = recording_dir(request.app[SETTINGS].data_dir, lesson.id) / name
+    path = recording_dir(request.app[SETTINGS].data_dir, lesson.id) / source
+    headers = {"Content-Type": FILES[name], "Cache-Control": FILE_CACHE}
+    if name == MP3:
+        headers["Content-Disposition"] = f'inline; filename="groom-lesson-{lesson.id}.mp3"'
+        return await member_response(request, path, headers)
     if not path.is_file():
         raise not_found("file")
-    headers = {"Content-Type": FILES[name], "Cache-Control": FILE_CACHE}
     if name == PACK:
         headers["Content-Disposition"] = f'attachment; filename="groom-lesson-{lesson.id}.zip"'
     return web.FileResponse(path, headers=headers)
@@ -392,7 +495,7 @@ async def recording_file(request: web.Request) -> web.StreamResponse:
         raise not_found("file")
     async with request.app[SESSIONS]() as db:
         lesson, rec = await _staff_lesson(db, v, _id(request, "id"))
-    return file_response(request, lesson, rec, request.match_info["name"])
+    return await file_response(request, lesson, rec, request.match_info["name"])
 
 
 # --- pages: students (by class code or card) ---------------------------------------------------
@@ -440,7 +543,7 @@ async def student_manifest(request: web.Request) -> web.StreamResponse:
 
 async def student_file(request: web.Request) -> web.StreamResponse:
     _found, lesson, rec = await _student_lesson(request, _id(request, "id"))
-    return file_response(request, lesson, rec, request.match_info["name"])
+    return await file_response(request, lesson, rec, request.match_info["name"])
 
 
 def add_routes(r: web.UrlDispatcher) -> None:

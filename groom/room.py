@@ -15,17 +15,13 @@ attendance, and comes back with the ``resume`` token; the teacher's drop starts 
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import json
 import logging
 import secrets
 import time
-from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Protocol
+from typing import Any, Callable, Optional
 
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
-from aiortc.mediastreams import MediaStreamTrack
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from . import sdp
@@ -41,9 +37,11 @@ from .mixer import Mixer
 from .polls import Polls
 from .postprocess import start_recording, stop_recording
 from .recorder import Recorder
-from .models import Attendance, Deck, Lesson, LessonState, utcnow
+from .attendance import AttendanceBook
+from .models import Deck, Lesson, LessonState, utcnow
+from .participant import LessonInfo, Outbox, Participant
 from .slides import deck_slides
-from .student_sender import StudentSender, add_student_audio
+from .student_sender import add_student_audio
 from .tasks import cancel
 from .tiers import TierSet
 from .timeline import Timeline
@@ -57,67 +55,6 @@ LIST_SECONDS = 1.0  # the teacher's participant list is rebuilt at most this oft
 SAVE_SECONDS = 30.0  # attendance rows refreshed this often while a lesson runs
 DETACHED_PC_SECONDS = 45.0  # a student's media outlives a dropped socket this long
 MAX_STUDENTS = 2000  # joins without a resume token are new people: bound them
-
-
-class Outbox(Protocol):
-    """A participant's way back: ``send`` never blocks; ``close`` ends the socket."""
-
-    def send(self, message: dict[str, Any]) -> None: ...
-
-    def send_text(self, text: str, kind: str) -> None: ...
-
-    def close(self, code: int, reason: str) -> None: ...
-
-
-@dataclass(frozen=True)
-class LessonInfo:
-    id: int
-    class_id: int
-    school_id: int
-    title: str
-    class_name: str
-    teacher_name: str
-
-    def public(self) -> dict[str, Any]:
-        return {"id": self.id, "title": self.title, "class_name": self.class_name,
-                "teacher_name": self.teacher_name}
-
-
-@dataclass
-class Participant:
-    id: str
-    role: str  # "teacher" or "student"
-    name: str
-    key: str  # attendance key, stable across reconnects
-    student_id: Optional[int] = None
-    resume: str = field(default_factory=lambda: secrets.token_urlsafe(18))
-    listen_token: str = field(default_factory=lambda: secrets.token_urlsafe(18))
-    outbox: Optional[Outbox] = None
-    pc: Optional[RTCPeerConnection] = None
-    sender: Optional[StudentSender] = None
-    controller: TierController = field(default_factory=TierController)
-    hand_since: Optional[float] = None
-    joined_at: dt.datetime = field(default_factory=utcnow)
-    present_since: Optional[float] = None  # monotonic, while the socket is attached
-    seconds_present: float = 0.0
-    tier_seconds: dict[str, float] = field(default_factory=dict)
-    tier_since: Optional[float] = None
-    bytes_before: int = 0  # data sent over earlier peer connections
-    last_client: dict[str, float] = field(default_factory=dict)  # cumulative figures, for deltas
-    detached_task: Optional[asyncio.Task[None]] = None
-    mic: Optional[MediaStreamTrack] = None  # the student's microphone while holding the floor
-    hears: Optional[MediaStreamTrack] = None  # the teacher's return audio (the floor student)
-
-    @property
-    def connected(self) -> bool:
-        return self.sender is not None and self.sender.ready
-
-    def data_used(self) -> int:
-        return self.bytes_before + (self.sender.data_used() if self.sender else 0)
-
-    def send(self, message: dict[str, Any]) -> None:
-        if self.outbox is not None:
-            self.outbox.send(message)
 
 
 class Room:
@@ -143,6 +80,7 @@ class Room:
         self._tick_task: Optional[asyncio.Task[None]] = None
         self._grace_task: Optional[asyncio.Task[None]] = None
         self._ending = False
+        self.ending: Optional[asyncio.Task[None]] = None  # set once the lesson is ending
         self._fallbacks: dict[str, FallbackStream] = {}
         self._worker = worker
         self.recorder: Optional[Recorder] = None
@@ -151,7 +89,7 @@ class Room:
         self.polls = Polls()
         self.timeline = Timeline(lesson.id, self.started, sessions)
         self.latency = Latency()
-        self._attendance_lock = asyncio.Lock()
+        self.attendance = AttendanceBook(lesson.id, sessions)
         self._list_timer: Optional[asyncio.TimerHandle] = None
 
     # ---- lifecycle ---------------------------------------------------------------------------
@@ -168,13 +106,18 @@ class Room:
         self._tick_task = asyncio.create_task(self._tick(), name=f"room-{self.lesson.id}-tick")
 
     async def end(self, reason: str) -> None:
-        """End the lesson for everyone: the lesson is marked ended in the database.
+        """End the lesson for everyone (once, whoever asks first) and wait until it is done.
 
-        The room leaves the registry first, so the class may start its next lesson at once,
-        while this one is still closing its connections and files."""
-        if self._ending:
-            return
-        self._on_closed(self)
+        The ending runs as a task of its own, shielded from the caller: a teacher's socket
+        handler cancelled halfway (the server stopping, say) must not cut attendance or the
+        recording short. The room leaves the registry first, so the class may start its next
+        lesson at once while this one is still closing its connections and files."""
+        if self.ending is None:
+            self.ending = asyncio.create_task(self._end(reason), name=f"room-{self.lesson.id}-end")
+            self._on_closed(self)
+        await asyncio.shield(self.ending)
+
+    async def _end(self, reason: str) -> None:
         await self.close(reason)
         async with self._sessions() as db:
             lesson = await db.get(Lesson, self.lesson.id)
@@ -334,18 +277,15 @@ class Room:
         self.broadcast_room()
         self.send_participants()
 
+    def current_tier(self, p: Participant) -> Optional[str]:
+        """The tier whose packets the student is getting now (None: no media)."""
+        return self.tiers.tier_of(p.sender) or p.controller.tier if p.sender else None
+
     def _leave_time(self, p: Participant) -> None:
-        now = time.monotonic()
-        if p.present_since is not None:
-            p.seconds_present += now - p.present_since
-            p.present_since = None
-        self._close_tier_time(p, now)
+        p.leave_time(time.monotonic(), self.current_tier(p))
 
     def _close_tier_time(self, p: Participant, now: float) -> None:
-        if p.tier_since is not None and p.sender is not None:
-            tier = self.tiers.tier_of(p.sender) or p.controller.tier
-            p.tier_seconds[tier] = p.tier_seconds.get(tier, 0.0) + now - p.tier_since
-            p.tier_since = now
+        p.close_tier_time(now, self.current_tier(p))
 
     # ---- WebRTC --------------------------------------------------------------------------------
 
@@ -676,28 +616,6 @@ class Room:
             await self._save_one(p, final)
 
     async def _save_one(self, p: Participant, final: bool = False) -> None:
-        """Write one attendance row; one writer at a time, so a join and a leave in quick
-        succession cannot both insert the same row."""
-        async with self._attendance_lock:
-            await self._write_attendance(p, final)
-
-    async def _write_attendance(self, p: Participant, final: bool) -> None:
         now = time.monotonic()
-        present = p.seconds_present + (now - p.present_since if p.present_since else 0.0)
-        tiers = dict(p.tier_seconds)
-        if p.tier_since is not None and p.sender is not None:
-            tier = self.tiers.tier_of(p.sender) or p.controller.tier
-            tiers[tier] = tiers.get(tier, 0.0) + now - p.tier_since
-        async with self._sessions() as db:
-            row = (await db.execute(select(Attendance).where(
-                Attendance.lesson_id == self.lesson.id,
-                Attendance.participant_key == p.key))).scalar_one_or_none()
-            if row is None:
-                row = Attendance(lesson_id=self.lesson.id, participant_key=p.key,
-                                 student_id=p.student_id, name=p.name, joined_at=p.joined_at)
-                db.add(row)
-            row.seconds_present = round(present, 1)
-            row.bytes_sent = p.data_used()
-            row.tier_seconds = {k: round(v, 1) for k, v in tiers.items()}
-            row.left_at = None if (p.outbox is not None and not final) else utcnow()
-            await db.commit()
+        await self.attendance.save(p, p.present_seconds(now), p.tier_time(now, self.current_tier(p)),
+                                   left=final or p.outbox is None)

@@ -39,6 +39,7 @@ class Rooms:
         self.by_lesson: dict[int, Room] = {}
         self._class_started: dict[int, asyncio.Event] = {}
         self._starting: dict[int, asyncio.Lock] = {}
+        self._ending: set[asyncio.Task[None]] = set()
 
     def for_class(self, class_id: int) -> Optional[Room]:
         return next((r for r in self.by_lesson.values() if r.lesson.class_id == class_id), None)
@@ -103,13 +104,18 @@ class Rooms:
                               teacher_name=teacher.display_name if teacher else "")
 
     def _closed(self, room: Room) -> None:
+        """A room started ending: out of the registry, but awaited at shutdown until done."""
         self.by_lesson.pop(room.lesson.id, None)
         self._starting.pop(room.lesson.id, None)
+        if room.ending is not None:
+            self._ending.add(room.ending)
+            room.ending.add_done_callback(self._ending.discard)
 
     async def shutdown(self) -> None:
         """Server stopping: every live lesson ends cleanly (attendance and recording kept)."""
         rooms = list(self.by_lesson.values())
-        await asyncio.gather(*(room.end("server_stopping") for room in rooms), return_exceptions=True)
+        await asyncio.gather(*(room.end("server_stopping") for room in rooms),
+                             *list(self._ending), return_exceptions=True)
 
     async def end_orphans(self) -> list[int]:
         """At start: lessons a crash left "live" have no room any more; mark them ended."""

@@ -154,7 +154,8 @@ class StudentSender:
             raise RuntimeError("student audio did not negotiate Opus")
         if dtls._state != DtlsState.CONNECTED or dtls._tx_srtp is None:
             raise RuntimeError("DTLS is not connected yet")
-        for name in ("_RTCRtpSender__rtcp_task", "_RTCRtpSender__lsr", "_RTCRtpSender__lsr_time",
+        for name in ("_RTCRtpSender__rtcp_task", "_RTCRtpSender__rtcp_started",
+                     "_RTCRtpSender__rtcp_exited", "_RTCRtpSender__lsr", "_RTCRtpSender__lsr_time",
                      "_RTCRtpSender__cname", "_RTCRtpSender__rtt", "_RTCRtpSender__stats",
                      "_RTCRtpSender__packet_count", "_RTCRtpSender__octet_count"):
             if not hasattr(sender, name):
@@ -164,6 +165,10 @@ class StudentSender:
         sender._send_rtcp = _no_rtcp
         if sender._RTCRtpSender__rtcp_task is not None:
             sender._RTCRtpSender__rtcp_task.cancel()
+        # A task cancelled before its first step never runs, so it never sets the events
+        # aiortc's ``stop()`` waits for: set them here, or closing the connection would hang.
+        sender._RTCRtpSender__rtcp_started.set()
+        sender._RTCRtpSender__rtcp_exited.set()
         self._cname = sender._RTCRtpSender__cname or ""
         self._payload_type = opus[0].payloadType
         self._ssrc = sender._ssrc

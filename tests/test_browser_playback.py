@@ -18,6 +18,14 @@ pytestmark = [pytest.mark.browser, pytest.mark.timeout(150),
               pytest.mark.skipif(not browser.available(), reason="no /usr/bin/chromium")]
 
 DECK = Path(__file__).resolve().parent.parent / "media" / "sample-deck.pdf"
+INKED_PIXELS = """() => {
+  const c = document.querySelector('canvas.pb-ink');
+  if (!c.width || !c.height) return 0;
+  const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+  let n = 0;
+  for (let i = 3; i < d.length; i += 4) if (d[i]) n++;
+  return n;
+}"""
 
 
 async def upload_deck(client: ApiClient, class_id: int) -> dict[str, Any]:
@@ -43,7 +51,10 @@ async def test_playback_page_plays_and_follows_slides(live: tuple[GroomServer, d
         await teacher.send({"type": "deck", "deck_id": deck["id"]})  # shows slide 1 at once
         await asyncio.sleep(3)
         await teacher.send({"type": "slide", "page": 1})
-        await asyncio.sleep(3)
+        await asyncio.sleep(1)
+        await teacher.send({"type": "ink", "points": [100, 100, 900, 900, 100, 900], "color": 0,
+                            "width": 3})
+        await asyncio.sleep(2)
     finally:
         await teacher.send({"type": "end"})
         await teacher.expect("ended")
@@ -71,6 +82,11 @@ async def test_playback_page_plays_and_follows_slides(live: tuple[GroomServer, d
         assert manifest["slides"][1]["large"] == f"/slides/{second['large']}"
         change_s = manifest["slides"][1]["at_ms"] / 1000
         assert 2 < change_s < manifest["duration_s"] - 1, manifest
+        [stroke] = manifest["ink"]
+        assert stroke["page"] == 1 and stroke["points"] == [100, 100, 900, 900, 100, 900], stroke
+        ink_s = stroke["at_ms"] / 1000
+        assert change_s < ink_s < manifest["duration_s"] - 0.5, manifest
+        assert manifest["polls"] == []
 
         # It plays: currentTime advances, and the first slide is on screen.
         await page.evaluate("() => document.querySelector('audio.pb-audio').play()")
@@ -92,6 +108,19 @@ async def test_playback_page_plays_and_follows_slides(live: tuple[GroomServer, d
         await page.wait_for_function(
             f"() => document.querySelector('img.pb-slide').src.endsWith('{first['small']}')",
             timeout=10000)
+        # No ink before the stroke was drawn; seeking past it draws it over the second slide.
+        assert await page.get_attribute("canvas.pb-ink", "data-strokes") == "0"
+        await page.evaluate(
+            f"() => {{ document.querySelector('audio.pb-audio').currentTime = {ink_s + 0.5}; }}")
+        await page.wait_for_function(
+            "() => document.querySelector('canvas.pb-ink').dataset.strokes === '1'"
+            " && document.querySelector('img.pb-slide').complete", timeout=10000)
+        assert await page.evaluate(INKED_PIXELS) > 100
+        await page.evaluate(
+            f"() => {{ document.querySelector('audio.pb-audio').currentTime = {change_s + 0.1}; }}")
+        await page.wait_for_function(
+            "() => document.querySelector('canvas.pb-ink').dataset.strokes === '0'", timeout=10000)
+        assert await page.evaluate(INKED_PIXELS) == 0
         # The slide buttons seek too.
         await page.click(".pb-list button:nth-child(2)")
         await page.wait_for_function(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import os
 import sys
 import zipfile
@@ -35,6 +36,15 @@ PG_DB = "groom_recordings_test"
 COLORS = [(200, 30, 30), (30, 200, 30), (30, 30, 200)]
 CHANGES_MS = [0, 12_300, 25_700]
 LESSON_S = 40
+# A thick red cross on slide 1 at 3 s; a shown poll result at 14 s, a hidden one at 20 s.
+INK_EVENTS: list[tuple[int, str, dict[str, object]]] = [
+    (3000, "ink", {"page": 1, "points": [100, 100, 900, 900], "color": 0, "width": 3}),
+    (3100, "ink", {"page": 1, "points": [900, 100, 100, 900], "color": 0, "width": 3}),
+    (14_000, "poll_result", {"id": "p1", "question": "2 + 2?", "choices": ["3", "4"],
+                             "counts": [1, 3], "shown": True}),
+    (20_000, "poll_result", {"id": "p2", "question": "Secret?", "choices": ["a", "b"],
+                             "counts": [0, 0], "shown": False}),
+]
 
 
 async def _postgres_url() -> str | None:
@@ -108,6 +118,7 @@ async def record_lesson(data_dir: Path, lesson_id: int, with_slides: bool = True
         (at, "slide", {"deck_id": 1, "page": i + 1, "image": name})
         for i, (at, name) in enumerate(zip(CHANGES_MS, names))] if with_slides else []
     events.append((5000, "hand", {"student": "Noy"}))
+    events += INK_EVENTS
     await record(recorder or recording_dir(data_dir, lesson_id), opus_packets(LESSON_S - 10),
                  ts_gaps={800: 10.0}, events=events)  # 10 s of silence at 16 s
     return names
@@ -158,7 +169,7 @@ async def test_recording_processed_through_queue(db: async_sessionmaker[AsyncSes
     assert row.state == RecordingState.ready, row.error
     assert abs(row.duration_s - LESSON_S) < 1.0 and row.slide_count == 3
     directory = recording_dir(tmp_path, lesson_id)
-    assert set(row.outputs) == {"listen.opus", "offline.zip"}
+    assert set(row.outputs) == {"listen.opus", "offline.zip", "listen.mp3"}
     assert not (directory / AUDIO).exists()  # the 32 kbps original is not kept
     assert abs(decoded_seconds(directory / "listen.opus") - LESSON_S) < 1.0
     with zipfile.ZipFile(directory / "offline.zip") as pack:
@@ -169,8 +180,16 @@ async def test_recording_processed_through_queue(db: async_sessionmaker[AsyncSes
         mp3 = tmp_path / "audio.mp3"
         mp3.write_bytes(pack.read("audio.mp3"))
     assert abs(decoded_seconds(mp3) - LESSON_S) < 1.0
+    # listen.mp3 is not a file: it is read straight out of the (stored) pack
+    assert not (directory / "listen.mp3").exists()
+    offset, size = postprocess.pack_member(directory / "offline.zip")
+    assert size == row.outputs["listen.mp3"] == len(mp3.read_bytes())
+    with open(directory / "offline.zip", "rb") as f:
+        f.seek(offset)
+        assert f.read(size) == mp3.read_bytes()
     # an hour at this rate stays within the 10 MB budget (these are tiny test slides)
-    per_hour_mb = sum(row.outputs.values()) / LESSON_S * 3600 / 1e6
+    kept = sum(v for k, v in row.outputs.items() if k not in postprocess.VIRTUAL)
+    per_hour_mb = kept / LESSON_S * 3600 / 1e6
     assert per_hour_mb < 10, per_hour_mb
 
     await postprocess.request_video(db, lesson_id)
@@ -302,7 +321,60 @@ async def test_worker_task_retries_with_backoff(sqlite_db: async_sessionmaker[As
     assert job.error is None
 
 
+# --- ink and poll results in playback ------------------------------------------------------
+
+def test_manifest_carries_ink_and_shown_polls(tmp_path: Path) -> None:
+    """A synthetic timeline: two decks, going back to an inked slide, a clear, two polls."""
+    directory = tmp_path / "rec"
+    directory.mkdir()
+    events = [
+        (0, "slide", {"deck_id": 1, "page": 0, "image": "a.webp"}),
+        (1000, "ink", {"page": 0, "points": [1, 2, 3, 4], "color": 1, "width": 2}),
+        (2000, "slide", {"deck_id": 1, "page": 1, "image": "b.webp"}),
+        (2500, "ink", {"page": 1, "points": [5, 6], "color": 0, "width": 1}),
+        (2600, "ink", {"page": 1, "points": [5, 6, 7], "color": 0, "width": 1}),  # odd: dropped
+        (2700, "ink", {"page": 1, "points": "junk", "color": 0, "width": 1}),
+        (3000, "slide", {"deck_id": 1, "page": 0, "image": "a.webp"}),  # back: same ink key
+        (3500, "ink", {"page": 0, "points": [7, 8, 9, 10], "color": 2, "width": 1}),
+        (4000, "ink_clear", {"page": 0}),
+        (5000, "poll", {"id": "p1", "question": "Q?", "choices": ["x", "y"], "open": True}),
+        (6000, "poll_result", {"id": "p1", "question": "Q?", "choices": ["x", "y"],
+                               "counts": [2, 5], "shown": True}),
+        (7000, "poll_result", {"id": "p2", "question": "Hidden?", "choices": ["x"],
+                               "counts": [1], "shown": False}),
+        (8000, "slide", {"deck_id": 2, "page": 0, "image": "c.webp"}),  # another deck: ink reset
+        (9000, "chat", {"text": "hi"}),
+    ]
+    lines = [json.dumps({"at_ms": at, "kind": kind, "data": data}) for at, kind, data in events]
+    lines.insert(3, '{"at_ms": 1500, "kind": "ink", "da')  # a torn write is skipped
+    (directory / "timeline.jsonl").write_text("\n".join(lines) + "\n")
+    manifest = postprocess.playback_manifest(
+        directory, 10.0, "/a.opus", lambda image: {"small": f"/s/{image}", "large": f"/l/{image}"})
+    assert [s["small"] for s in manifest["slides"]] == ["/s/a.webp", "/s/b.webp", "/s/a.webp",
+                                                        "/s/c.webp"]
+    assert manifest["ink"] == [
+        {"at_ms": 1000, "page": 0, "points": [1, 2, 3, 4], "color": 1, "width": 2},
+        {"at_ms": 2500, "page": 1, "points": [5, 6], "color": 0, "width": 1},
+        {"at_ms": 3500, "page": 0, "points": [7, 8, 9, 10], "color": 2, "width": 1},
+        {"at_ms": 4000, "page": 0, "clear": True},
+        {"at_ms": 8000, "page": 1, "clear": True},  # only slide b still had ink
+    ]
+    assert manifest["polls"] == [{"at_ms": 6000, "question": "Q?", "choices": ["x", "y"],
+                                  "counts": [2, 5]}]
+
+
 # --- the offline player in a real browser ----------------------------------------------------
+
+# How many pixels of an ink canvas are painted (alpha > 0).
+INKED_PIXELS = """(() => {
+  const c = document.querySelector('SELECTOR');
+  if (!c.width || !c.height) return 0;
+  const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+  let n = 0;
+  for (let i = 3; i < d.length; i += 4) if (d[i]) n++;
+  return n;
+})()"""
+
 
 @pytest.mark.browser
 @pytest.mark.skipif(not available(), reason="no chromium")
@@ -320,6 +392,17 @@ async def test_offline_player_plays_from_file_url(tmp_path: Path) -> None:
         await page.wait_for_function("document.getElementById('audio').currentTime > 0.5",
                                      timeout=10_000)
         assert (await page.get_attribute("#slide", "src")) == f"slides/{names[0]}"
+        # The ink drawn at 3 s shows over slide 1 once played past; the shown poll at 14 s.
+        assert await page.get_attribute("#ink", "data-strokes") == "0"
+        await page.evaluate("document.getElementById('audio').currentTime = 5")
+        await page.wait_for_function("document.getElementById('ink').dataset.strokes === '2'",
+                                     timeout=5_000)
+        assert await page.evaluate(INKED_PIXELS.replace("SELECTOR", "#ink")) > 100
+        assert await page.is_hidden("#poll")
+        await page.evaluate("document.getElementById('audio').currentTime = 15")
+        await page.wait_for_function("!document.getElementById('poll').hidden", timeout=5_000)
+        assert "2 + 2?" in (await page.text_content("#poll") or "")
+        assert "4: 3 (75%)" in (await page.text_content("#poll") or "")
         await page.click("#list button:nth-child(3)")
         await page.wait_for_function("document.getElementById('audio').currentTime >= 25.7",
                                      timeout=5_000)
@@ -393,5 +476,14 @@ async def test_online_playback_page(tmp_path: Path) -> None:
             await browser_page.click(".pb-speeds button:nth-child(2)")
             assert await browser_page.evaluate(
                 "document.querySelector('.pb-audio').playbackRate") == 1.25
+            assert await browser_page.get_attribute(".pb-ink", "data-strokes") == "0"
+            await browser_page.evaluate("document.querySelector('.pb-audio').currentTime = 4")
+            await browser_page.wait_for_function(
+                "document.querySelector('.pb-ink').dataset.strokes === '2'", timeout=5_000)
+            assert await browser_page.evaluate(INKED_PIXELS.replace("SELECTOR", ".pb-ink")) > 100
+            await browser_page.evaluate("document.querySelector('.pb-audio').currentTime = 14.5")
+            await browser_page.wait_for_function(
+                "!document.querySelector('.pb-poll').hidden", timeout=5_000)
+            assert "4: 3" in (await browser_page.text_content(".pb-poll") or "")
     finally:
         await runner.cleanup()

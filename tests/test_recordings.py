@@ -100,8 +100,9 @@ async def test_lesson_recording_plays_for_its_class_only(
         assert rec["state"] == "ready", rec
         assert rec["error"] is None and not rec["recovered"]
         names = {f["name"]: f for f in rec["files"]}
-        assert set(names) == {"listen.opus", "offline.zip"}
-        assert rec["total_bytes"] == sum(f["bytes"] for f in rec["files"])
+        assert set(names) == {"listen.opus", "offline.zip", "listen.mp3"}
+        # listen.mp3 is the pack's MP3 served out of the zip: not counted twice
+        assert rec["total_bytes"] == names["listen.opus"]["bytes"] + names["offline.zip"]["bytes"]
 
         # The audio lasts as long as the lesson did (live from start to end), within 1 s.
         import datetime as dt
@@ -141,11 +142,47 @@ async def test_lesson_recording_plays_for_its_class_only(
         assert status == 200 and pack[:4] == b"PK\x03\x04"
         assert headers["Content-Disposition"].startswith("attachment")
 
+        # The MP3 for old players: streamed out of the pack, same bytes, same people, ranged.
+        import zipfile
+        with zipfile.ZipFile(io.BytesIO(pack)) as archive:
+            packed_mp3 = archive.read("audio.mp3")
+        assert not (srv.data_dir / "recordings" / str(lesson_id) / "listen.mp3").exists()
+        assert f"/recordings/{lesson_id}/listen.mp3" in (
+            await teach.call("GET", f"/recordings/{lesson_id}"))[1]
+        assert f"/r/{code}/{lesson_id}/listen.mp3" in (
+            await anon.call("GET", f"/r/{code}/{lesson_id}"))[1]
+        for client, url in ((anon, f"/r/{code}/{lesson_id}/listen.mp3"),
+                            (teach, f"/recordings/{lesson_id}/listen.mp3"),
+                            (admin, names["listen.mp3"]["url"])):
+            status, mp3, headers = await fetch(client, url)
+            assert status == 200 and headers["Content-Type"] == "audio/mpeg", (url, status)
+            assert mp3 == packed_mp3 and len(mp3) == names["listen.mp3"]["bytes"]
+            assert headers["Accept-Ranges"] == "bytes"
+        assert abs(audio_seconds(mp3) - wall) < 1.0, (audio_seconds(mp3), wall)
+        mp3_url = f"/r/{code}/{lesson_id}/listen.mp3"
+        status, part, headers = await fetch(anon, mp3_url, Range="bytes=100-199")
+        assert status == 206 and part == mp3[100:200]
+        assert headers["Content-Range"] == f"bytes 100-199/{len(mp3)}"
+        status, part, _ = await fetch(anon, mp3_url, Range="bytes=-50")
+        assert status == 206 and part == mp3[-50:]
+        status, part, _ = await fetch(anon, mp3_url, Range=f"bytes={len(mp3) - 10}-")
+        assert status == 206 and part == mp3[-10:]
+        status, _, headers = await fetch(anon, mp3_url, Range=f"bytes={len(mp3)}-")
+        assert status == 416 and headers["Content-Range"] == f"bytes */{len(mp3)}"
+        etag = (await fetch(anon, mp3_url))[2]["ETag"]
+        status, _, _ = await fetch(anon, mp3_url, **{"If-None-Match": etag})
+        assert status == 304
+        status, part, _ = await fetch(anon, mp3_url, Range="bytes=0-9", **{"If-Range": '"old"'})
+        assert status == 200 and part == mp3  # a stale If-Range gets the whole file
+        async with anon.http.head(srv.base_url + mp3_url) as resp:
+            assert resp.status == 200 and int(resp.headers["Content-Length"]) == len(mp3)
+
         # Nobody else: another school's admin, a wrong code, another class's code, no login.
         for path in (f"/api/lessons/{lesson_id}/recording",
                      f"/api/lessons/{lesson_id}/recording/manifest",
                      f"/api/classes/{demo['class_id']}/recordings",
                      f"/recordings/{lesson_id}", f"/recordings/{lesson_id}/listen.opus",
+                     f"/recordings/{lesson_id}/listen.mp3",
                      f"/classes/{demo['class_id']}/recordings"):
             status, body = await other.call("GET", path)
             assert status == 404, (path, status, body)
@@ -154,6 +191,7 @@ async def test_lesson_recording_plays_for_its_class_only(
         status, _ = await other.call("POST", f"/api/lessons/{lesson_id}/recording/video")
         assert status == 404
         for path in (f"/r/{other_code}/{lesson_id}", f"/r/{other_code}/{lesson_id}/listen.opus",
+                     f"/r/{other_code}/{lesson_id}/listen.mp3", f"/r/ZZZZZZZZ/{lesson_id}/listen.mp3",
                      f"/r/{other_code}/{lesson_id}/manifest.json", "/r/ZZZZZZZZ",
                      f"/r/ZZZZZZZZ/{lesson_id}/listen.opus"):
             status, body = await anon.call("GET", path)
@@ -162,12 +200,14 @@ async def test_lesson_recording_plays_for_its_class_only(
         assert status == 200 and f"/{lesson_id}" not in page
         status, _ = await anon.call("GET", f"/api/lessons/{lesson_id}/recording")
         assert status == 401
-        status, _ = await anon.call("GET", f"/recordings/{lesson_id}/listen.opus")
-        assert status == 404
+        for name in ("listen.opus", "listen.mp3"):
+            status, _ = await anon.call("GET", f"/recordings/{lesson_id}/{name}")
+            assert status == 404
 
         # Forged and guessed links: never a file outside the outputs, never a 500.
         for name in ("audio.ogg", "timeline.jsonl", "closed.json", "..%2F..%2Fgroom.sqlite3",
-                     "%2E%2E", "video.webm", "listen.opus%00", "x" * 300):
+                     "%2E%2E", "video.webm", "listen.opus%00", "x" * 300, "audio.mp3",
+                     "listen.mp3%00", "LISTEN.MP3", "listen.mp3.zip", "offline.zip%2Faudio.mp3"):
             for base in (f"/recordings/{lesson_id}", f"/r/{code}/{lesson_id}"):
                 status, body = await admin.call("GET", f"{base}/{name}")
                 assert status == 404, (base, name, status)
@@ -202,8 +242,9 @@ async def test_lesson_recording_plays_for_its_class_only(
         status, _ = await admin.call("DELETE", f"/api/lessons/{lesson_id}/recording")
         assert status == 204
         assert not (srv.data_dir / "recordings" / str(lesson_id)).exists()
-        status, _ = await anon.call("GET", f"/r/{code}/{lesson_id}/listen.opus")
-        assert status == 404
+        for name in ("listen.opus", "listen.mp3"):
+            status, _ = await anon.call("GET", f"/r/{code}/{lesson_id}/{name}")
+            assert status == 404
     finally:
         for c in (admin, teach, anon, other):
             await c.close()
@@ -242,7 +283,7 @@ async def test_lesson_without_audio_has_a_clear_state(live: tuple[GroomServer, d
         status, page = await anon.call("GET", f"/r/{code}")
         assert status == 200 and f"/r/{code}/{lesson_id}" not in page
         for path in (f"/r/{code}/{lesson_id}", f"/r/{code}/{lesson_id}/manifest.json",
-                     f"/r/{code}/{lesson_id}/listen.opus"):
+                     f"/r/{code}/{lesson_id}/listen.opus", f"/r/{code}/{lesson_id}/listen.mp3"):
             status, _ = await anon.call("GET", path)
             assert status == 404, path
 
