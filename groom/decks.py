@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field
 from .auth import require_viewer
 from .errors import AppError
 from .models import Classroom, Deck, Slide
-from .openapi import endpoint, path_int
+from .openapi import endpoint, path_int, read_body
 from .plumbing import SESSIONS, SETTINGS, viewer
 from .slides import (MAX_UPLOAD_BYTES, DeckError, deck_slides, delete_deck, import_deck,
                      list_decks, slide_file, sweep)
@@ -124,7 +124,7 @@ def _deck_error(exc: DeckError) -> AppError:
 async def upload_deck(request: web.Request, query: UploadQuery) -> DeckDetail:
     class_id = path_int(request, "class_id")
     await _class_for_teaching(request, class_id)
-    data = await request.content.read(MAX_UPLOAD_BYTES + 1)
+    data = await read_body(request, MAX_UPLOAD_BYTES)
     if len(data) > MAX_UPLOAD_BYTES:
         raise AppError("too_large", "The file is too large (at most {mb} MB).", status=413,
                        mb=MAX_UPLOAD_BYTES // (1024 * 1024))
