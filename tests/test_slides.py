@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import shutil
 import struct
 import time
 import zipfile
@@ -341,13 +340,30 @@ async def test_zip_that_is_not_a_presentation(store: Store) -> None:
     assert refused.value.code == "unsupported_type"
 
 
-@pytest.mark.skipif(shutil.which("soffice") is not None, reason="LibreOffice is installed here")
-async def test_presentation_without_libreoffice(store: Store) -> None:
+async def test_presentation_without_libreoffice(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", "/nonexistent")  # a server where LibreOffice is not installed
     with pytest.raises(DeckError) as refused:
         await store.import_(pptx_zip({"ppt/slides/slide1.xml": b"<p:sld/>"}), "lesson.pptx")
     assert (refused.value.code, refused.value.status) == ("office_unavailable", 415)
     assert "PDF" in refused.value.message
     assert await store.counts() == (0, 0) and store.files() == []
+
+
+async def test_pptx_is_converted_through_libreoffice(store: Store, tmp_path: Path) -> None:
+    """A real presentation (made with python-pptx, Lao title included) becomes slides."""
+    from pptx import Presentation
+
+    prs = Presentation()
+    for title, body in (("ບົດທີ 1: ນ້ຳ", "Water comes from the mountains"),
+                        ("Rivers", "Rivers carry water to the sea"), ("Quiz", "Where does rain come from?")):
+        slide = prs.slides.add_slide(prs.slide_layouts[1])
+        slide.shapes.title.text = title
+        slide.placeholders[1].text = body
+    path = tmp_path / "lesson.pptx"
+    prs.save(str(path))
+    deck = await store.import_(path.read_bytes(), "lesson.pptx")
+    assert deck.pages == 3
+    assert await store.counts() == (1, 3)
 
 
 async def test_slow_page_is_stopped_and_nothing_kept(store: Store) -> None:
