@@ -12,13 +12,14 @@ from aiohttp import web
 
 from . import db
 from .auth import SessionCodec
-from .config import Settings
+from .config import WEB_DIR, Settings
 from .i18n import load_catalogs
 from .decks import imports_ctx
 from .live import rooms_ctx
-from .plumbing import (CATALOGS, CODEC, ENGINE, JINJA, SESSIONS, SETTINGS, csrf, errors,
-                       make_jinja, request_context)
+from .plumbing import (CATALOGS, CODEC, ENGINE, JINJA, SESSIONS, SETTINGS, STATIC, csrf,
+                       errors, make_jinja, request_context)
 from .routes import setup_routes
+from .static import StaticFiles
 
 MAX_UPLOAD_BYTES = 60 * 1024 * 1024
 
@@ -29,7 +30,8 @@ def create_app(settings: Settings) -> web.Application:
                           client_max_size=MAX_UPLOAD_BYTES)
     app[SETTINGS] = settings
     app[CODEC] = SessionCodec(settings.secret)
-    app[JINJA] = make_jinja()
+    app[STATIC] = StaticFiles(WEB_DIR / "static")
+    app[JINJA] = make_jinja(app[STATIC])
     app[CATALOGS] = load_catalogs()
     app.cleanup_ctx.append(_database)
     app.cleanup_ctx.append(imports_ctx)

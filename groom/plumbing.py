@@ -24,6 +24,7 @@ from .auth import (COOKIE, CSRF_FIELD, CSRF_HEADER, SessionCodec, Viewer, csrf_m
 from .config import WEB_DIR, Settings
 from .errors import AppError
 from .i18n import LANGUAGE_NAMES, pick_language, translator
+from .static import StaticFiles
 
 log = logging.getLogger("groom.http")
 
@@ -33,6 +34,11 @@ SESSIONS = web.AppKey("sessions", async_sessionmaker[AsyncSession])
 CODEC = web.AppKey("codec", SessionCodec)
 JINJA = web.AppKey("jinja", jinja2.Environment)
 CATALOGS = web.AppKey("catalogs", dict[str, gettext.NullTranslations])
+STATIC = web.AppKey("static", StaticFiles)
+
+# Text worth compressing on the way out (pages, API answers, calendars); media is compressed
+# already and streams are written piecewise.
+COMPRESSIBLE = ("text/html", "application/json", "text/calendar", "text/csv")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -70,10 +76,12 @@ def render(request: web.Request, template: str, status: int = 200, **context: An
     return web.Response(text=html, status=status, content_type="text/html")
 
 
-def make_jinja() -> jinja2.Environment:
-    return jinja2.Environment(loader=jinja2.FileSystemLoader(WEB_DIR / "templates"),
-                              autoescape=True, trim_blocks=True, lstrip_blocks=True,
-                              undefined=jinja2.StrictUndefined)
+def make_jinja(static: StaticFiles) -> jinja2.Environment:
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(WEB_DIR / "templates"),
+                             autoescape=True, trim_blocks=True, lstrip_blocks=True,
+                             undefined=jinja2.StrictUndefined)
+    env.globals["static"] = static.url
+    return env
 
 
 @web.middleware
@@ -87,6 +95,9 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
         response = exc
     finally:
         logs.request_id.reset(token)
+    if (isinstance(response, web.Response) and not response.prepared
+            and response.content_type in COMPRESSIBLE and len(response.body or b"") > 1024):
+        response.enable_compression()
     response.headers["X-Request-Id"] = rid
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
     response.headers.setdefault("Content-Security-Policy", CSP)

@@ -11,9 +11,8 @@ from aiohttp import web
 from . import accounts, api, decks, ical, live, signaling  # noqa: F401  (api, decks register endpoints)
 from . import recordings
 from . import views, views_admin as office_pages, views_teacher as teacher_pages
-from .config import WEB_DIR
 from .openapi import add_api_routes, document
-from .plumbing import viewer
+from .plumbing import STATIC, viewer
 
 
 async def openapi_json(request: web.Request) -> web.Response:
@@ -57,7 +56,7 @@ def setup_routes(app: web.Application) -> None:
     r.add_get("/calendar/teacher/{ident}/{token}.ics", ical.teacher_feed)
     add_page_routes(r)
     recordings.add_routes(r)
-    r.add_static("/static/", WEB_DIR / "static", append_version=True)
+    r.add_get("/static/{name}", app[STATIC].serve)
 
 
 def add_page_routes(r: web.UrlDispatcher) -> None:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import base64
+import gzip
 import hashlib
 import hmac
 import json
+import re
 import ssl
 import time
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
@@ -54,3 +57,27 @@ def test_turn_credentials_are_time_limited_hmacs() -> None:
     expected = base64.b64encode(hmac.new(b"s3cret", turn["username"].encode(), hashlib.sha1).digest())
     assert turn["credential"] == expected.decode()
     assert ice_servers_for(configured, "", "x") == configured  # no secret: as configured
+
+
+async def test_student_page_first_load_is_small_compressed_and_cached(
+        live: tuple[GroomServer, dict[str, Any]]) -> None:
+    """What a phone really downloads on first load (HTML + JS + CSS, on the wire) stays
+    under 30 KB, and the scripts are cached for good (versioned URLs)."""
+    srv, demo = live
+    async with aiohttp.ClientSession(auto_decompress=False) as http:
+        headers = {"Accept-Encoding": "gzip"}
+        async with http.get(demo["student_url"], headers=headers) as resp:
+            assert resp.headers["Content-Encoding"] == "gzip"
+            page = await resp.read()
+        total = len(page)
+        assets = re.findall(r'(?:src|href)="(/static/[^"]+)"', gzip.decompress(page).decode())
+        assert any(a.endswith(".js") or ".js?" in a for a in assets)
+        for asset in assets:
+            async with http.get(srv.base_url + asset.replace("&amp;", "&"), headers=headers) as resp:
+                assert resp.status == 200
+                assert resp.headers["Content-Encoding"] == "gzip"
+                assert "immutable" in resp.headers["Cache-Control"]
+                total += len(await resp.read())
+            async with http.get(srv.base_url + asset.split("?")[0], headers=headers) as resp:
+                assert resp.headers["Cache-Control"] == "no-cache"  # unversioned: revalidate
+    assert total < 30 * 1024, total
