@@ -5,8 +5,9 @@ Inputs, in ``data_dir/recordings/<lesson_id>/``: ``audio.ogg`` (the top tier's O
 
 - ``listen.opus``  Opus 8 kbps mono VoIP: online playback (``web/static/playback.js``).
 - ``offline.zip``  MP3 (mono 11 kHz, 8 kbps: every phone and old player can play it), the
-  slide images, ``timeline.json`` and ``index.html`` (``web/templates/offline_player.html``, the
-  timeline embedded so it works from ``file://``). Entries are stored, not deflated: media does
+  slide images, ``timeline.json`` and ``index.html`` (``web/templates/offline_player.html`` with
+  the online player's ``ink.js`` and ``playback.js`` and the lesson's manifest inlined, so it
+  works from ``file://``). Entries are stored, not deflated: media does
   not compress and a stored zip can be unpacked by anything.
 - ``listen.mp3``   not a file: the pack's MP3, served straight out of the zip (``pack_member``
   gives where its bytes lie), so it is offered on its own without being kept twice. Listed in
@@ -27,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import shutil
 import zipfile
 from dataclasses import dataclass, field
@@ -54,6 +56,7 @@ PACK_AUDIO = "audio.mp3"
 VIRTUAL = frozenset({MP3})
 VIDEO = "video.webm"
 PLAYER_TEMPLATE = WEB_DIR / "templates" / "offline_player.html"
+PLAYER_SCRIPTS = WEB_DIR / "static"
 VIDEO_SIZE = (854, 480)
 FFMPEG_TIMEOUT_S = 1800.0
 
@@ -310,10 +313,21 @@ async def make_video(audio: Path, changes: list[SlideChange], slides_dir: Path,
 
 # --- offline pack ----------------------------------------------------------------------------
 
+def _script(path: Path) -> str:
+    """A static script's text, safe inside an inline ``<script>`` block."""
+    return re.sub(r"</(script)", r"<\\/\1", path.read_text(encoding="utf-8"), flags=re.IGNORECASE)
+
+
 def _player_html(data: dict[str, Any]) -> str:
+    """The offline ``index.html``: the page with the lesson data and the online player's own
+    scripts (``ink.js``, ``playback.js``) inlined, so one player serves both."""
     payload = (json.dumps(data, ensure_ascii=False).replace("&", "\\u0026")
                .replace("<", "\\u003c").replace(">", "\\u003e"))
-    return PLAYER_TEMPLATE.read_text(encoding="utf-8").replace("__GROOM_DATA__", payload)
+    parts = {"__GROOM_DATA__": payload,
+             "__GROOM_INK_JS__": _script(PLAYER_SCRIPTS / "ink.js"),
+             "__GROOM_PLAYBACK_JS__": _script(PLAYER_SCRIPTS / "playback.js")}
+    return re.sub("|".join(parts), lambda m: parts[m.group(0)],
+                  PLAYER_TEMPLATE.read_text(encoding="utf-8"))
 
 
 def write_pack(out: Path, mp3: Path, events: list[dict[str, Any]], changes: list[SlideChange],
@@ -332,7 +346,7 @@ def write_pack(out: Path, mp3: Path, events: list[dict[str, Any]], changes: list
                 added.add(change.image)
             kept.append(change)
         ink, polls = overlays(events, kept)
-        slides = [{"at_ms": c.at_ms, "src": f"slides/{c.image}"} for c in kept]
+        slides = [{"at_ms": c.at_ms, "small": f"slides/{c.image}"} for c in kept]
         pack.writestr("timeline.json", json.dumps(events, ensure_ascii=False))
         pack.writestr("index.html", _player_html({"title": title, "audio": PACK_AUDIO,
                                                   "duration_s": duration_s, "slides": slides,
@@ -438,21 +452,26 @@ async def start_recording(session_maker: async_sessionmaker[AsyncSession], data_
 
 
 async def _queue_processing(session_maker: async_sessionmaker[AsyncSession], lesson_id: int,
-                            duration_s: float, recovered: bool) -> None:
+                            duration_s: float, recovered: bool,
+                            error: Optional[str] = None) -> None:
     async with session_maker.begin() as session:
         row = await session.scalar(select(Recording).where(Recording.lesson_id == lesson_id))
         if row is None:
             row = Recording(lesson_id=lesson_id)
             session.add(row)
         row.state, row.duration_s, row.recovered = RecordingState.processing, duration_s, recovered
+        row.error = error
         await enqueue(session, "recording", lesson_id)
 
 
 async def stop_recording(session_maker: async_sessionmaker[AsyncSession], lesson_id: int,
                          recorder: Recorder, worker: Optional[JobWorker] = None) -> None:
-    """Close the files (unsubscribe the recorder first) and queue the post-processing."""
+    """Close the files (unsubscribe the recorder first) and queue the post-processing.
+
+    A recording cut short (a full disk) is processed too, for the part that was kept; its
+    ``error`` says where and why it stopped, and stays once it is ready."""
     await recorder.close()
-    await _queue_processing(session_maker, lesson_id, recorder.duration_s, False)
+    await _queue_processing(session_maker, lesson_id, recorder.duration_s, False, recorder.error)
     if worker is not None:
         worker.wake()
 
@@ -504,9 +523,11 @@ def job_handlers(session_maker: async_sessionmaker[AsyncSession], data_dir: Path
             await set_state(job, state=RecordingState.failed if final else RecordingState.processing,
                             error=f"{type(exc).__name__}: {exc}"[-4000:])
             raise
+        marker = await asyncio.to_thread(read_marker, directory) or {}
         await set_state(job, state=RecordingState.ready, duration_s=result.duration_s,
                         slide_count=result.slide_count,
-                        outputs={**result.outputs, **result.virtual}, error=None,
+                        outputs={**result.outputs, **result.virtual},
+                        error=marker.get("error"),  # a recording cut short says so
                         processed_at=utcnow())
 
     async def on_video(job: Job) -> None:

@@ -16,11 +16,18 @@ share one clock. A recording directory holds::
     closed.json     written last; its absence means the recording was interrupted
 
 ``recover`` repairs interrupted directories at server start.
+
+A write that fails (a full disk) stops the recording there, never the lesson: ``push`` and
+``add_event`` keep returning at once, the error is logged once and kept in ``error``, and
+``close`` cuts the files back to their last whole page and line, as ``repair`` does, and writes
+the marker with the error. The marker's space is reserved when the recording opens, so it can be
+written on a disk that is full.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
 import os
@@ -73,18 +80,34 @@ class Recorder:
         self._pending: list[tuple[bytes, int]] = []  # (payload, granule at its end)
         self._pos = 0  # samples pushed so far = granule of the last pending packet
         self._next_ts: Optional[int] = None
+        self._written = 0  # granule of the last page written
         self._page_seq = 0
         self._audio: Optional[IO[bytes]] = None
         self._timeline: Optional[IO[str]] = None
         self._flusher: Optional[asyncio.Task[None]] = None
         self._closed = False
+        self.error: Optional[str] = None  # why the recording stopped before the lesson did
 
     @property
     def duration_s(self) -> float:
         return self._pos / SAMPLE_RATE
 
+    def _failed(self, exc: OSError) -> None:
+        """Stop recording after a failed write (a full disk): logged once, kept in ``error``."""
+        if self.error is not None:
+            return
+        what = "disk full" if exc.errno == errno.ENOSPC else "write failed"
+        self.error = (f"{what} at {self._written / SAMPLE_RATE:.1f} s: the rest of the lesson "
+                      f"was not recorded ({exc.strerror or exc})")
+        self._pending.clear()
+        log.error("recording %s stopped: %s", self.directory, self.error)
+
     async def start(self) -> None:
-        await asyncio.to_thread(self._open)
+        try:
+            await asyncio.to_thread(self._open)
+        except OSError as exc:  # a lesson goes live even when its recording cannot
+            self._failed(exc)
+            return
         self._flusher = asyncio.create_task(self._flush_loop(), name=f"recorder {self.directory}")
 
     def _open(self) -> None:
@@ -96,10 +119,11 @@ class Recorder:
         self._audio.write(ogg_page([opus_tags()], 0, _SERIAL, 1))
         self._page_seq = 2
         self._sync()
+        reserve_marker(self.directory)
 
     def push(self, packet: EncodedPacket) -> None:
         """Queue one packet; O(1) except when a gap is filled with silence."""
-        if self._closed:
+        if self._closed or self.error is not None:
             return
         if self._next_ts is None:
             self._next_ts = packet.timestamp
@@ -127,11 +151,14 @@ class Recorder:
 
     def add_event(self, at_ms: int, kind: str, data: dict[str, Any]) -> None:
         """Append one timeline event (lesson time in ms); one small write, flushed to the OS."""
-        if self._closed or self._timeline is None:
+        if self._closed or self._timeline is None or self.error is not None:
             return
-        self._timeline.write(json.dumps({"at_ms": at_ms, "kind": kind, "data": data},
-                                        separators=(",", ":")) + "\n")
-        self._timeline.flush()
+        try:
+            self._timeline.write(json.dumps({"at_ms": at_ms, "kind": kind, "data": data},
+                                            separators=(",", ":")) + "\n")
+            self._timeline.flush()
+        except OSError as exc:
+            self._failed(exc)
 
     async def _flush_loop(self) -> None:
         while True:
@@ -141,10 +168,13 @@ class Recorder:
     async def _flush(self, final: bool) -> None:
         # Keep the newest packet back until close so the EOS page is never empty.
         cut = len(self._pending) if final else len(self._pending) - 1
-        if cut <= 0:
+        if cut <= 0 or self.error is not None:
             return
         batch, self._pending = self._pending[:cut], self._pending[cut:]
-        await asyncio.to_thread(self._write_pages, batch, final)
+        try:
+            await asyncio.to_thread(self._write_pages, batch, final)
+        except OSError as exc:
+            self._failed(exc)
 
     def _write_pages(self, batch: list[tuple[bytes, int]], final: bool) -> None:
         assert self._audio is not None
@@ -162,6 +192,7 @@ class Recorder:
             start = end
         self._audio.write(b"".join(pages))
         self._sync()
+        self._written = batch[-1][1]
 
     def _sync(self) -> None:
         for f in (self._audio, self._timeline):
@@ -175,24 +206,61 @@ class Recorder:
             return
         self._closed = True
         await cancel(self._flusher)
-        if self._audio is None:
+        if self._audio is None and self.error is None:
             return
         await self._flush(final=True)
         marker = {"has_audio": self.packets > 0, "duration_s": self.duration_s,
                   "packets": self.packets, "silence_s": self.silence_samples / SAMPLE_RATE,
                   "dropped": self.dropped, "recovered": False}
-        await asyncio.to_thread(self._finish, marker)
+        try:
+            await asyncio.to_thread(self._finish, marker)
+        except OSError as exc:  # e.g. the last page did not fit
+            self._failed(exc)
+        if self.error is not None:
+            try:
+                marker = await asyncio.to_thread(self._finish_failed, marker)
+            except OSError as exc:  # left without a marker: ``recover`` will repair it
+                log.error("recording %s not closed: %s", self.directory, exc)
+                return
+            self._pos = round(marker["duration_s"] * SAMPLE_RATE)  # what the file holds
 
     def _finish(self, marker: dict[str, Any]) -> None:
         for f in (self._audio, self._timeline):
             if f is not None:
                 f.close()
-        write_marker(self.directory, marker)
+        if self.error is None:
+            write_marker(self.directory, marker)
+
+    def _finish_failed(self, marker: dict[str, Any]) -> dict[str, Any]:
+        for f in (self._audio, self._timeline):
+            if f is not None:
+                try:
+                    f.close()  # flushes what is buffered, which may fail again
+                except OSError:
+                    pass
+        return repair(self.directory, {**marker, "error": self.error})
+
+
+MARKER_RESERVE = 4096  # bytes; a marker is ~200
+
+
+def reserve_marker(directory: Path) -> None:
+    """Take the marker's disk space now, so that it can be written once the disk is full."""
+    with open(directory / (CLOSED + ".tmp"), "wb") as f:
+        f.write(b" " * MARKER_RESERVE)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def write_marker(directory: Path, marker: dict[str, Any]) -> None:
+    """Write ``closed.json`` atomically, over the reserved space when there is some."""
     tmp = directory / (CLOSED + ".tmp")
-    tmp.write_text(json.dumps(marker))
+    data = json.dumps(marker).encode()
+    with open(tmp, "r+b" if tmp.exists() else "wb") as f:
+        f.write(data)
+        f.truncate(len(data))
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, directory / CLOSED)
 
 
@@ -205,8 +273,9 @@ def read_marker(directory: Path) -> Optional[dict[str, Any]]:
 
 # --- crash recovery --------------------------------------------------------------------------
 
-def repair(directory: Path) -> dict[str, Any]:
-    """Make an interrupted recording playable and mark it closed; returns the marker.
+def repair(directory: Path, marker: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """Make an interrupted recording playable and mark it closed; returns the marker (``marker``
+    updated with what the file now holds, by default a recovered one).
 
     The Ogg file is cut after its last complete page (whose flags get EOS and a new CRC), and a
     torn last line of the timeline is dropped. Nothing already on disk is re-encoded.
@@ -234,7 +303,8 @@ def repair(directory: Path) -> dict[str, Any]:
         raw = timeline.read_bytes()
         if raw and not raw.endswith(b"\n"):
             timeline.write_bytes(raw[:raw.rfind(b"\n") + 1])
-    marker = {"has_audio": bool(audio_pages), "duration_s": duration_s, "recovered": True}
+    marker = {**(marker or {"recovered": True}), "has_audio": bool(audio_pages),
+              "duration_s": duration_s}
     write_marker(directory, marker)
     return marker
 

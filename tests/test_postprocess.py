@@ -442,6 +442,7 @@ async def test_online_playback_page(tmp_path: Path) -> None:
     async def page(_request: web.Request) -> web.Response:
         return web.Response(content_type="text/html", text=(
             '<!doctype html><div id="pb" data-playback-manifest="/manifest"></div>'
+            '<script src="/static/ink.js"></script>'
             '<script src="/static/playback.js"></script>'))
 
     async def manifest_json(_request: web.Request) -> web.Response:

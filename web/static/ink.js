@@ -53,6 +53,31 @@ var GRoomInk = (function () {
     return out;
   }
 
+  /** Draw one stroke {points, color, width} scaled from the grid to the canvas's pixel size. */
+  function paintStroke(canvas, s) {
+    var ctx = canvas.getContext("2d"), p = s.points || [];
+    var sx = canvas.width / 1000, sy = canvas.height / 1000;
+    if (p.length < 2 || !canvas.width) return;
+    ctx.strokeStyle = ctx.fillStyle = COLORS[s.color] || COLORS[0];
+    ctx.lineWidth = Math.max(2, canvas.width / 320) * (s.width || 1);
+    ctx.lineCap = ctx.lineJoin = "round";
+    ctx.beginPath();
+    if (p.length === 2) {
+      ctx.arc(p[0] * sx, p[1] * sy, ctx.lineWidth / 2, 0, 2 * Math.PI);
+      ctx.fill();
+      return;
+    }
+    ctx.moveTo(p[0] * sx, p[1] * sy);
+    for (var i = 2; i + 1 < p.length; i += 2) ctx.lineTo(p[i] * sx, p[i + 1] * sy);
+    ctx.stroke();
+  }
+
+  /** Clear the canvas and draw these strokes (also used by web/static/playback.js). */
+  function drawStrokes(canvas, strokes) {
+    canvas.getContext("2d").clearRect(0, 0, canvas.width, canvas.height);
+    for (var i = 0; i < strokes.length; i++) paintStroke(canvas, strokes[i]);
+  }
+
   /**
    * A slide image with its ink and pointer, kept in step with the image's drawn size.
    * @param {HTMLElement} box  holds an <img>, a <canvas> and an element for the pointer dot
@@ -92,9 +117,7 @@ var GRoomInk = (function () {
     }
 
     redraw() {
-      var ctx = this.canvas.getContext("2d");
-      ctx.clearRect(0, 0, this.canvas.width, this.canvas.height);
-      for (var i = 0; i < this.strokes.length; i++) this.paint(this.strokes[i]);
+      drawStrokes(this.canvas, this.strokes);
       this.box.setAttribute("data-strokes", String(this.strokes.length));
     }
 
@@ -107,23 +130,7 @@ var GRoomInk = (function () {
     clear() { this.strokes = []; this.redraw(); }
 
     /** Draw one stroke scaled from the grid to the canvas. */
-    paint(s) {
-      var c = this.canvas, ctx = c.getContext("2d"), p = s.points || [];
-      var sx = c.width / 1000, sy = c.height / 1000;
-      if (p.length < 2 || !c.width) return;
-      ctx.strokeStyle = ctx.fillStyle = COLORS[s.color] || COLORS[0];
-      ctx.lineWidth = Math.max(2, c.width / 320) * (s.width || 1);
-      ctx.lineCap = ctx.lineJoin = "round";
-      ctx.beginPath();
-      if (p.length === 2) {
-        ctx.arc(p[0] * sx, p[1] * sy, ctx.lineWidth / 2, 0, 2 * Math.PI);
-        ctx.fill();
-        return;
-      }
-      ctx.moveTo(p[0] * sx, p[1] * sy);
-      for (var i = 2; i < p.length; i += 2) ctx.lineTo(p[i] * sx, p[i + 1] * sy);
-      ctx.stroke();
-    }
+    paint(s) { paintStroke(this.canvas, s); }
 
     /** The teacher's pointer at grid (x, y), or hidden when x is null. */
     point(x, y) {
@@ -141,5 +148,6 @@ var GRoomInk = (function () {
     }
   }
 
-  return { Board: Board, pack: pack, simplify: simplify, COLORS: COLORS };
+  return { Board: Board, pack: pack, simplify: simplify, COLORS: COLORS,
+           paintStroke: paintStroke, drawStrokes: drawStrokes };
 })();

@@ -4,8 +4,13 @@
 // Usage (page template):
 //   <div class="playback" data-playback-manifest="/api/lessons/12/recording/manifest"
 //        data-playback-error="(translated) Could not load the recording."></div>
+//   <script src="/static/ink.js" defer></script>
 //   <script src="/static/playback.js" defer></script>
-// or from another script: GroomPlayback.mount(element, manifest).
+// or from another script: GroomPlayback.mount(element, manifest). Elements the root already
+// holds with the class names below (pb-title, pb-stage, pb-board, pb-slide, pb-ink, pb-poll,
+// pb-audio, pb-nav, pb-prev, pb-next, pb-where, pb-speeds, pb-list, and an optional pb-noslide
+// shown while no slide is) are used as they are instead of being created: the offline pack's
+// index.html (web/templates/offline_player.html) lays its page out that way.
 //
 // The manifest is JSON (groom.postprocess.playback_manifest builds it):
 //   {
@@ -13,13 +18,14 @@
 //     "audio": "/recordings/12/listen.opus",  // served with Range support (groom/recordings.py)
 //     "duration_s": 2712.4,
 //     "slides": [{"at_ms": 0, "small": "/slides/ab12.webp", "large": "/slides/ab12-l.webp"}, ...],
+//                                        // ("large" optional)
 //     "ink": [{"at_ms": 5200, "page": 0, "points": [x0, y0, x1, y1, ...], "color": 0, "width": 1},
 //             {"at_ms": 9000, "page": 0, "clear": true}, ...],
 //     "polls": [{"at_ms": 61000, "question": "2 + 2?", "choices": ["3", "4"], "counts": [1, 9]}]
 //   }
 // Every list is sorted by at_ms (lesson time, the audio's time). Slide images are fetched only
 // when shown, plus the next one ahead; "small" unless the box is wide and data saver is off.
-// Ink (web/static/ink.js: a 0-1000 grid of the slide, palette colours) belongs to a slide: its
+// Ink (drawn by web/static/ink.js, loaded first: a 0-1000 grid of the slide, palette colours) belongs to a slide: its
 // "page" is the index in slides of the first change showing that slide, so going back to a
 // slide shows its ink again; a clear empties it from then on. The canvas is redrawn only when
 // the set of visible strokes (or its size) changes. A poll result shows for POLL_MS after it was.
@@ -28,7 +34,6 @@
 
 (function () {
   var SPEEDS = [1, 1.25, 1.5];
-  var COLORS = ["#e53935", "#1e63e9", "#2e7d32", "#f9a825", "#111111", "#ffffff"];  // ink.js's
   var POLL_MS = 60000;
 
   function el(tag, className, text) {
@@ -55,24 +60,6 @@
     return found;
   }
 
-  /** One stroke on a w x h canvas, as ink.js paints it. */
-  function paint(ctx, s, w, h) {
-    var p = s.points || [], sx = w / 1000, sy = h / 1000;
-    if (p.length < 2) return;
-    ctx.strokeStyle = ctx.fillStyle = COLORS[s.color] || COLORS[0];
-    ctx.lineWidth = Math.max(2, w / 320) * (s.width || 1);
-    ctx.lineCap = ctx.lineJoin = "round";
-    ctx.beginPath();
-    if (p.length === 2) {
-      ctx.arc(p[0] * sx, p[1] * sy, ctx.lineWidth / 2, 0, 2 * Math.PI);
-      ctx.fill();
-      return;
-    }
-    ctx.moveTo(p[0] * sx, p[1] * sy);
-    for (var i = 2; i + 1 < p.length; i += 2) ctx.lineTo(p[i] * sx, p[i + 1] * sy);
-    ctx.stroke();
-  }
-
   function mount(root, manifest) {
     var slides = Array.isArray(manifest.slides) ? manifest.slides : [];
     var polls = Array.isArray(manifest.polls) ? manifest.polls : [];
@@ -95,47 +82,57 @@
       return (wide && !saveData && slides[i].large) || slides[i].small || slides[i].large;
     }
 
-    if (manifest.title && !root.hasAttribute("data-playback-hide-title")) {
-      root.appendChild(el("h2", "pb-title", manifest.title));
+    /** The root's element of class cls, or a new one appended to parent. */
+    function part(parent, tag, cls) {
+      return root.querySelector("." + cls) || parent.appendChild(el(tag, cls));
     }
-    var stage = root.appendChild(el("div", "pb-stage"));
-    var board = stage.appendChild(el("div", "pb-board"));  // the slide, the ink canvas over it
+
+    if (manifest.title && !root.hasAttribute("data-playback-hide-title")) {
+      part(root, "h2", "pb-title").textContent = manifest.title;
+    }
+    var stage = part(root, "div", "pb-stage");
+    var board = part(stage, "div", "pb-board");  // the slide, the ink canvas over it
+    var noslide = root.querySelector(".pb-noslide");
     board.style.position = "relative";  // CSSOM, allowed by the CSP (no inline style attribute)
     board.style.display = "inline-block";
     board.style.maxWidth = "100%";
-    var img = board.appendChild(el("img", "pb-slide"));
+    var img = part(board, "img", "pb-slide");
     img.hidden = true;
     img.alt = "";
     img.style.maxWidth = "100%";
     img.style.height = "auto";
     img.style.verticalAlign = "top";
-    var canvas = board.appendChild(el("canvas", "pb-ink"));
+    var canvas = part(board, "canvas", "pb-ink");
     ["left", "top"].forEach(function (k) { canvas.style[k] = "0"; });
     canvas.style.position = "absolute";
     canvas.style.width = canvas.style.height = "100%";
     canvas.style.pointerEvents = "none";
-    var pollBox = root.appendChild(el("div", "pb-poll"));
+    var pollBox = part(root, "div", "pb-poll");
     pollBox.hidden = true;
     pollBox.setAttribute("aria-live", "polite");
-    var audio = root.appendChild(el("audio", "pb-audio"));
+    var audio = part(root, "audio", "pb-audio");
     audio.style.width = "100%";
     audio.controls = true;
-    audio.preload = "metadata";
+    if (!audio.hasAttribute("preload")) audio.preload = "metadata";
     audio.src = manifest.audio;
 
-    var nav = root.appendChild(el("div", "pb-nav"));
-    var where = el("span", "pb-where");
-    nav.appendChild(button("\u25C0", function () {
+    var nav = part(root, "div", "pb-nav");
+    part(nav, "button", "pb-prev").addEventListener("click", function () {
       var i = slideAt(slides, audio.currentTime * 1000);
       // Within 3 s of a slide's start, "previous" means the slide before it.
       seek(i > 0 && audio.currentTime * 1000 - slides[i].at_ms < 3000 ? i - 1 : Math.max(i, 0));
-    }));
-    nav.appendChild(button("\u25B6", function () {
+    });
+    part(nav, "button", "pb-next").addEventListener("click", function () {
       seek(slideAt(slides, audio.currentTime * 1000) + 1);
-    }));
-    nav.appendChild(where);
+    });
+    Array.prototype.forEach.call(nav.querySelectorAll(".pb-prev, .pb-next"), function (b, k) {
+      b.type = "button";
+      b.classList.add("pb-button");
+      if (!b.textContent) b.textContent = k ? "\u25B6" : "\u25C0";
+    });
+    var where = part(nav, "span", "pb-where");
 
-    var speeds = root.appendChild(el("div", "pb-speeds"));
+    var speeds = part(root, "div", "pb-speeds");
     SPEEDS.forEach(function (rate) {
       var b = button(rate + "x", function () {
         audio.playbackRate = rate;
@@ -147,7 +144,7 @@
       speeds.appendChild(b);
     });
 
-    var list = root.appendChild(el("div", "pb-list"));
+    var list = part(root, "div", "pb-list");
     slides.forEach(function (_s, i) {
       list.appendChild(button(String(i + 1), function () { seek(i); }));
     });
@@ -156,6 +153,7 @@
       if (i === shown) return;
       shown = i;
       img.hidden = i < 0;
+      if (noslide) noslide.hidden = i >= 0;
       if (i >= 0) {
         img.src = urlOf(i);
         img.alt = "Slide " + (i + 1);
@@ -188,9 +186,7 @@
         canvas.width = w;  // also clears it
         canvas.height = h;
       }
-      var ctx = canvas.getContext("2d");
-      ctx.clearRect(0, 0, w, h);
-      if (w && h) for (var k = from; k < end; k++) paint(ctx, list[k], w, h);
+      window.GRoomInk.drawStrokes(canvas, w && h ? list.slice(from, end) : []);
       canvas.setAttribute("data-strokes", String(end - from));
     }
 
