@@ -205,3 +205,28 @@ async def end_lesson(teacher: Peer) -> None:
     """End the lesson and wait until the server confirms, so the next test's lesson may start."""
     await teacher.send({"type": "end"})
     await teacher.expect("ended")
+
+
+async def other_class(srv: GroomServer, demo: dict[str, Any], name: str) -> dict[str, Any]:
+    """A second class of the demo school with its own teacher and a lesson starting now:
+    a demo-like dict (``teacher_login``, ``class_code``, ``class_id``, ``lesson_id``)."""
+    admin = ApiClient(srv.base_url)
+    try:
+        await admin.login(demo["admin_login"]["username"], demo["admin_login"]["password"])
+        status, me = await admin.call("GET", "/api/me")
+        school = me["user"]["school_id"]
+        login = {"username": f"{name}-{dt.datetime.now().timestamp():.0f}", "password": "password-456"}
+        status, teacher = await admin.call("POST", f"/api/schools/{school}/teachers", json={
+            **login, "display_name": name})
+        assert status == 201, teacher
+        status, klass = await admin.call("POST", f"/api/schools/{school}/classes", json={
+            "name": f"{name} class", "teacher_id": teacher["id"]})
+        assert status == 201, klass
+        start = dt.datetime.now(dt.timezone.utc) + dt.timedelta(minutes=1)
+        status, lesson = await admin.call("POST", f"/api/classes/{klass['id']}/lessons", json={
+            "title": name, "starts_at": start.isoformat(), "duration_minutes": 30})
+        assert status == 201, lesson
+        return {"teacher_login": login, "class_code": klass["join_code"], "class_id": klass["id"],
+                "lesson_id": lesson["id"]}
+    finally:
+        await admin.close()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import io
 from typing import Any
 
@@ -12,7 +11,7 @@ import av
 import numpy as np
 import pytest
 
-from peers import Peer, end_lesson, join_student, start_teacher
+from peers import Peer, end_lesson, join_student, other_class, start_teacher
 from servers import ApiClient, GroomServer
 
 pytestmark = pytest.mark.timeout(120)
@@ -246,28 +245,15 @@ async def test_http_fallback_stream_decodes(live: tuple[GroomServer, dict[str, A
 async def test_rooms_run_side_by_side_isolated(live: tuple[GroomServer, dict[str, Any]]) -> None:
     """Two classes live at once: each student hears only their own teacher."""
     srv, demo = live
-    admin = ApiClient(srv.base_url)
-    await admin.login(demo["admin_login"]["username"], demo["admin_login"]["password"])
-    status, me = await admin.call("GET", "/api/me")
-    school = me["user"]["school_id"]
-    password = "password-456"
-    status, other = await admin.call("POST", f"/api/schools/{school}/teachers", json={
-        "username": "quiet-teacher", "password": password, "display_name": "Quiet"})
-    assert status == 201, other
-    status, klass = await admin.call("POST", f"/api/schools/{school}/classes", json={
-        "name": "Quiet class", "teacher_id": other["id"]})
-    assert status == 201, klass
-    start = dt.datetime.now(dt.timezone.utc) + dt.timedelta(minutes=1)
-    status, lesson = await admin.call("POST", f"/api/classes/{klass['id']}/lessons", json={
-        "title": "Silent", "starts_at": start.isoformat(), "duration_minutes": 30})
-    assert status == 201, lesson
+    quiet_demo = await other_class(srv, demo, "quiet")
     speaking = await start_teacher(srv, demo)
-    quiet_demo = {"teacher_login": {"username": "quiet-teacher", "password": password},
-                  "class_code": klass["join_code"]}
     quiet = Peer(srv.base_url)
     async with quiet.http.post(srv.base_url + "/api/login", json=quiet_demo["teacher_login"]) as resp:
         assert resp.status == 200
-    assert (await quiet.connect({"type": "hello", "role": "teacher", "lesson_id": lesson["id"]}))["type"] == "welcome"
+    hello = {"type": "hello", "role": "teacher", "lesson_id": quiet_demo["lesson_id"]}
+    assert (await quiet.connect(hello))["type"] == "welcome"
+    admin = ApiClient(srv.base_url)
+    await admin.login(demo["admin_login"]["username"], demo["admin_login"]["password"])
     a = await join_student(srv, demo, "In the speaking class")
     b = await join_student(srv, quiet_demo, "In the quiet class")
     try:
@@ -277,7 +263,7 @@ async def test_rooms_run_side_by_side_isolated(live: tuple[GroomServer, dict[str
         status, rooms = await admin.call("GET", "/api/live")
         assert status == 200
         by_lesson = {r["lesson"]["id"]: r for r in rooms}
-        assert by_lesson[lesson["id"]]["students_joined"] == 1
+        assert by_lesson[quiet_demo["lesson_id"]]["students_joined"] == 1
         assert by_lesson[demo["lesson_id"]]["students_joined"] == 1
         assert by_lesson[demo["lesson_id"]]["packets_sent"] > 0
     finally:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import json
 from typing import Any
 
@@ -11,8 +10,8 @@ import aiohttp
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection
 
-from peers import Peer, end_lesson, join_student, start_teacher
-from servers import ApiClient, GroomServer
+from peers import Peer, end_lesson, join_student, other_class, start_teacher
+from servers import GroomServer
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -67,29 +66,12 @@ async def test_wrong_code_unknown_lesson_and_no_login(live: tuple[GroomServer, d
 
 async def test_teacher_cannot_open_another_class_lesson(live: tuple[GroomServer, dict[str, Any]]) -> None:
     srv, demo = live
-    admin = ApiClient(srv.base_url)
-    try:
-        await admin.login(demo["admin_login"]["username"], demo["admin_login"]["password"])
-        status, me = await admin.call("GET", "/api/me")
-        school_id = me["user"]["school_id"]
-        status, other = await admin.call("POST", f"/api/schools/{school_id}/teachers", json={
-            "username": f"other-teacher-{dt.datetime.now().timestamp():.0f}", "password": "password-123",
-            "display_name": "Other"})
-        assert status == 201, other
-        status, klass = await admin.call("POST", f"/api/schools/{school_id}/classes", json={
-            "name": "Other class", "teacher_id": other["id"]})
-        assert status == 201, klass
-        start = dt.datetime.now(dt.timezone.utc) + dt.timedelta(minutes=2)
-        status, lesson = await admin.call("POST", f"/api/classes/{klass['id']}/lessons", json={
-            "title": "Not yours", "starts_at": start.isoformat(), "duration_minutes": 30})
-        assert status == 201, lesson
-    finally:
-        await admin.close()
+    other = await other_class(srv, demo, "other")
     peer = Peer(srv.base_url)
     try:
         async with peer.http.post(srv.base_url + "/api/login", json=demo["teacher_login"]) as resp:
             assert resp.status == 200
-        reply = await peer.connect({"type": "hello", "role": "teacher", "lesson_id": lesson["id"]})
+        reply = await peer.connect({"type": "hello", "role": "teacher", "lesson_id": other["lesson_id"]})
         assert reply["type"] == "error" and reply["code"] == "not_found"
         assert (await peer.expect("_closed"))["code"] == 4404
     finally:
