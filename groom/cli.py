@@ -34,7 +34,10 @@ log = logging.getLogger("groom.cli")
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="groom", description="G-Room: a low-cost remote classroom (voice + slides).")
+        prog="groom", description="G-Room: a low-cost remote classroom (voice + slides).",
+        epilog="Every setting is a flag of serve/demo or a GROOM_* environment variable "
+               "(docs/settings.md). Try: groom demo   (then open the links it prints). "
+               "groom <command> --help explains each command's flags.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="Run the server.",
