@@ -133,9 +133,12 @@ class Room:
         self.state = "ended"
         me = asyncio.current_task()  # the grace timer ends the lesson from inside itself
         detached = [p.detached_task for p in self.everyone()]
-        for task in (self._tick_task, self._grace_task, *self._tasks, *detached):
+        for task in (self._tick_task, self._grace_task, *detached):
             if task is not None and task is not me:
                 await cancel(task)
+        # Short jobs (attendance writes) are let finish, not cancelled: a database call cut
+        # halfway leaves the driver's connection broken.
+        await asyncio.gather(*(t for t in self._tasks if t is not me), return_exceptions=True)
         if self._list_timer is not None:
             self._list_timer.cancel()
         for p in self.everyone():
@@ -431,7 +434,7 @@ class Room:
             self.send_participants()
             if time.monotonic() - last_save > SAVE_SECONDS:
                 last_save = time.monotonic()
-                await self._save_attendance()
+                self._spawn(self._save_attendance(), "attendance")
 
     # ---- hands, floor, room state ------------------------------------------------------------
 
