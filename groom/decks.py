@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field
 from .auth import require_viewer
 from .errors import AppError
 from .models import Classroom, Deck, Slide
+from .office import get_class
 from .openapi import endpoint, path_int, read_body
 from .plumbing import SESSIONS, SETTINGS, viewer
 from .slides import (MAX_UPLOAD_BYTES, DeckError, deck_slides, delete_deck, import_deck,
@@ -105,11 +106,7 @@ async def _class_for_teaching(request: web.Request, class_id: int) -> Classroom:
     """The class's teacher and the school's admins manage its decks; others get 404."""
     v = require_viewer(await viewer(request))
     async with request.app[SESSIONS]() as db:
-        classroom = await db.get(Classroom, class_id)
-        if classroom is None:
-            raise AppError("not_found", "Not found: {what}", status=404, what="class")
-        v.require_class(classroom)
-        return classroom
+        return await get_class(db, v, class_id)
 
 
 def _deck_error(exc: DeckError) -> AppError:

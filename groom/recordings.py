@@ -39,7 +39,8 @@ from .auth import Viewer, require_viewer
 from .errors import AppError, not_found
 from .jobs import enqueue
 from .live import JOBS
-from .models import Classroom, Job, JobState, Lesson, Recording, RecordingState, School
+from .models import Job, JobState, Lesson, Recording, RecordingState, School
+from .office import get_class
 from .openapi import endpoint
 from .plumbing import SESSIONS, SETTINGS, render, tr, viewer
 from .postprocess import (LISTEN, MP3, PACK, VIDEO, VIRTUAL, overlays, pack_member, read_timeline,
@@ -372,10 +373,7 @@ async def list_class_recordings(request: web.Request) -> list[RecordingOut]:
     v = require_viewer(await viewer(request))
     class_id = _id(request, "class_id", "class")
     async with request.app[SESSIONS]() as db:
-        classroom = await db.get(Classroom, class_id)
-        if classroom is None:
-            raise not_found("class")
-        v.require_class(classroom)
+        await get_class(db, v, class_id)  # 404 unless this viewer may see the class
         rows = await _class_recordings(db, class_id, ready_only=False)
         pending = await _pending_videos(db, [lesson.id for lesson, _ in rows])
     return [_staff_out(v, lesson, rec, pending) for lesson, rec in rows]
@@ -449,10 +447,7 @@ async def class_recordings_page(request: web.Request) -> web.StreamResponse:
     v = await page_viewer(request)
     class_id = _id(request, "id", "class")
     async with request.app[SESSIONS]() as db:
-        classroom = await db.get(Classroom, class_id)
-        if classroom is None:
-            raise not_found("class")
-        v.require_class(classroom)
+        classroom = await get_class(db, v, class_id)
         rows = await _class_recordings(db, class_id, ready_only=False)
         pending = await _pending_videos(db, [lesson.id for lesson, _ in rows])
         clock = await _clock(db, classroom.school_id)
