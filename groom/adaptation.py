@@ -1,6 +1,6 @@
 """Which tier a student should hear, from measured link quality, with hysteresis.
 
-Feedback is coarse (AIORTC-NOTES: Chromium sends one RTCP receiver report every ~4-5 s), so the
+Feedback is coarse (docs/design.md, "What aiortc gives us": Chromium sends one RTCP receiver report every ~4-5 s), so the
 controller reacts to *runs* of reports, not to single figures: it steps down fast when the link
 is bad for two reports in a row (or at once when it is collapsing), and steps up slowly, one tier
 at a time, after the link has been good for a while. A step up that is punished by a step down

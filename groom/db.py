@@ -46,6 +46,7 @@ def _alembic_config(connection: Connection) -> Config:
 
 
 async def migrate(engine: AsyncEngine) -> None:
-    """Bring the schema to the newest migration (idempotent; runs at every start)."""
+    """Bring the schema to the newest migration (idempotent; runs at every start). "head", not
+    "heads": a second head is a mistake that should stop the server, not be applied silently."""
     async with engine.begin() as conn:
-        await conn.run_sync(lambda sync_conn: command.upgrade(_alembic_config(sync_conn), "heads"))
+        await conn.run_sync(lambda sync_conn: command.upgrade(_alembic_config(sync_conn), "head"))

@@ -1,6 +1,6 @@
 """The registry of live rooms in this process: start, find, wait for, and shut down.
 
-A room lives in one process (DESIGN.md "Scale"); many rooms run side by side, isolated: each has
+A room lives in one process (docs/design.md, "Scale"); many rooms run side by side, isolated: each has
 its own mixer, tiers and participants, and nothing is shared between them but the event loop.
 Students who arrive before the teacher wait on a per-class event and are let in at start.
 """
