@@ -13,10 +13,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from .auth import (DUMMY_HASH, Viewer, check_new_password, clear_session_cookie, hash_password, new_session,
                    require_viewer, set_session_cookie, verify_password)
+from . import proxy
 from .errors import AppError
 from .models import Role, School, User
 from .openapi import endpoint
-from .plumbing import CODEC, SESSIONS, SETTINGS, render, viewer
+from .plumbing import CODEC, SESSIONS, render, viewer
 
 
 class LoginIn(BaseModel):
@@ -81,7 +82,7 @@ async def create_user(db: AsyncSession, *, username: str, password: str, display
 
 def _login_response(request: web.Request, user: User, body: web.StreamResponse) -> str:
     session = new_session(user)
-    set_session_cookie(body, request.app[CODEC], session, secure=request.app[SETTINGS].tls)
+    set_session_cookie(body, request.app[CODEC], session, secure=proxy.is_https(request))
     return session.csrf
 
 

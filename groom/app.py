@@ -10,12 +10,13 @@ from typing import AsyncIterator
 
 from aiohttp import web
 
-from . import db
+from . import db, proxy
 from .auth import SessionCodec
 from .config import WEB_DIR, Settings
 from .i18n import load_catalogs
 from .decks import imports_ctx
 from .live import rooms_ctx
+from .prometheus import metrics_ctx
 from .plumbing import (CATALOGS, CODEC, ENGINE, JINJA, SESSIONS, SETTINGS, STATIC, csrf,
                        errors, make_jinja, request_context)
 from .routes import setup_routes
@@ -26,16 +27,20 @@ MAX_UPLOAD_BYTES = 60 * 1024 * 1024
 
 def create_app(settings: Settings) -> web.Application:
     settings.prepare()
-    app = web.Application(middlewares=[request_context, errors, csrf],
+    proxy.parse_networks(settings.trusted_proxies)  # a wrong entry stops the start, not a request
+    # proxy.forwarded first: every later middleware and handler sees the real client and scheme.
+    app = web.Application(middlewares=[proxy.forwarded, request_context, errors, csrf],
                           client_max_size=MAX_UPLOAD_BYTES)
     app[SETTINGS] = settings
     app[CODEC] = SessionCodec(settings.secret)
     app[STATIC] = StaticFiles(WEB_DIR / "static")
     app[JINJA] = make_jinja(app[STATIC])
     app[CATALOGS] = load_catalogs()
+    app.on_response_prepare.append(proxy.hsts)
     app.cleanup_ctx.append(_database)
     app.cleanup_ctx.append(imports_ctx)
     app.cleanup_ctx.append(rooms_ctx)
+    app.cleanup_ctx.append(metrics_ctx)  # /metrics registry and the event-loop lag probe
     setup_routes(app)
     return app
 

@@ -3,6 +3,8 @@
     groom serve [--host H --port P --data-dir D --database-url URL ...] [--demo] [--json]
     groom demo  [same flags] [--json]       (serve with a demo school; prints links and logins)
     groom admin create --username U [--password P] [--school ID]
+    groom backup [--data-dir D] [--database-url URL] [-o FILE.tar.gz] [--pg-dump]
+    groom restore FILE.tar.gz --data-dir EMPTY_DIR [--database-url URL]   (see groom/backup.py)
 
 Every setting can also come from a ``GROOM_*`` environment variable (see ``docs/settings.md``).
 """
@@ -21,10 +23,10 @@ from typing import Any, Optional
 
 from aiohttp import web
 
-from . import db, logs
+from . import backup, db, logs
 from .accounts import create_user
 from .app import create_app
-from .config import Settings, add_arguments, settings_from_args
+from .config import Settings, SettingError, add_arguments, settings_from_args
 from .errors import AppError
 from .models import Role
 from .tls import ensure_self_signed
@@ -65,13 +67,20 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--name", default="", help="Display name.")
     create.add_argument("--school", type=int, default=None,
                         help="School id; without it the admin manages every school.")
+    backup.add_parsers(sub)
     return parser
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    args = build_parser().parse_args(argv)
-    settings = settings_from_args(args)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = settings_from_args(args)
+    except SettingError as exc:
+        parser.error(str(exc))
     logs.setup(settings.log_level)
+    if args.command in ("backup", "restore"):
+        sys.exit(backup.main(args.command, settings, args))
     if args.command == "admin":
         sys.exit(asyncio.run(_admin_create(settings, args)))
     demo = args.command == "demo" or getattr(args, "demo", False)

@@ -7,6 +7,7 @@ Each option is one ``Option`` row with its help text; the CLI builds its flags f
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import os
 import secrets
@@ -14,8 +15,20 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
-WEB_DIR = Path(__file__).resolve().parent.parent / "web"
-MEDIA_DIR = Path(__file__).resolve().parent.parent / "media"
+
+def _web_dir() -> Path:
+    """Templates, static files and translations: ``web/`` beside the package in a checkout, or
+    ``groom/web_files`` inside an installed wheel (pyproject.toml maps the one to the other)."""
+    package = Path(__file__).resolve().parent
+    installed = package / "web_files"
+    return installed if installed.is_dir() else package.parent / "web"
+
+
+WEB_DIR = _web_dir()
+
+
+class SettingError(ValueError):
+    """A flag or GROOM_* variable that cannot be read; the CLI prints it and exits with 2."""
 
 
 @dataclass(frozen=True)
@@ -43,6 +56,17 @@ def _ice(value: str) -> list[dict[str, Any]]:
     return [{"urls": url.strip()} for url in value.split(",") if url.strip()]
 
 
+def _networks(value: str) -> str:
+    """Addresses/networks, comma-separated; checked here so that a typo stops the start with a
+    clear message instead of trusting nobody (or everybody) by surprise."""
+    for item in filter(None, (part.strip() for part in value.split(","))):
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise ValueError(f"{item!r} is not an IP address or network") from None
+    return value
+
+
 OPTIONS: list[Option] = [
     Option("host", str, "127.0.0.1", "Address to listen on (0.0.0.0 for a school LAN)."),
     Option("port", int, 8080, "TCP port to listen on (0 picks a free one)."),
@@ -51,8 +75,12 @@ OPTIONS: list[Option] = [
            "PostgreSQL: postgresql+asyncpg://user@host/db."),
     Option("secret", str, "", "Secret that signs session cookies and links; empty means one is "
            "made and kept in the data folder."),
-    Option("public_url", str, "", "Base URL printed in links and join cards; empty means "
-           "http(s)://host:port."),
+    Option("public_url", str, "", "Base URL of every absolute link the server makes (join "
+           "cards, calendar feeds, the live WebSocket: wss when https); https also marks cookies "
+           "Secure and sends HSTS. Empty means http(s)://host:port as asked."),
+    Option("trusted_proxies", _networks, "", "Comma-separated addresses/networks (IPv4, IPv6) of "
+           "reverse proxies whose X-Forwarded-For/-Proto or Forwarded headers name the real "
+           "client and scheme. Empty trusts nobody."),
     Option("ice_servers", _ice, [], "STUN/TURN servers for server and pages: JSON list of "
            "RTCIceServer objects or comma-separated URLs. Empty means host candidates only."),
     Option("turn_secret", str, "", "Shared secret of a coturn server (use-auth-secret): pages get "
@@ -69,6 +97,10 @@ OPTIONS: list[Option] = [
     Option("join_attempts_per_minute", int, 10, "Wrong join codes allowed per client address per "
            "minute before further attempts are refused."),
     Option("log_level", str, "INFO", "Logging level (DEBUG, INFO, WARNING)."),
+    Option("health_min_free_mb", int, 500, "GET /healthz fails (503) when the data folder's disk "
+           "has less free space than this many MiB."),
+    Option("metrics_token", str, "", "Bearer token Prometheus must send for GET /metrics; empty "
+           "means /metrics answers only to the server's own host (loopback)."),
 ]
 
 
@@ -80,6 +112,7 @@ class Settings:
     database_url: str = ""
     secret: str = ""
     public_url: str = ""
+    trusted_proxies: str = ""
     ice_servers: list[dict[str, Any]] = field(default_factory=list)
     turn_secret: str = ""
     tls_cert: str = ""
@@ -89,6 +122,8 @@ class Settings:
     tier_up_seconds: float = 20.0
     join_attempts_per_minute: int = 10
     log_level: str = "INFO"
+    health_min_free_mb: int = 500
+    metrics_token: str = ""
 
     @property
     def tls(self) -> bool:
@@ -131,6 +166,9 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
             raw = os.environ.get(f"GROOM_{opt.name.upper()}")
         if raw is None:
             continue
-        values[opt.name] = opt.type(raw) if isinstance(raw, str) else raw
+        try:
+            values[opt.name] = opt.type(raw) if isinstance(raw, str) else raw
+        except ValueError as exc:
+            raise SettingError(f"--{opt.name.replace('_', '-')} (GROOM_{opt.name.upper()}): {exc}") from None
     known = {f.name for f in fields(Settings)}
     return Settings(**{k: v for k, v in values.items() if k in known})

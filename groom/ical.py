@@ -25,6 +25,7 @@ from sqlalchemy import select
 
 from .models import Classroom, Lesson, LessonState, Role, School, User, utcnow
 from .office import MAX_ID
+from . import proxy
 from .plumbing import SESSIONS, SETTINGS
 from .scheduling import zone
 
@@ -38,8 +39,7 @@ def feed_token(secret: str, kind: Kind, ident: int, salt: str = "") -> str:
 
 
 def public_base(request: web.Request) -> str:
-    configured = request.app[SETTINGS].public_url.rstrip("/")
-    return configured or f"{request.scheme}://{request.host}"
+    return proxy.public_base(request)  # --public-url, else the (proxy-trusted) scheme and host
 
 
 def class_feed_url(request: web.Request, classroom: Classroom) -> str:

@@ -57,6 +57,13 @@ class JobWorker:
         self.stale_after = stale_after
         self._wake = asyncio.Event()
         self._task: Optional[asyncio.Task[None]] = None
+        self.heartbeat: Optional[float] = None  # loop.time() the loop last went round
+        self.busy_since: Optional[float] = None  # loop.time() the running job started
+
+    @property
+    def alive(self) -> bool:
+        """The worker's loop is running (started, not stopped, not crashed)."""
+        return self._task is not None and not self._task.done()
 
     async def start(self) -> None:
         await self.requeue_interrupted()
@@ -84,7 +91,9 @@ class JobWorker:
         return count
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
+            self.heartbeat = loop.time()
             try:
                 ran = await self.run_one()
             except asyncio.CancelledError:
@@ -123,6 +132,7 @@ class JobWorker:
             return False
         handler = self.handlers.get(job.kind)
         error: Optional[str] = None
+        self.busy_since = asyncio.get_running_loop().time()
         try:
             if handler is None:
                 raise LookupError(f"no handler for job kind {job.kind!r}")
@@ -134,6 +144,8 @@ class JobWorker:
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"[-4000:]
             log.warning("job %d (%s) failed: %s", job.id, job.kind, error)
+        finally:
+            self.busy_since = None
         await self._finish(job, error)
         return True
 

@@ -8,8 +8,9 @@ any 60 seconds, after which every attempt from it is refused with 429 and ``Retr
 the oldest wrong attempt is a minute old. Right codes never count.
 
 The limiter lives in memory (one per application): a restart forgets it, which costs an attacker
-a restart per few guesses. The address is the TCP peer, not ``X-Forwarded-For``, which anyone can
-forge; behind a reverse proxy, configure it to pass the real address to aiohttp.
+a restart per few guesses. The address is ``request.remote``: the TCP peer, or, when that peer is
+one of ``settings.trusted_proxies``, the client it names in ``X-Forwarded-For`` (``proxy.py``;
+from anyone else the header is ignored, since anyone can forge it).
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from .auth import require_viewer
 from .models import Lesson, LessonEvent
 from .openapi import endpoint, path_int
 from .plumbing import SESSIONS, SETTINGS, render, viewer
-from . import joining
+from . import joining, proxy
 from .jobs import JobWorker
 from .postprocess import job_handlers, recover_recordings
 from .rooms import ROOMS, Rooms
@@ -73,8 +73,7 @@ async def lesson_events(request: web.Request) -> list[EventOut]:
 
 
 def _ws_url(request: web.Request) -> str:
-    scheme = "wss" if request.secure or request.app[SETTINGS].tls else "ws"
-    return f"{scheme}://{request.host}/ws"
+    return proxy.ws_url(request)  # wss when the public URL or the (trusted) scheme is https
 
 
 async def _student_page(request: web.Request, *, code: Optional[str], card: Optional[str]) -> web.StreamResponse:

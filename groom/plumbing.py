@@ -103,7 +103,8 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     response.headers.setdefault("Content-Security-Policy", CSP)
     response.headers.setdefault("Referrer-Policy", "same-origin")
     log.info("request", extra={"request_id": rid, "method": request.method,
-                               "path": request.path, "status": response.status,
+                               "client": request.remote,
+                               "path": logs.redact(request.path_qs), "status": response.status,
                                "ms": round((time.monotonic() - started) * 1000, 1)})
     return response
 
@@ -121,7 +122,7 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
                                      status=exc.status, headers=_allow_header(exc))
         raise
     except Exception:
-        log.exception("unhandled error", extra={"path": request.path})
+        log.exception("unhandled error", extra={"path": logs.redact(request.path_qs)})
         return error_response(request, AppError("internal", "Something went wrong on the server.",
                                                 status=500))
 

@@ -10,6 +10,7 @@ from aiohttp import web
 
 from . import accounts, api, decks, ical, live, signaling  # noqa: F401  (api, decks register endpoints)
 from . import recordings
+from . import health, prometheus
 from . import views, views_admin as office_pages, views_teacher as teacher_pages
 from .openapi import add_api_routes, document
 from .plumbing import STATIC, viewer
@@ -39,6 +40,8 @@ def setup_routes(app: web.Application) -> None:
     add_api_routes(app)
     r = app.router
     r.add_get("/api/openapi.json", openapi_json)
+    r.add_get("/healthz", health.healthz)
+    r.add_get("/metrics", prometheus.metrics)
     r.add_get("/", index)
     r.add_get("/lang/{lang}", set_language)
     r.add_get("/login", accounts.login_page)

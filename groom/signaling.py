@@ -22,8 +22,8 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from . import codes, logs
 from .errors import AppError
 from .live import waiting_lesson
-from . import joining
-from .plumbing import tr, viewer
+from . import joining, proxy
+from .plumbing import SETTINGS, tr, viewer
 from .board import COLORS, MAX_POINTS, WIDTHS
 from .room import Participant, Room
 from .rooms import ROOMS
@@ -234,7 +234,9 @@ def _same_origin(request: web.Request) -> bool:
     origin = request.headers.get("Origin")
     if origin is None:
         return True  # not a browser (aiortc clients, scripts): cookies are not ambient there
-    return origin.split("://", 1)[-1] == request.host
+    # The page's own host, or the public URL's (a proxy may pass Host without the port).
+    host = origin.split("://", 1)[-1]
+    return host == request.host or host == (proxy.public_host(request.app[SETTINGS]) or None)
 
 
 async def websocket(request: web.Request) -> web.StreamResponse:

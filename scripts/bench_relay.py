@@ -32,6 +32,9 @@ Measured, all over the window:
   those samples postdate the joins (``latency_covers_s`` says how many seconds they span);
 - ``wire_bytes_per_student_hour``: the room's ``wire_bytes`` delta (RTP + SRTP + UDP + IP) / N,
   scaled to an hour;
+- with ``--scrape S``: ``GET /metrics`` (with a bearer token the server is started with) every S
+  seconds from this process during the window: ``scrape_ms_p50`` / ``scrape_ms_max`` (request
+  round trip), ``scrapes``, ``scrape_bytes``; compare ``server_cpu_pct`` with a run without it;
 - ``machine_cpu_pct``: the whole machine's busy share (100 = every core busy) and
   ``others_cpu_pct``: CPU (in % of one core) of processes that are not this benchmark, to show
   contention. ``saturated`` is true when the machine was >= 90 % busy: then figures are
@@ -46,7 +49,9 @@ import argparse
 import asyncio
 import json
 import os
+import secrets
 import signal
+import statistics
 import socket
 import subprocess
 import sys
@@ -334,6 +339,52 @@ class Window:
                 "others_pct": 100 * max(d["machine"] - ours, 0.0) / wall}
 
 
+# --- /metrics scraping ---------------------------------------------------------------------
+
+class Scraper:
+    """``GET /metrics`` every ``interval`` seconds, as Prometheus would; round trips in ms."""
+
+    def __init__(self, url: str, token: str, interval: float) -> None:
+        self.url, self.token, self.interval = url + "/metrics", token, interval
+        self.ms: list[float] = []
+        self.bytes = 0
+        self.errors: list[str] = []
+        self._task: Optional[asyncio.Task[None]] = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        headers = {"Authorization": f"Bearer {self.token}"}
+        async with aiohttp.ClientSession() as http:
+            while True:
+                t0 = time.monotonic()
+                try:
+                    async with http.get(self.url, headers=headers) as resp:
+                        body = await resp.read()
+                        if resp.status != 200:
+                            self.errors.append(f"{resp.status} {body[:200]!r}")
+                except aiohttp.ClientError as exc:
+                    self.errors.append(repr(exc))
+                    body = b""
+                elapsed = time.monotonic() - t0
+                self.ms.append(elapsed * 1000)
+                self.bytes = len(body)
+                await asyncio.sleep(max(self.interval - elapsed, 0.0))
+
+    async def stop(self) -> dict[str, Any]:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        return {"scrape_interval_s": self.interval, "scrapes": len(self.ms),
+                "scrape_ms_p50": round(statistics.median(self.ms), 2) if self.ms else None,
+                "scrape_ms_max": round(max(self.ms), 2) if self.ms else None,
+                "scrape_bytes": self.bytes, "scrape_errors": self.errors[:3]}
+
+
 # --- one N ----------------------------------------------------------------------------------
 
 async def wait_on_tier(admin: aiohttp.ClientSession, url: str, lesson_id: int, tier: str, n: int,
@@ -353,7 +404,9 @@ async def measure(n: int, args: argparse.Namespace) -> dict[str, Any]:
     tier = args.tier
     data_dir = Path(tempfile.mkdtemp(prefix=f"bench-relay-{n}-"))
     profile = data_dir / "server.prof" if args.profile else None
-    server = Server(data_dir, args.server_arg or [], profile).start()
+    token = secrets.token_urlsafe(16)
+    server_args = [*(args.server_arg or []), *(["--metrics-token", token] if args.scrape else [])]
+    server = Server(data_dir, server_args, profile).start()
     demo = server.demo
     url, lesson_id = server.url, int(demo["lesson_id"])
     admin = teacher_http = None
@@ -402,11 +455,15 @@ async def measure(n: int, args: argparse.Namespace) -> dict[str, Any]:
         # The window.
         live0 = await live_room(admin, url, lesson_id)
         w = Window(server.pid, workers.pids())
+        scraper = Scraper(url, token, args.scrape) if args.scrape else None
+        if scraper is not None:
+            scraper.start()
         workers.tell("mark")
         await workers.read_all(30)
         await asyncio.sleep(args.seconds)
         live1 = await live_room(admin, url, lesson_id)
         cpu = w.stop()
+        scraped = await scraper.stop() if scraper is not None else {}
         workers.tell("report")
         reports = await workers.read_all(30)
         workers.tell("tiers")
@@ -464,6 +521,7 @@ async def measure(n: int, args: argparse.Namespace) -> dict[str, Any]:
             "decoded_rms": [x for r in reports for x in r["decoded_rms"]],
             "client_tiers": _merge(t["tiers"] for t in tiers_seen),
             "server_errors": server.errors()[:3],
+            **scraped,
         }
         if result["saturated"]:
             result["note"] = ("machine saturated: other processes used "
@@ -513,6 +571,9 @@ def main() -> None:
                              "page does (0: none, to see what signaling costs)")
     parser.add_argument("--silent", action="store_true",
                         help="the teacher sends digital silence: per-student cost without packets")
+    parser.add_argument("--scrape", type=float, default=0.0, metavar="SECONDS",
+                        help="during the window, GET /metrics (with a token) every SECONDS and "
+                             "report scrape_ms_p50/max: the cost of monitoring (0: no scraping)")
     parser.add_argument("--profile", action="store_true",
                         help="run the server under cProfile (slows it: CPU figures are then not "
                              "comparable) and print its top functions to stderr")
