@@ -4,7 +4,7 @@
     groom demo  [same flags] [--json]       (serve with a demo school; prints links and logins)
     groom admin create --username U [--password P] [--school ID]
     groom backup [--data-dir D] [--database-url URL] [-o FILE.tar.gz] [--pg-dump]
-    groom restore FILE.tar.gz --data-dir EMPTY_DIR [--database-url URL]   (see groom/backup.py)
+    groom restore FILE.tar.gz --data-dir EMPTY_DIR [--database-url URL]   (see groom/core/backup.py)
 
 Every setting can also come from a ``GROOM_*`` environment variable (see ``docs/settings.md``).
 """
@@ -23,13 +23,13 @@ from typing import Any, Optional
 
 from aiohttp import web
 
-from . import backup, db, logs
-from .accounts import create_user
-from .app import create_app
-from .config import Settings, SettingError, add_arguments, settings_from_args
-from .errors import AppError
-from .models import Role
-from .tls import ensure_self_signed
+from groom.core import backup, db, logs
+from groom.core.config import SettingError, Settings, add_arguments, settings_from_args
+from groom.core.errors import AppError
+from groom.core.models import Role
+from groom.web.accounts import create_user
+from groom.web.app import create_app
+from groom.web.tls import ensure_self_signed
 
 log = logging.getLogger("groom.cli")
 
@@ -131,7 +131,7 @@ async def _serve(settings: Settings, *, demo: bool, as_json: bool) -> None:
     base = settings.public_url.rstrip("/") or f"{scheme}://{settings.host}:{port}"
     log.info("listening", extra={"url": base, "port": port})
     if demo:
-        from .demo import seed_demo
+        from groom.office.demo import seed_demo
 
         info = await seed_demo(app, base)
         _print_demo(info, as_json)

@@ -24,10 +24,10 @@ import av
 import numpy as np
 from PIL import Image, ImageDraw
 
-from groom import postprocess
-from groom.config import MEDIA_DIR
-from groom.packets import SAMPLE_RATE, EncodedPacket
-from groom.recorder import AUDIO, Recorder
+from groom.audio.packets import SAMPLE_RATE, EncodedPacket
+from groom.core.config import MEDIA_DIR
+from groom.recordings import postprocess
+from groom.recordings.recorder import AUDIO, Recorder
 
 FRAME = SAMPLE_RATE // 50
 GAP_S = 30.0

@@ -51,8 +51,8 @@ import json
 import os
 import secrets
 import signal
-import statistics
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -69,8 +69,8 @@ from aiortc.mediastreams import AudioStreamTrack, MediaStreamError
 ROOT = Path(__file__).resolve().parent.parent
 SPEECH = ROOT / "media" / "speech.wav"
 STUDENTS_SCRIPT = Path(__file__).resolve().parent / "bench_students.py"
-FRAME_MS = {"low": 60, "standard": 60, "high": 20}  # groom.tiers.DEFAULT_TIERS
-LATENCY_EVERY, LATENCY_KEEP = 8, 4096  # groom.metrics.EVERY / KEEP
+FRAME_MS = {"low": 60, "standard": 60, "high": 20}  # groom.live.tiers.DEFAULT_TIERS
+LATENCY_EVERY, LATENCY_KEEP = 8, 4096  # groom.live.latency.EVERY / KEEP
 
 
 def log(message: str) -> None:

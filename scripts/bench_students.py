@@ -41,7 +41,7 @@ import numpy as np
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.rtp import is_rtcp
 
-TIER_FRAME_SAMPLES = {"low": 2880, "standard": 2880, "high": 960}  # groom.tiers.DEFAULT_TIERS
+TIER_FRAME_SAMPLES = {"low": 2880, "standard": 2880, "high": 960}  # groom.live.tiers.DEFAULT_TIERS
 # What each tier's stats say about the link (jitter, s): good moves a student up, fair holds it.
 STATS_JITTER = {"low": 0.005, "standard": 0.08, "high": 0.005}
 

@@ -49,7 +49,7 @@ def from_server(url: str) -> list[dict[str, Any]]:
 
 def from_files() -> list[dict[str, Any]]:
     sys.path.insert(0, str(ROOT))
-    from groom.plumbing import make_jinja
+    from groom.web.plumbing import make_jinja
 
     html = make_jinja().get_template("student.html").render(
         _=lambda message, **params: message.format(**params) if params else message,

@@ -10,9 +10,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from servers import ROOT_PASSWORD, ROOT_USER, ApiClient, GroomServer, database_backends  # noqa: E402
-
 from typing import Any  # noqa: E402
+
+from servers import ROOT_PASSWORD, ROOT_USER, ApiClient, GroomServer, database_backends  # noqa: E402
 
 
 @pytest.fixture(scope="session", params=database_backends())

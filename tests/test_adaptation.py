@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from groom.adaptation import Grade, LinkSample, Thresholds, TierController, Timing, classify
+from groom.live.adaptation import Grade, LinkSample, Thresholds, TierController, Timing, classify
 
 
 class Clock:

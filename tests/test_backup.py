@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from groom.backup import libpq_url, pg_dump_command, psql_command
+from groom.core.backup import libpq_url, pg_dump_command, psql_command
 from servers import ROOT_PASSWORD, ROOT_USER, ApiClient, GroomServer
 from test_office_api import make_class, make_school, make_teacher
 

@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from playwright.async_api import Browser, BrowserContext, Page
+
 from browser import available, chromium_browser
 from peers import new_lesson
-from playwright.async_api import Browser, BrowserContext, Page
 from servers import ApiClient, GroomServer
 
 pytestmark = [pytest.mark.browser,

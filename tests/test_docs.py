@@ -5,8 +5,8 @@ from __future__ import annotations
 import typing
 from pathlib import Path
 
-from groom.config import OPTIONS
-from groom.signaling import Message
+from groom.core.config import OPTIONS
+from groom.web.signaling import Message
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 

@@ -16,11 +16,11 @@ import pytest
 from aiohttp import web
 from aiortc.contrib.media import MediaPlayer
 
-from groom.fallback import FallbackStream, OggOpusWriter, silent_packets
-from groom.ogg import ogg_crc, ogg_page
-from groom.mixer import Mixer
-from groom.packets import EncodedPacket
-from groom.tiers import TierSet
+from groom.audio.ogg import ogg_crc, ogg_page
+from groom.audio.packets import EncodedPacket
+from groom.live.fallback import FallbackStream, OggOpusWriter, silent_packets
+from groom.live.mixer import Mixer
+from groom.live.tiers import TierSet
 
 SPEECH = Path(__file__).resolve().parent.parent / "media" / "speech.wav"
 

@@ -77,7 +77,7 @@ def test_po_parses_with_babel_and_declares_utf8() -> None:
     assert "charset=UTF-8" in PO.read_text(encoding="utf-8")
     assert len(cat) > 50
     # Compiles to a .mo the way the server does it.
-    from groom.i18n import load_catalogs
+    from groom.core.i18n import load_catalogs
     assert "lo" in load_catalogs()
 
 
@@ -112,7 +112,7 @@ def test_translations_keep_their_placeholders() -> None:
 
 
 def test_lao_is_the_default_and_english_is_chosen_by_header() -> None:
-    from groom.i18n import load_catalogs, translator
+    from groom.core.i18n import load_catalogs, translator
     cats = load_catalogs()
     assert translator(cats, "lo")("Log in") != "Log in"
     assert translator(cats, "en")("Log in") == "Log in"

@@ -16,7 +16,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection
 from aiortc.contrib.media import MediaPlayer
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from groom.mixer import FRAME_SAMPLES, RESYNC, SAMPLE_RATE, Mixer
+from groom.live.mixer import FRAME_SAMPLES, RESYNC, SAMPLE_RATE, Mixer
 
 SPEECH = Path(__file__).resolve().parent.parent / "media" / "speech.wav"
 

@@ -28,7 +28,7 @@ import pytest
 from playwright.async_api import Browser, BrowserContext, Page, async_playwright
 
 from browser import CHROMIUM, available, launch_args
-from groom.tls import ensure_self_signed
+from groom.web.tls import ensure_self_signed
 from servers import GroomServer, free_port
 
 ROOT = Path(__file__).resolve().parent.parent

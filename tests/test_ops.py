@@ -11,8 +11,8 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from groom.logs import redact
-from groom.prometheus import _is_loopback
+from groom.core.logs import redact
+from groom.web.prometheus import _is_loopback
 from peers import end_lesson, join_student, start_teacher
 from servers import GroomServer
 

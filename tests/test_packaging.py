@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_migrations_have_one_head() -> None:
     config = Config()
-    config.set_main_option("script_location", str(ROOT / "groom" / "migrations"))
+    config.set_main_option("script_location", str(ROOT / "groom" / "core" / "migrations"))
     heads = ScriptDirectory.from_config(config).get_heads()
     assert len(heads) == 1, f"alembic heads: {heads}"
 

@@ -22,14 +22,12 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 sys.path.insert(0, str(Path(__file__).parent))
 
 from browser import available, chromium  # noqa: E402
+from groom.core.db import make_engine, make_sessionmaker, migrate  # noqa: E402
+from groom.core.models import Classroom, Job, JobState, Lesson, Recording, RecordingState, School, utcnow  # noqa: E402
+from groom.recordings import postprocess  # noqa: E402
+from groom.recordings.jobs import JobWorker, enqueue  # noqa: E402
+from groom.recordings.recorder import AUDIO, Recorder, recording_dir  # noqa: E402
 from test_recorder import decoded_seconds, opus_packets, record, record_and_kill  # noqa: E402
-
-from groom import postprocess  # noqa: E402
-from groom.db import make_engine, make_sessionmaker, migrate  # noqa: E402
-from groom.jobs import JobWorker, enqueue  # noqa: E402
-from groom.models import (Classroom, Job, JobState, Lesson, Recording, RecordingState,  # noqa: E402
-                          School, utcnow)
-from groom.recorder import AUDIO, Recorder, recording_dir  # noqa: E402
 
 PG_ADMIN = os.environ.get("GROOM_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1/test")
 PG_DB = "groom_recordings_test"

@@ -18,7 +18,7 @@ from typing import Any, AsyncIterator, Optional
 import aiohttp
 import pytest
 
-from groom import proxy
+from groom.web import proxy
 from servers import GroomServer
 
 NETS = proxy.parse_networks("127.0.0.1, 10.1.0.0/16, ::1, fd00::/8")

@@ -19,9 +19,9 @@ from pathlib import Path
 import av
 import numpy as np
 
-from groom.packets import SAMPLE_RATE, EncodedPacket
-from groom.ogg import scan_pages
-from groom.recorder import AUDIO, CLOSED, TIMELINE, Recorder, read_marker, recover
+from groom.audio.ogg import scan_pages
+from groom.audio.packets import SAMPLE_RATE, EncodedPacket
+from groom.recordings.recorder import AUDIO, CLOSED, TIMELINE, Recorder, read_marker, recover
 
 ROOT = Path(__file__).resolve().parent.parent
 FRAME = 960
@@ -153,8 +153,8 @@ CRASHING_RECORDER = textwrap.dedent("""
     from pathlib import Path
     sys.path.insert(0, sys.argv[2])
     from test_recorder import opus_packets
-    from groom.packets import EncodedPacket
-    from groom.recorder import Recorder
+    from groom.audio.packets import EncodedPacket
+    from groom.recordings.recorder import Recorder
 
     async def main():
         packets = opus_packets(60)

@@ -27,17 +27,23 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from test_postprocess import (drain, job_rows, make_lesson, make_slides,  # noqa: E402
-                              record_lesson, recording_row, sqlite_db)
+from groom.audio.ogg import scan_pages  # noqa: E402
+from groom.audio.packets import SAMPLE_RATE, EncodedPacket  # noqa: E402
+from groom.core.models import JobState, RecordingState  # noqa: E402
+from groom.live.tiers import DEFAULT_TIERS  # noqa: E402
+from groom.recordings import postprocess  # noqa: E402
+from groom.recordings.jobs import JobWorker, enqueue  # noqa: E402
+from groom.recordings.recorder import AUDIO, TIMELINE, Recorder, read_marker, recording_dir  # noqa: E402
+from test_postprocess import (  # noqa: E402
+    drain,
+    job_rows,
+    make_lesson,
+    make_slides,
+    record_lesson,
+    recording_row,
+    sqlite_db,
+)
 from test_recorder import FRAME, decoded_seconds, opus_packets  # noqa: E402
-
-from groom import postprocess  # noqa: E402
-from groom.jobs import JobWorker, enqueue  # noqa: E402
-from groom.models import JobState, RecordingState  # noqa: E402
-from groom.ogg import scan_pages  # noqa: E402
-from groom.packets import SAMPLE_RATE, EncodedPacket  # noqa: E402
-from groom.recorder import AUDIO, TIMELINE, Recorder, read_marker, recording_dir  # noqa: E402
-from groom.tiers import DEFAULT_TIERS  # noqa: E402
 
 __all__ = ["sqlite_db"]  # a fixture, imported to be used here
 
@@ -150,7 +156,7 @@ async def test_disk_full_during_lesson_keeps_lesson_and_what_was_written(
 
         # Logged once, not per packet or per flush.
         failures = [r for r in caplog.records
-                    if r.name == "groom.recorder" and r.levelno >= logging.WARNING]
+                    if r.name == "groom.recordings.recorder" and r.levelno >= logging.WARNING]
         assert len(failures) == 1, [r.getMessage() for r in failures]
         assert "disk full" in failures[0].getMessage()
 

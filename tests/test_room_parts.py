@@ -17,20 +17,29 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from groom import db
-from groom.adaptation import Timing
-from groom.attendance import AttendanceBook
-from groom.attendance_saves import AttendanceSaves
-from groom.classboard import ClassBoard
-from groom.errors import AppError
-from groom.floor import Floor
-from groom.models import (Attendance, Classroom, Lesson, LessonEvent, Recording, RecordingState,
-                          School, Slide, utcnow)
-from groom.participant import Participant
-from groom.recorder import TIMELINE, recording_dir
-from groom.recording_link import RecordingLink
-from groom.seats import Seats
-from groom.tiers import TierSet
+from groom.core import db
+from groom.core.errors import AppError
+from groom.core.models import (
+    Attendance,
+    Classroom,
+    Lesson,
+    LessonEvent,
+    Recording,
+    RecordingState,
+    School,
+    Slide,
+    utcnow,
+)
+from groom.live.adaptation import Timing
+from groom.live.attendance import AttendanceBook
+from groom.live.attendance_saves import AttendanceSaves
+from groom.live.classboard import ClassBoard
+from groom.live.floor import Floor
+from groom.live.participant import Participant
+from groom.live.recording_link import RecordingLink
+from groom.live.seats import Seats
+from groom.live.tiers import TierSet
+from groom.recordings.recorder import TIMELINE, recording_dir
 
 
 class Inbox:

@@ -8,7 +8,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import AudioStreamTrack, VideoStreamTrack
 from aiortc.sdp import SessionDescription
 
-from groom.sdp import (
+from groom.live.sdp import (
     STUDENT_LINK,
     TEACHER_UPLOAD,
     has_audio,

@@ -15,7 +15,7 @@ from typing import Any
 
 import aiohttp
 
-from groom.turn import ice_servers_for
+from groom.live.ice import ice_servers_for
 from servers import GroomServer
 
 

@@ -21,9 +21,10 @@ from PIL import Image, ImageDraw, ImageFont
 from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from groom import db, slides
-from groom.models import Classroom, Deck, School, Slide
-from groom.slides import DEFAULT_LIMITS, MAX_UPLOAD_BYTES, DeckError
+from groom.board import slides
+from groom.board.slides import DEFAULT_LIMITS, MAX_UPLOAD_BYTES, DeckError
+from groom.core import db
+from groom.core.models import Classroom, Deck, School, Slide
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "media" / "sample-deck.pdf"

@@ -15,9 +15,9 @@ import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection
 from aiortc.mediastreams import MediaStreamError
 
-from groom.packets import SAMPLE_RATE, EncodedPacket
-from groom.student_sender import StudentSender, add_student_audio
-from groom.tiers import DEFAULT_TIERS, FRAME_SAMPLES, TierSet, TierSpec
+from groom.audio.packets import SAMPLE_RATE, EncodedPacket
+from groom.live.sender import StudentSender, add_student_audio
+from groom.live.tiers import DEFAULT_TIERS, FRAME_SAMPLES, TierSet, TierSpec
 
 SPEECH = Path(__file__).resolve().parent.parent / "media" / "speech.wav"
 OPUS_FRAME_SAMPLES = [480, 960, 1920, 2880] * 3 + [480, 960] * 4 + [120, 240, 480, 960] * 4

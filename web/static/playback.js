@@ -15,7 +15,7 @@
 // The manifest is JSON (groom.postprocess.playback_manifest builds it):
 //   {
 //     "title": "Grade 5 maths",            // optional
-//     "audio": "/recordings/12/listen.opus",  // served with Range support (groom/recordings.py)
+//     "audio": "/recordings/12/listen.opus",  // served with Range support (groom/web/recordings.py)
 //     "duration_s": 2712.4,
 //     "slides": [{"at_ms": 0, "small": "/slides/ab12.webp", "large": "/slides/ab12-l.webp"}, ...],
 //                                        // ("large" optional)

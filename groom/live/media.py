@@ -1,0 +1,219 @@
+"""A live room's audio: the peer connections, the mixer, the tiers and each student's sender.
+
+Split from the room so the room's bookkeeping (seats, floor, board, attendance) and its media
+can each be read on their own. This part owns the WebRTC side for one room: answering a
+participant's offer (a new connection, or the floor student's renegotiation to add their
+microphone), starting a student's sender once their connection is up, moving students between
+tiers as their link changes (RTCP reports from the server's side, ``getStats`` from the
+student's page, data saver), the HTTP fallback streams, and closing a participant's media.
+Who holds the floor is asked of the room (``floor_holder``); anything that changes what the
+teacher's participant list shows is told to the room (``on_change``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any, Callable, Optional
+
+from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+
+from groom.core.errors import AppError
+
+from . import sdp
+from .fallback import FallbackStream
+from .latency import Latency
+from .mixer import Mixer
+from .participant import Participant
+from .sender import add_student_audio
+from .tiers import TierSet
+
+log = logging.getLogger("groom.live.room")
+
+
+class RoomMedia:
+    def __init__(self, ice_servers: list[dict[str, Any]], *,
+                 floor_holder: Callable[[], Optional[str]], on_change: Callable[[], None],
+                 on_level: Callable[[float], None]) -> None:
+        self._ice = RTCConfiguration(iceServers=[RTCIceServer(**s) for s in ice_servers])
+        self._floor_holder = floor_holder
+        self._on_change = on_change
+        self.tiers = TierSet()
+        self.mixer = Mixer(self.tiers.feed, on_level=on_level)
+        self.latency = Latency()
+        self.fallbacks: dict[str, FallbackStream] = {}
+        self._last_report: dict[str, Any] = {}  # per student: the RTCP report last acted on
+
+    def fallback(self, tier: str) -> FallbackStream:
+        """The HTTP stream of one tier: made on first use, a subscriber like any student."""
+        stream = self.fallbacks.get(tier)
+        if stream is None:
+            stream = self.fallbacks[tier] = FallbackStream(tier)
+            self.tiers.subscribe(stream, tier)
+        return stream
+
+    async def stop(self, people: list[Participant]) -> None:
+        """At the close: the audio clock, everyone's media and the fallback streams."""
+        await self.mixer.stop()
+        await asyncio.gather(*(self.close_media(p) for p in people),
+                             *(stream.close() for stream in self.fallbacks.values()),
+                             return_exceptions=True)
+
+    # ---- time on each tier -------------------------------------------------------------------
+
+    def current_tier(self, p: Participant) -> Optional[str]:
+        """The tier whose packets the student is getting now (None: no media)."""
+        return self.tiers.tier_of(p.sender) or p.controller.tier if p.sender else None
+
+    def leave_time(self, p: Participant) -> None:
+        p.leave_time(time.monotonic(), self.current_tier(p))
+
+    # ---- WebRTC --------------------------------------------------------------------------------
+
+    async def answer(self, p: Participant, offer_sdp: str) -> str:
+        """Answer a participant's offer: a new connection, or a renegotiation (the floor)."""
+        if not sdp.has_audio(offer_sdp):
+            raise AppError("no_audio", "The offer has no audio.", status=400)
+        offer = RTCSessionDescription(sdp=offer_sdp, type="offer")
+        if p.pc is not None and p.pc.connectionState in ("connected", "connecting", "new") \
+                and p.role == "student" and p.sender is not None and p.sender.ready:
+            return await self._renegotiate(p, offer)
+        await self.close_media(p)
+        pc = RTCPeerConnection(self._ice)
+        p.pc = pc
+        if p.role == "teacher":
+            await pc.setRemoteDescription(offer)
+            for transceiver in pc.getTransceivers():
+                if transceiver.kind == "audio":
+                    p.hears = self.mixer.floor_track()
+                    pc.addTrack(p.hears)
+                    receiver_track = transceiver.receiver.track
+                    await self.mixer.set_teacher(receiver_track)
+                    break
+            await pc.setLocalDescription(await pc.createAnswer())
+            self._watch(p, pc)
+            return sdp.teacher_answer(pc.localDescription.sdp)
+        await pc.setRemoteDescription(offer)
+        p.sender = add_student_audio(pc)
+        p.sender.latency = self.latency
+        await pc.setLocalDescription(await pc.createAnswer())
+        self._watch(p, pc)
+        return sdp.student_answer(pc.localDescription.sdp)
+
+    async def _renegotiate(self, p: Participant, offer: RTCSessionDescription) -> str:
+        """The floor student adds (or drops) their microphone on the same connection.
+
+        Our side of the transceiver receives only while the student holds the floor, so an
+        offer to publish without it is answered "sendonly" and no audio is accepted."""
+        assert p.pc is not None
+        await p.pc.setRemoteDescription(offer)
+        holds_floor = self._floor_holder() == p.id
+        audio = [t for t in p.pc.getTransceivers() if t.kind == "audio"]
+        for transceiver in audio:
+            transceiver.direction = "sendrecv" if holds_floor else "sendonly"
+        await p.pc.setLocalDescription(await p.pc.createAnswer())
+        mic = next((t.receiver.track for t in audio if t.receiver.track is not None), None)
+        if holds_floor and mic is not None and mic is not p.mic:
+            p.mic = mic
+            await self.mixer.set_floor(mic)
+        return sdp.student_answer(p.pc.localDescription.sdp)
+
+    def _watch(self, p: Participant, pc: RTCPeerConnection) -> None:
+        @pc.on("connectionstatechange")
+        async def on_state() -> None:
+            if p.pc is not pc:
+                return
+            state = pc.connectionState
+            if state == "connected" and p.sender is not None and not p.sender.ready:
+                try:
+                    p.sender.start()
+                except RuntimeError:
+                    log.exception("student sender did not start", extra={"participant": p.id})
+                    return
+                self.tiers.subscribe(p.sender, p.controller.tier)
+                p.tier_since = time.monotonic()
+                self._on_change()
+            elif state in ("failed", "closed"):
+                await self.close_media(p)
+                self._on_change()
+
+    async def close_media(self, p: Participant) -> None:
+        pc, p.pc = p.pc, None
+        if p.sender is not None:
+            p.close_tier_time(time.monotonic(), self.current_tier(p))
+            p.tier_since = None
+            p.bytes_before += p.sender.data_used()
+            self.tiers.unsubscribe(p.sender)
+            p.sender.stop()
+            p.sender = None
+        if p.role == "teacher" and pc is not None:
+            await self.mixer.set_teacher(None)
+        if p.hears is not None:
+            p.hears.stop()
+            p.hears = None
+        if p.mic is not None:
+            p.mic = None
+            if self._floor_holder() == p.id:
+                await self.mixer.set_floor(None)
+        if pc is not None:
+            await pc.close()
+
+    # ---- tiers and link quality --------------------------------------------------------------
+
+    def apply_tier(self, p: Participant, reason: str) -> None:
+        tier = p.controller.tier
+        if p.sender is not None and p.sender.ready and self.tiers.tier_of(p.sender) != tier:
+            p.close_tier_time(time.monotonic(), self.current_tier(p))
+            self.tiers.move(p.sender, tier)
+        p.send({"type": "tier", "tier": tier, "data_saver": p.controller.data_saver,
+                "reason": reason})
+
+    def server_report(self, p: Participant) -> None:
+        """The student's latest RTCP receiver report, if new, fed to their tier controller."""
+        if p.sender is None or not p.sender.ready:
+            return
+        q = p.sender.link_quality()
+        if q.reported_at is not None and self._last_report.get(p.id) != q.reported_at:
+            self._last_report[p.id] = q.reported_at
+            if p.controller.rtcp_report(int((q.fraction_lost or 0) * 256),
+                                        (q.jitter_ms or 0) * 48,
+                                        None if q.rtt_ms is None else q.rtt_ms / 1000):
+                self.apply_tier(p, "link")
+
+    def client_stats(self, p: Participant, stats: dict[str, float]) -> None:
+        """Cumulative ``getStats`` figures from the student page, turned into deltas."""
+        last, p.last_client = p.last_client, stats
+
+        def delta(name: str) -> int:
+            return max(int(stats.get(name, 0) - last.get(name, 0)), 0)
+
+        if not last:
+            return
+        changed = p.controller.client_report(
+            packets_lost=delta("packets_lost"), packets_received=delta("packets_received"),
+            jitter_s=stats.get("jitter"), concealed_samples=delta("concealed_samples"),
+            total_samples=delta("total_samples"),
+            silent_concealed_samples=delta("silent_concealed_samples"))
+        if changed:
+            self.apply_tier(p, "link")
+
+    def set_data_saver(self, p: Participant, on: bool) -> None:
+        p.controller.set_data_saver(on)
+        self.apply_tier(p, "data_saver")
+
+    def figures(self, students: list[Participant]) -> dict[str, Any]:
+        """The audio side of the room's figures: per tier, and summed over the senders."""
+        tiers: dict[str, Any] = {}
+        for name, encoder in self.tiers.encoders.items():
+            tiers[name] = {"students": sum(1 for p in students if p.sender is not None
+                                           and self.tiers.tier_of(p.sender) == name),
+                           "packets_encoded": encoder.packets, "payload_bytes": encoder.payload_bytes}
+        senders = [p.sender for p in students if p.sender is not None]
+        return {"students_connected": sum(1 for s in senders if s.ready), "tiers": tiers,
+                "packets_sent": sum(s.packets_sent for s in senders),
+                "packets_dropped": sum(s.dropped for s in senders),
+                "wire_bytes": sum(s.wire_bytes for s in senders),
+                "latency": self.latency.percentiles(),
+                "mixer": {"frames_out": self.mixer.frames_out,
+                          "frames_skipped": self.mixer.frames_skipped}}

@@ -1,0 +1,222 @@
+"""Logging in and out, and changing one's password (API and pages)."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any, Optional
+from urllib.parse import urlsplit
+
+from aiohttp import web
+from pydantic import BaseModel, Field
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from groom.core.auth import (
+    DUMMY_HASH,
+    Viewer,
+    check_new_password,
+    clear_session_cookie,
+    hash_password,
+    new_session,
+    require_viewer,
+    set_session_cookie,
+    verify_password,
+)
+from groom.core.errors import AppError
+from groom.core.models import Role, School, User
+
+from . import proxy
+from .openapi import endpoint
+from .plumbing import CODEC, SESSIONS, render, viewer
+
+
+class LoginIn(BaseModel):
+    username: str = Field(min_length=1, max_length=64)
+    password: str = Field(min_length=1, max_length=200)
+
+
+class UserOut(BaseModel):
+    id: int
+    username: str
+    display_name: str
+    role: str
+    school_id: Optional[int]
+
+
+class LoginOut(BaseModel):
+    user: UserOut
+    csrf_token: str
+
+
+class PasswordIn(BaseModel):
+    old_password: str = Field(min_length=1, max_length=200)
+    new_password: str = Field(min_length=8, max_length=200)
+
+
+def user_out(user: User) -> UserOut:
+    return UserOut(id=user.id, username=user.username, display_name=user.display_name,
+                   role=user.role.value, school_id=user.school_id)
+
+
+async def authenticate(db: AsyncSession, username: str, password: str) -> User:
+    user = (await db.execute(select(User).where(User.username == username))).scalar_one_or_none()
+    if user is None or not user.active:
+        # Spend the same time as a real check so usernames cannot be probed by timing.
+        await verify_password(DUMMY_HASH, password)
+        raise AppError("bad_login", "Wrong username or password.", status=401)
+    if not await verify_password(user.password_hash, password):
+        raise AppError("bad_login", "Wrong username or password.", status=401)
+    return user
+
+
+
+async def create_user(db: AsyncSession, *, username: str, password: str, display_name: str,
+                      role: Role, school_id: Optional[int]) -> User:
+    """Used by the CLI, the demo and the office API; checks uniqueness and password rules."""
+    check_new_password(password)
+    username = username.strip().lower()
+    if not username or len(username) > 64 or not all(c.isalnum() or c in "._-" for c in username):
+        raise AppError("bad_username", "A username may use letters, digits, '.', '_' and '-'.",
+                       status=422)
+    if (await db.execute(select(User.id).where(User.username == username))).first():
+        raise AppError("username_taken", "The username {username} is already taken.", status=409,
+                       username=username)
+    if school_id is not None and await db.get(School, school_id) is None:
+        raise AppError("not_found", "Not found: {what}", status=404, what="school")
+    user = User(username=username, password_hash=await hash_password(password),
+                display_name=display_name.strip() or username, role=role, school_id=school_id)
+    db.add(user)
+    await db.flush()
+    return user
+
+
+def _login_response(request: web.Request, user: User, body: web.StreamResponse) -> str:
+    session = new_session(user)
+    set_session_cookie(body, request.app[CODEC], session, secure=proxy.is_https(request))
+    return session.csrf
+
+
+@endpoint("POST", "/api/login", summary="Log in (sets the session cookie)", tag="accounts",
+          body=LoginIn, response=LoginOut, auth=False, errors=(401,))
+async def api_login(request: web.Request, body: LoginIn) -> web.StreamResponse:
+    async with request.app[SESSIONS]() as db:
+        user = await authenticate(db, body.username, body.password)
+    response = web.json_response({})
+    csrf = _login_response(request, user, response)
+    response.text = LoginOut(user=user_out(user), csrf_token=csrf).model_dump_json()
+    return response
+
+
+@endpoint("POST", "/api/logout", summary="Log out", tag="accounts", response=None, status=204)
+async def api_logout(request: web.Request) -> web.StreamResponse:
+    require_viewer(await viewer(request))
+    response = web.Response(status=204)
+    clear_session_cookie(response)
+    return response
+
+
+@endpoint("GET", "/api/me", summary="The logged-in user", tag="accounts", response=LoginOut)
+async def api_me(request: web.Request) -> LoginOut:
+    v = require_viewer(await viewer(request))
+    return LoginOut(user=user_out(v.user), csrf_token=v.session.csrf)
+
+
+async def change_password(request: web.Request, v: Viewer, old: str, new: str) -> User:
+    check_new_password(new)
+    async with request.app[SESSIONS]() as db:
+        user = await db.get(User, v.user.id)
+        assert user is not None
+        if not await verify_password(user.password_hash, old):
+            raise AppError("bad_password", "The current password is wrong.", status=403)
+        user.password_hash = await hash_password(new)
+        user.session_version += 1  # every other session of this user ends
+        await db.commit()
+        return user
+
+
+@endpoint("POST", "/api/password", summary="Change my password (ends other sessions)",
+          tag="accounts", body=PasswordIn, response=LoginOut)
+async def api_password(request: web.Request, body: PasswordIn) -> web.StreamResponse:
+    v = require_viewer(await viewer(request))
+    user = await change_password(request, v, body.old_password, body.new_password)
+    response = web.json_response({})
+    csrf = _login_response(request, user, response)
+    response.text = LoginOut(user=user_out(user), csrf_token=csrf).model_dump_json()
+    return response
+
+
+# --- pages -----------------------------------------------------------------------------------
+
+def home_for(user: User) -> str:
+    return "/admin" if user.role == Role.admin else "/teacher"
+
+
+def safe_next(value: Any) -> str:
+    """``next`` when it is a path on this site, else "" (never an open redirect).
+
+    Only ``/something``: not ``//host`` (another site to a browser), no scheme or host, no
+    backslash (browsers read ``/`` + backslash + host as another site too), no spaces or control
+    characters (browsers drop tabs and newlines, so slash-tab-slash-host would become ``//host``).
+    """
+    if not isinstance(value, str) or not value.startswith("/") or value.startswith("//"):
+        return ""
+    if len(value) > 2000 or "\\" in value or any(c <= " " or c == "\x7f" for c in value):
+        return ""
+    parts = urlsplit(value)
+    if parts.scheme or parts.netloc:
+        return ""
+    return value
+
+
+async def login_page(request: web.Request) -> web.StreamResponse:
+    next_path = safe_next(request.query.get("next"))
+    v = await viewer(request)
+    if v is not None:
+        raise web.HTTPFound(next_path or home_for(v.user))
+    return render(request, "login.html", error=None, username="", next=next_path)
+
+
+async def login_submit(request: web.Request) -> web.StreamResponse:
+    form = await request.post()
+    username = str(form.get("username", ""))[:64]
+    password = str(form.get("password", ""))[:200]
+    next_path = safe_next(form.get("next"))
+    try:
+        async with request.app[SESSIONS]() as db:
+            user = await authenticate(db, username, password)
+    except AppError:
+        return render(request, "login.html", status=401, error="Wrong username or password.",
+                      username=username, next=next_path)
+    response = web.HTTPFound(next_path or home_for(user))
+    _login_response(request, user, response)
+    raise response
+
+
+async def logout_submit(request: web.Request) -> web.StreamResponse:
+    response = web.HTTPFound("/login")
+    clear_session_cookie(response)
+    raise response
+
+
+async def password_page(request: web.Request) -> web.StreamResponse:
+    require_viewer(await viewer(request))
+    return render(request, "password.html", error=None, done=False)
+
+
+async def password_submit(request: web.Request) -> web.StreamResponse:
+    v = require_viewer(await viewer(request))
+    form = await request.post()
+    try:
+        user = await change_password(request, v, str(form.get("old_password", "")),
+                                     str(form.get("new_password", "")))
+    except AppError as exc:
+        return render(request, "password.html", status=exc.status, error=exc.template,
+                      error_params=exc.params, done=False)
+    response = render(request, "password.html", error=None, done=True)
+    request["viewer"] = None
+    _login_response(request, user, response)
+    return response
+
+
+def random_password() -> str:
+    return secrets.token_urlsafe(9)

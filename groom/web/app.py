@@ -1,0 +1,67 @@
+"""The app factory: it only wires settings, database, templates and routes together.
+
+Each long-lived resource (database engine, live rooms, the job worker) is one ``cleanup_ctx``
+entry, so it is started before the first request and stopped, in reverse order, on shutdown.
+"""
+
+from __future__ import annotations
+
+from typing import AsyncIterator
+
+from aiohttp import web
+
+from groom.core import db
+from groom.core.auth import SessionCodec
+from groom.core.config import WEB_DIR, Settings
+from groom.core.i18n import load_catalogs
+
+from . import proxy
+from .decks import imports_ctx
+from .live_pages import rooms_ctx
+from .plumbing import (
+    CATALOGS,
+    CODEC,
+    ENGINE,
+    JINJA,
+    SESSIONS,
+    SETTINGS,
+    STATIC,
+    csrf,
+    errors,
+    make_jinja,
+    request_context,
+)
+from .prometheus import metrics_ctx
+from .routes import setup_routes
+from .static import StaticFiles
+
+MAX_UPLOAD_BYTES = 60 * 1024 * 1024
+
+
+def create_app(settings: Settings) -> web.Application:
+    settings.prepare()
+    proxy.parse_networks(settings.trusted_proxies)  # a wrong entry stops the start, not a request
+    # proxy.forwarded first: every later middleware and handler sees the real client and scheme.
+    app = web.Application(middlewares=[proxy.forwarded, request_context, errors, csrf],
+                          client_max_size=MAX_UPLOAD_BYTES)
+    app[SETTINGS] = settings
+    app[CODEC] = SessionCodec(settings.secret)
+    app[STATIC] = StaticFiles(WEB_DIR / "static")
+    app[JINJA] = make_jinja(app[STATIC])
+    app[CATALOGS] = load_catalogs()
+    app.on_response_prepare.append(proxy.hsts)
+    app.cleanup_ctx.append(_database)
+    app.cleanup_ctx.append(imports_ctx)
+    app.cleanup_ctx.append(rooms_ctx)
+    app.cleanup_ctx.append(metrics_ctx)  # /metrics registry and the event-loop lag probe
+    setup_routes(app)
+    return app
+
+
+async def _database(app: web.Application) -> AsyncIterator[None]:
+    engine = db.make_engine(app[SETTINGS].resolved_database_url())
+    await db.migrate(engine)
+    app[ENGINE] = engine
+    app[SESSIONS] = db.make_sessionmaker(engine)
+    yield
+    await engine.dispose()

@@ -1,0 +1,187 @@
+"""HTTP for slide decks: upload, list, look at, delete, and the slide images themselves.
+
+Conversion (``slides.import_deck``) runs in an app-owned task, one deck at a time, so that a
+teacher closing the page does not waste the work and two uploads cannot take both cores from
+the live rooms. The request waits for the result through ``asyncio.shield``.
+Slide images are named by content hash, so they are served with immutable caching: a phone
+downloads each slide once, ever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import AsyncIterator, Optional
+
+from aiohttp import web
+from pydantic import BaseModel, Field
+
+from groom.board.slides import (
+    MAX_UPLOAD_BYTES,
+    DeckError,
+    deck_slides,
+    delete_deck,
+    import_deck,
+    list_decks,
+    slide_file,
+    sweep,
+)
+from groom.core.auth import require_viewer
+from groom.core.errors import AppError
+from groom.core.models import Classroom, Deck, Slide
+from groom.office.schools import get_class
+
+from .openapi import endpoint, path_int, read_body
+from .plumbing import SESSIONS, SETTINGS, viewer
+
+
+class Imports:
+    """Deck conversions owned by the app: at most one at a time, cancelled at shutdown."""
+
+    def __init__(self) -> None:
+        self._one_at_a_time = asyncio.Semaphore(1)
+        self._tasks: set[asyncio.Task[Deck]] = set()
+
+    def submit(self, app: web.Application, class_id: int, title: str, filename: str,
+               data: bytes) -> asyncio.Task[Deck]:
+        async def run() -> Deck:
+            async with self._one_at_a_time:
+                return await import_deck(app[SESSIONS], app[SETTINGS].data_dir, class_id, title,
+                                         filename, data)
+
+        task = asyncio.create_task(run(), name=f"deck-import-{class_id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+IMPORTS = web.AppKey("deck_imports", Imports)
+
+
+async def imports_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Deck conversions; at start, files a crash left half-made are swept away."""
+    await sweep(app[SESSIONS], app[SETTINGS].data_dir)
+    app[IMPORTS] = Imports()
+    yield
+    await app[IMPORTS].stop()
+
+
+class SlideOut(BaseModel):
+    index: int
+    width: int
+    height: int
+    small: str
+    large: str
+    thumb: str
+    jpeg: str
+    small_bytes: int
+    large_bytes: int
+
+
+class DeckOut(BaseModel):
+    id: int
+    class_id: int
+    title: str
+    filename: str
+    pages: int
+    small_bytes: int = Field(description="What a student downloads for every slide at the small size")
+
+
+class DeckDetail(DeckOut):
+    slides: list[SlideOut]
+
+
+class UploadQuery(BaseModel):
+    title: str = Field(default="", max_length=200)
+    filename: str = Field(default="deck.pdf", min_length=1, max_length=255)
+
+
+def deck_out(deck: Deck) -> DeckOut:
+    return DeckOut(id=deck.id, class_id=deck.class_id, title=deck.title, filename=deck.filename,
+                   pages=deck.pages, small_bytes=deck.small_bytes)
+
+
+def slide_out(slide: Slide) -> SlideOut:
+    return SlideOut(index=slide.index, width=slide.width, height=slide.height, small=slide.small,
+                    large=slide.large, thumb=slide.thumb, jpeg=slide.jpeg,
+                    small_bytes=slide.small_bytes, large_bytes=slide.large_bytes)
+
+
+async def _class_for_teaching(request: web.Request, class_id: int) -> Classroom:
+    """The class's teacher and the school's admins manage its decks; others get 404."""
+    v = require_viewer(await viewer(request))
+    async with request.app[SESSIONS]() as db:
+        return await get_class(db, v, class_id)
+
+
+def _deck_error(exc: DeckError) -> AppError:
+    """The refusal as an AppError keeping template and params, so it is translated at the edge."""
+    return AppError(exc.code, exc.template, status=exc.status, **exc.params)
+
+
+@endpoint("POST", "/api/classes/{class_id}/decks", summary="Upload a deck (PDF, PNG, JPEG; "
+          "PPTX/ODP when LibreOffice is installed) as the raw request body", tag="slides",
+          query=UploadQuery, response=DeckDetail, status=201, raw_body="application/octet-stream",
+          errors=(404, 409, 413, 415, 422))
+async def upload_deck(request: web.Request, query: UploadQuery) -> DeckDetail:
+    class_id = path_int(request, "class_id")
+    await _class_for_teaching(request, class_id)
+    data = await read_body(request, MAX_UPLOAD_BYTES)
+    if len(data) > MAX_UPLOAD_BYTES:
+        raise AppError("too_large", "The file is too large (at most {mb} MB).", status=413,
+                       mb=MAX_UPLOAD_BYTES // (1024 * 1024))
+    task = request.app[IMPORTS].submit(request.app, class_id, query.title.strip(),
+                                       query.filename, data)
+    try:
+        deck = await asyncio.shield(task)
+    except DeckError as exc:
+        raise _deck_error(exc) from None
+    slides = await deck_slides(request.app[SESSIONS], class_id, deck.id) or []
+    return DeckDetail(**deck_out(deck).model_dump(), slides=[slide_out(s) for s in slides])
+
+
+@endpoint("GET", "/api/classes/{class_id}/decks", summary="The class's decks, newest first",
+          tag="slides", response=list[DeckOut], errors=(404,))
+async def class_decks(request: web.Request) -> list[DeckOut]:
+    class_id = path_int(request, "class_id")
+    await _class_for_teaching(request, class_id)
+    return [deck_out(d) for d in await list_decks(request.app[SESSIONS], class_id)]
+
+
+async def _deck(request: web.Request) -> tuple[Deck, list[Slide]]:
+    deck_id = path_int(request, "deck_id")
+    async with request.app[SESSIONS]() as db:
+        deck: Optional[Deck] = await db.get(Deck, deck_id)
+    if deck is None:
+        raise AppError("not_found", "Not found: {what}", status=404, what="deck")
+    await _class_for_teaching(request, deck.class_id)
+    slides = await deck_slides(request.app[SESSIONS], deck.class_id, deck.id) or []
+    return deck, slides
+
+
+@endpoint("GET", "/api/decks/{deck_id}", summary="A deck with its slide images", tag="slides",
+          response=DeckDetail, errors=(404,))
+async def get_deck(request: web.Request) -> DeckDetail:
+    deck, slides = await _deck(request)
+    return DeckDetail(**deck_out(deck).model_dump(), slides=[slide_out(s) for s in slides])
+
+
+@endpoint("DELETE", "/api/decks/{deck_id}", summary="Delete a deck (and images no other deck "
+          "uses)", tag="slides", response=None, status=204, errors=(404,))
+async def remove_deck(request: web.Request) -> None:
+    deck, _ = await _deck(request)
+    await delete_deck(request.app[SESSIONS], request.app[SETTINGS].data_dir, deck.class_id, deck.id)
+
+
+async def slide_image(request: web.Request) -> web.StreamResponse:
+    """A slide image by content hash: public (names are unguessable), cached forever."""
+    found = slide_file(request.app[SETTINGS].data_dir, request.match_info["name"])
+    if found is None:
+        raise AppError("not_found", "Not found: {what}", status=404, what="slide")
+    path, content_type = found
+    return web.FileResponse(path, headers={
+        "Content-Type": content_type, "Cache-Control": "public, max-age=31536000, immutable"})

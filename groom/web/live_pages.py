@@ -1,0 +1,150 @@
+"""Pages and streams of the live lesson: the student page, the teacher page, the fallback stream.
+
+The pages are rendered once and then driven by ``/ws`` (``signaling.py``); the student page
+stays tiny because a 2G phone pays for every byte of it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, AsyncIterator, Optional
+
+from aiohttp import web
+from pydantic import BaseModel
+from sqlalchemy import select
+
+from groom.core.auth import require_viewer
+from groom.core.errors import AppError
+from groom.core.models import Lesson, LessonEvent
+from groom.live.rooms import ROOMS, Rooms
+from groom.recordings.jobs import JobWorker
+from groom.recordings.postprocess import job_handlers, recover_recordings
+
+from . import joining, proxy
+from .openapi import endpoint, path_int
+from .plumbing import SESSIONS, SETTINGS, render, viewer
+
+JOBS = web.AppKey("jobs", JobWorker)
+
+
+class EventOut(BaseModel):
+    at_ms: int
+    kind: str
+    data: dict[str, Any]
+
+
+class LiveRoom(BaseModel):
+    lesson: dict[str, Any]
+    class_id: int
+    seconds: float
+    teacher_present: bool
+    students_joined: int
+    students_connected: int
+    floor: Optional[str]
+    tiers: dict[str, dict[str, int]]
+    packets_sent: int
+    packets_dropped: int
+    wire_bytes: int
+    latency: dict[str, Optional[float]]
+    mixer: dict[str, int]
+
+
+@endpoint("GET", "/api/live", summary="What is live now in my schools: rooms, students per tier, "
+          "packets, server-added latency", tag="lessons", response=list[LiveRoom])
+async def live_now(request: web.Request) -> list[LiveRoom]:
+    v = require_viewer(await viewer(request))
+    v.require_admin()
+    return [LiveRoom(**room.figures()) for room in request.app[ROOMS].by_lesson.values()
+            if v.can_manage_school(room.lesson.school_id)]
+
+
+@endpoint("GET", "/api/lessons/{lesson_id}/events", summary="The lesson's timeline: slides, ink, "
+          "hands, chat, polls, in order", tag="lessons", response=list[EventOut], errors=(404,))
+async def lesson_events(request: web.Request) -> list[EventOut]:
+    lesson_id = path_int(request, "lesson_id")
+    v = require_viewer(await viewer(request))
+    async with request.app[SESSIONS]() as db:
+        lesson = await db.get(Lesson, lesson_id)
+        if lesson is None:
+            raise AppError("not_found", "Not found: {what}", status=404, what="lesson")
+        v.require_class(lesson.classroom)
+        rows = (await db.execute(select(LessonEvent).where(LessonEvent.lesson_id == lesson_id)
+                                 .order_by(LessonEvent.at_ms, LessonEvent.id))).scalars().all()
+    return [EventOut(at_ms=r.at_ms, kind=r.kind, data=r.data) for r in rows]
+
+
+def _ws_url(request: web.Request) -> str:
+    return proxy.ws_url(request)  # wss when the public URL or the (trusted) scheme is https
+
+
+async def _student_page(request: web.Request, *, code: Optional[str], card: Optional[str]) -> web.StreamResponse:
+    found = await joining.check_code(request, card or code or "")
+    room = request.app[ROOMS].for_class(found.classroom.id)
+    lesson = room.lesson.public() if room is not None else waiting_lesson(found)
+    join: dict[str, Any] = ({"card": card, "name": found.student.name} if found.student
+                            else {"code": code})
+    response = render(request, "student.html", lesson=lesson, join=join,
+                      class_name=found.classroom.name, ws_url=_ws_url(request))
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def waiting_lesson(found: joining.JoinTarget) -> Optional[dict[str, Any]]:
+    """What a student sees before the teacher starts: the class's next lesson, if any."""
+    if found.lesson is None:
+        return None
+    teacher = found.classroom.teacher
+    return {"id": found.lesson.id, "title": found.lesson.title or found.classroom.name,
+            "class_name": found.classroom.name, "starts_at": found.lesson.starts_at.isoformat(),
+            "teacher_name": teacher.display_name if teacher else ""}
+
+
+async def join_code_page(request: web.Request) -> web.StreamResponse:
+    return await _student_page(request, code=request.match_info["code"], card=None)
+
+
+async def card_page(request: web.Request) -> web.StreamResponse:
+    return await _student_page(request, code=None, card=request.match_info["card"])
+
+
+async def teach_page(request: web.Request) -> web.StreamResponse:
+    v = await viewer(request)
+    if v is None:
+        raise web.HTTPFound(f"/login?next={request.path}")
+    raw = request.match_info["lesson_id"]
+    if not raw.isdigit():
+        raise AppError("not_found", "Not found: {what}", status=404, what="lesson")
+    async with request.app[SESSIONS]() as db:
+        lesson = await db.get(Lesson, int(raw))
+        if lesson is None:
+            raise AppError("not_found", "Not found: {what}", status=404, what="lesson")
+        v.require_class(lesson.classroom)
+        info = {"id": lesson.id, "title": lesson.title or lesson.classroom.name,
+                "class_name": lesson.classroom.name, "state": lesson.state.value}
+        class_id = lesson.classroom.id
+    return render(request, "teach.html", lesson=info, class_id=class_id, ws_url=_ws_url(request))
+
+
+async def listen(request: web.Request) -> web.StreamResponse:
+    """The no-WebRTC fallback: the student's tier as an endless Ogg/Opus stream."""
+    found = request.app[ROOMS].find_listener(request.match_info["token"])
+    if found is None:
+        raise AppError("not_found", "Not found: {what}", status=404, what="stream")
+    room, participant = found
+    return await room.fallback(participant.controller.tier).serve(request)
+
+
+async def rooms_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The live rooms of this process and the worker that post-processes their recordings.
+
+    At start, recordings a crash left open are repaired and queued, and lessons it left "live"
+    are ended; at shutdown, live lessons end cleanly before the worker stops."""
+    settings, sessions = app[SETTINGS], app[SESSIONS]
+    worker = JobWorker(sessions, job_handlers(sessions, settings.data_dir))
+    rooms = app[ROOMS] = Rooms(sessions, settings, worker)
+    await rooms.end_orphans()
+    await recover_recordings(sessions, settings.data_dir, worker)
+    await worker.start()
+    app[JOBS] = worker
+    yield
+    await rooms.shutdown()
+    await worker.stop()

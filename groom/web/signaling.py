@@ -1,0 +1,451 @@
+"""The WebSocket at ``/ws``: one per participant, JSON messages as in ``docs/protocol.md``.
+
+Each connection has one reader (this handler), one writer task draining a bounded outbox, a
+deadline for ``hello``, a message-rate limit, and a log context carrying the connection id. A
+client whose outbox fills up (it stopped reading) is dropped rather than waited for, so one stuck
+phone never holds up a room. Messages are validated by pydantic models before anything acts on
+them; a bad one gets an ``error`` message and changes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import time
+from typing import Annotated, Any, Literal, Optional, Union
+
+from aiohttp import WSMsgType, web
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from groom.board.board import COLORS, MAX_POINTS, WIDTHS
+from groom.core import logs
+from groom.core.errors import AppError
+from groom.live.room import Participant, Room
+from groom.live.rooms import ROOMS
+from groom.office import codes
+
+from . import joining, proxy
+from .live_pages import waiting_lesson
+from .plumbing import SETTINGS, tr, viewer
+
+log = logging.getLogger("groom.web.signaling")
+
+
+MAX_MESSAGE = 16 * 1024
+OUTBOX_SIZE = 64
+HELLO_SECONDS = 10.0
+RATE_PER_SECOND = 10.0  # sustained messages per second per connection
+RATE_BURST = 40.0
+
+
+class _Msg(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Hello(_Msg):
+    type: Literal["hello"]
+    role: Literal["student", "teacher"]
+    code: Optional[str] = Field(default=None, max_length=32)
+    card: Optional[str] = Field(default=None, max_length=32)
+    name: Optional[str] = Field(default=None, max_length=80)
+    lesson_id: Optional[int] = Field(default=None, ge=1, le=2**31)
+    resume: Optional[str] = Field(default=None, max_length=64)
+
+
+class Offer(_Msg):
+    type: Literal["offer"]
+    sdp: str = Field(max_length=MAX_MESSAGE)
+
+
+class Stats(_Msg):
+    type: Literal["stats"]
+    packets_received: float = Field(default=0, ge=0)
+    packets_lost: float = Field(default=0, ge=-1e9)
+    jitter: Optional[float] = Field(default=None, ge=0, le=60)
+    concealed_samples: float = Field(default=0, ge=0)
+    silent_concealed_samples: float = Field(default=0, ge=0)
+    total_samples: float = Field(default=0, ge=0)
+    bytes_received: float = Field(default=0, ge=0)
+
+
+class DataSaver(_Msg):
+    type: Literal["data_saver"]
+    on: bool
+
+
+class Hand(_Msg):
+    type: Literal["hand"]
+    up: bool
+
+
+class Floor(_Msg):
+    type: Literal["floor"]
+    participant_id: Optional[str] = Field(default=None, max_length=40)
+
+
+class Kick(_Msg):
+    type: Literal["kick"]
+    participant_id: str = Field(max_length=40)
+
+
+class End(_Msg):
+    type: Literal["end"]
+
+
+class Ping(_Msg):
+    type: Literal["ping"]
+
+
+class DeckMsg(_Msg):
+    type: Literal["deck"]
+    deck_id: int = Field(ge=1, le=2**31)
+
+
+class SlideMsg(_Msg):
+    type: Literal["slide"]
+    page: int = Field(ge=0, le=10_000)
+
+
+Coord = Annotated[int, Field(ge=0, le=1000)]
+
+
+class Ink(_Msg):
+    type: Literal["ink"]
+    points: list[Coord] = Field(min_length=2, max_length=2 * MAX_POINTS)
+    color: int = Field(default=0, ge=0, lt=COLORS)
+    width: int = Field(default=1, ge=1, le=WIDTHS)
+
+
+class InkClear(_Msg):
+    type: Literal["ink_clear"]
+
+
+class Pointer(_Msg):
+    type: Literal["pointer"]
+    x: Optional[Coord] = None
+    y: Optional[Coord] = None
+
+
+class ChatMsg(_Msg):
+    type: Literal["chat"]
+    text: str = Field(min_length=1, max_length=1000)
+
+
+class ChatEnabled(_Msg):
+    type: Literal["chat_enabled"]
+    on: bool
+
+
+class PollMsg(_Msg):
+    type: Literal["poll"]
+    question: str = Field(min_length=1, max_length=200)
+    choices: list[Annotated[str, Field(min_length=1, max_length=80)]] = Field(min_length=2, max_length=6)
+
+
+class PollClose(_Msg):
+    type: Literal["poll_close"]
+    show: bool = True
+
+
+class Vote(_Msg):
+    type: Literal["vote"]
+    poll_id: str = Field(max_length=16)
+    choice: int = Field(ge=0, le=5)
+
+
+Message = Annotated[Union[Hello, Offer, Stats, DataSaver, Hand, Floor, Kick, End, Ping, DeckMsg,
+                          SlideMsg, Ink, InkClear, Pointer, ChatMsg, ChatEnabled, PollMsg,
+                          PollClose, Vote],
+                    Field(discriminator="type")]
+_parse = TypeAdapter(Message)
+TEACHER_ONLY = (Floor, Kick, End, DeckMsg, SlideMsg, Ink, InkClear, Pointer, ChatEnabled, PollMsg,
+                PollClose)
+STUDENT_ONLY = (Stats, DataSaver, Hand, Vote)
+
+
+# State messages where only the newest matters: a burst (many joins at once) replaces the
+# queued copy instead of filling the outbox, so a busy room cannot push its teacher out.
+LATEST_ONLY = frozenset({"room", "participants", "hands", "usage", "level", "poll_counts",
+                         "pointer", "tier"})
+
+
+class Connection:
+    """The outbox of one socket: bounded, drained by one writer task."""
+
+    def __init__(self, ws: web.WebSocketResponse, cid: str) -> None:
+        self.ws = ws
+        self.cid = cid
+        self._queue: asyncio.Queue[Optional[str]] = asyncio.Queue(OUTBOX_SIZE)
+        self._latest: dict[str, str] = {}  # state type -> newest text, queued once by its type
+        self._close: Optional[tuple[int, str]] = None
+        self._writer = asyncio.create_task(self._write(), name=f"ws-writer-{cid}")
+
+    def send(self, message: dict[str, Any]) -> None:
+        self.send_text(json.dumps(message, ensure_ascii=False), message.get("type", ""))
+
+    def send_text(self, text: str, kind: str) -> None:
+        """Queue a serialized message of type ``kind``; never blocks."""
+        if self._close is not None:
+            return
+        if kind in LATEST_ONLY:
+            if kind in self._latest:
+                self._latest[kind] = text  # still queued: send the newest instead
+                return
+            self._latest[kind] = text
+            text = "\0" + kind  # placeholder, resolved by the writer
+        try:
+            self._queue.put_nowait(text)
+        except asyncio.QueueFull:
+            log.warning("client too slow; dropping", extra={"conn": self.cid})
+            self.close(1013, "too slow")
+
+    def close(self, code: int, reason: str) -> None:
+        if self._close is None:
+            self._close = (code, reason)
+            try:
+                self._queue.put_nowait(None)
+            except asyncio.QueueFull:
+                self._writer.cancel()
+                asyncio.ensure_future(self.ws.close(code=code, message=reason.encode()))
+
+    async def _write(self) -> None:
+        try:
+            while True:
+                text = await self._queue.get()
+                if text is None:
+                    break
+                if text.startswith("\0"):
+                    text = self._latest.pop(text[1:])
+                await asyncio.wait_for(self.ws.send_str(text), timeout=10)
+        except (ConnectionError, asyncio.TimeoutError, RuntimeError):
+            pass
+        code, reason = self._close or (1000, "")
+        await self.ws.close(code=code, message=reason.encode())
+
+    async def stop(self) -> None:
+        self.close(1000, "")
+        try:
+            await asyncio.wait_for(self._writer, timeout=5)
+        except (asyncio.TimeoutError, asyncio.CancelledError):
+            self._writer.cancel()
+
+
+def _same_origin(request: web.Request) -> bool:
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return True  # not a browser (aiortc clients, scripts): cookies are not ambient there
+    # The page's own host, or the public URL's (a proxy may pass Host without the port).
+    host = origin.split("://", 1)[-1]
+    return host == request.host or host == (proxy.public_host(request.app[SETTINGS]) or None)
+
+
+async def websocket(request: web.Request) -> web.StreamResponse:
+    if not _same_origin(request):
+        raise AppError("forbidden", "You are not allowed to do this.", status=403)
+    ws = web.WebSocketResponse(max_msg_size=MAX_MESSAGE, heartbeat=25)
+    await ws.prepare(request)
+    cid = secrets.token_hex(4)
+    token = logs.request_id.set("ws-" + cid)
+    conn = Connection(ws, cid)
+    session = _Session(request, conn)
+    try:
+        await session.run()
+    except Exception:
+        log.exception("websocket handler failed", extra={"conn": cid})
+    finally:
+        session.leave()
+        await conn.stop()
+        logs.request_id.reset(token)
+    return ws
+
+
+class _Session:
+    """What one socket is doing: first the hello, then the participant's messages."""
+
+    def __init__(self, request: web.Request, conn: Connection) -> None:
+        self.request = request
+        self.conn = conn
+        self.rooms = request.app[ROOMS]
+        self.room: Optional[Room] = None
+        self.me: Optional[Participant] = None
+        self._allowance = RATE_BURST
+        self._last = time.monotonic()
+
+    def _error(self, exc: AppError) -> dict[str, Any]:
+        """An ``error`` message in the participant's language (their page's cookie/header)."""
+        return _error(exc.code, tr(self.request)(exc.template, **exc.params))
+
+    def leave(self) -> None:
+        if self.room is not None and self.me is not None:
+            self.room.detach(self.me, self.conn)
+
+    def _within_rate(self) -> bool:
+        now = time.monotonic()
+        self._allowance = min(RATE_BURST, self._allowance + (now - self._last) * RATE_PER_SECOND)
+        self._last = now
+        self._allowance -= 1
+        return self._allowance >= 0
+
+    async def _next(self, timeout: Optional[float] = None) -> Optional[Any]:
+        """The next valid message, None when the socket closed. Bad ones answered with error."""
+        while True:
+            msg = await self.conn.ws.receive(timeout=timeout)
+            if msg.type != WSMsgType.TEXT:
+                if msg.type == WSMsgType.BINARY:
+                    self.conn.send(_error("bad_message", "Send JSON text messages."))
+                    continue
+                if msg.type == WSMsgType.ERROR and isinstance(msg.data, Exception) \
+                        and "size" in str(msg.data).lower():
+                    self.conn.close(1009, "message too big")
+                return None
+            if not self._within_rate():
+                self.conn.close(4429, "too many messages")
+                return None
+            try:
+                return _parse.validate_json(msg.data)
+            except ValidationError as exc:
+                first = exc.errors(include_url=False, include_input=False)[0]
+                where = ".".join(str(p) for p in first["loc"])
+                self.conn.send(_error("bad_message", f"Message not valid: {where}: {first['msg']}"))
+
+    async def run(self) -> None:
+        try:
+            hello = await self._next(timeout=HELLO_SECONDS)
+        except asyncio.TimeoutError:
+            self.conn.close(4408, "no hello")
+            return
+        if hello is None:
+            return
+        if not isinstance(hello, Hello):
+            self.conn.close(4400, "hello expected")
+            return
+        try:
+            await self._hello(hello)
+        except AppError as exc:
+            self.conn.send(self._error(exc))
+            self.conn.close(_CLOSE_FOR_STATUS.get(exc.status, 4400), exc.code)
+            return
+        if self.room is None or self.me is None:
+            return
+        while True:
+            message = await self._next()
+            if message is None:
+                return
+            try:
+                await self._handle(message)
+            except AppError as exc:
+                self.conn.send(self._error(exc))
+
+    async def _hello(self, hello: Hello) -> None:
+        if hello.role == "teacher":
+            v = await viewer(self.request)
+            if v is None:
+                raise AppError("unauthorized", "Please log in.", status=401)
+            if hello.lesson_id is None:
+                raise AppError("bad_message", "A teacher's hello needs lesson_id.", status=400)
+            room = await self.rooms.open(hello.lesson_id, v)
+            me = room.add_teacher(v.user.display_name, v.user.id, self.conn, hello.resume)
+        else:
+            found = await joining.check_code(self.request, hello.card or hello.code or "")
+            name = (found.student.name if found.student else (hello.name or "").strip())
+            if not name:
+                raise AppError("name_required", "Please enter your name.", status=400)
+            room = self.rooms.for_class(found.classroom.id)
+            if room is None:
+                self.conn.send({"type": "waiting", "lesson": waiting_lesson(found)})
+                room = await self._wait_for_start(found.classroom.id)
+                if room is None:
+                    return
+            key = (f"student:{found.student.id}" if found.student
+                   else f"guest:{codes.normalize(name)[:40]}:{secrets.token_hex(4)}")
+            me = room.add_student(name, key, found.student.id if found.student else None,
+                                  self.conn, hello.resume)
+        self.room, self.me = room, me
+        self.conn.send({"type": "welcome", "participant_id": me.id, "resume": me.resume,
+                        "listen_token": me.listen_token, "role": me.role,
+                        "lesson": room.lesson.public(), "ice_servers": room.ice_servers_for(me.id),
+                        "tier": me.controller.tier, "room": room.room_state(),
+                        **room.snapshot()})
+        if me.role == "teacher":
+            room.send_participants()
+            self.conn.send({"type": "hands", "queue": room.hands()})
+
+    async def _wait_for_start(self, class_id: int) -> Optional[Room]:
+        """Hold a waiting student until the lesson starts, answering pings meanwhile."""
+        waiter = asyncio.create_task(self.rooms.wait_for_class(class_id))
+        try:
+            while not waiter.done():
+                reader = asyncio.create_task(self._next())
+                done, _ = await asyncio.wait({waiter, reader}, return_when=asyncio.FIRST_COMPLETED)
+                if reader in done:
+                    message = reader.result()
+                    if message is None:
+                        return None
+                    if isinstance(message, Ping):
+                        self.conn.send({"type": "pong"})
+                else:
+                    reader.cancel()
+            return waiter.result()
+        finally:
+            waiter.cancel()
+
+    async def _handle(self, message: Any) -> None:
+        room, me = self.room, self.me
+        assert room is not None and me is not None
+        if isinstance(message, TEACHER_ONLY) and me.role != "teacher":
+            raise AppError("forbidden", "Only the teacher can do this.", status=403)
+        if isinstance(message, STUDENT_ONLY) and me.role != "student":
+            raise AppError("forbidden", "Only students can do this.", status=403)
+        if isinstance(message, Ping):
+            self.conn.send({"type": "pong"})
+        elif isinstance(message, Offer):
+            if me.role == "student" and me.pc is not None and room.floor != me.id \
+                    and "a=sendrecv" in message.sdp:
+                raise AppError("no_floor", "You do not have the floor.", status=403)
+            answer = await room.answer(me, message.sdp)
+            self.conn.send({"type": "answer", "sdp": answer})
+        elif isinstance(message, Stats):
+            room.client_stats(me, message.model_dump(exclude={"type"}))
+        elif isinstance(message, DataSaver):
+            room.set_data_saver(me, message.on)
+        elif isinstance(message, Hand):
+            room.set_hand(me, message.up)
+        elif isinstance(message, Floor):
+            await room.give_floor(message.participant_id)
+        elif isinstance(message, Kick):
+            await room.kick(message.participant_id)
+        elif isinstance(message, End):
+            await room.end("teacher_ended")
+        elif isinstance(message, DeckMsg):
+            await room.load_deck(message.deck_id)
+        elif isinstance(message, SlideMsg):
+            room.show_slide(message.page)
+        elif isinstance(message, Ink):
+            if len(message.points) % 2:
+                raise AppError("bad_message", "Ink points come in x, y pairs.", status=400)
+            room.add_ink(message.points, message.color, message.width)
+        elif isinstance(message, InkClear):
+            room.clear_ink()
+        elif isinstance(message, Pointer):
+            room.point(message.x, message.y)
+        elif isinstance(message, ChatMsg):
+            room.post_chat(me, message.text)
+        elif isinstance(message, ChatEnabled):
+            room.set_chat(message.on)
+        elif isinstance(message, PollMsg):
+            room.ask_poll(message.question, message.choices)
+        elif isinstance(message, PollClose):
+            room.close_poll(message.show)
+        elif isinstance(message, Vote):
+            room.vote(me, message.poll_id, message.choice)
+        elif isinstance(message, Hello):
+            raise AppError("bad_message", "Already joined.", status=400)
+
+
+_CLOSE_FOR_STATUS = {400: 4400, 401: 4401, 403: 4403, 404: 4404, 409: 4409, 410: 4410, 429: 4429}
+
+
+def _error(code: str, message: str) -> dict[str, Any]:
+    return {"type": "error", "code": code, "message": message}
