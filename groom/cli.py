@@ -27,8 +27,9 @@ from groom.core import backup, db, logs
 from groom.core.config import SettingError, Settings, add_arguments, settings_from_args
 from groom.core.errors import AppError
 from groom.core.models import Role
-from groom.web.accounts import create_user
+from groom.office.users import create_user
 from groom.web.app import create_app
+from groom.web.plumbing import SESSIONS
 from groom.web.tls import ensure_self_signed
 
 log = logging.getLogger("groom.cli")
@@ -133,7 +134,7 @@ async def _serve(settings: Settings, *, demo: bool, as_json: bool) -> None:
     if demo:
         from groom.office.demo import seed_demo
 
-        info = await seed_demo(app, base)
+        info = await seed_demo(app[SESSIONS], base)
         _print_demo(info, as_json)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -150,10 +151,11 @@ def _print_demo(info: dict[str, Any], as_json: bool) -> None:
     if as_json:
         print(json.dumps(info, ensure_ascii=False), flush=True)
         return
+    admin, teacher = info["admin_login"], info["teacher_login"]
     print(f"""
 G-Room demo is running.
-  Admin:    {info['admin_url']}   login {info['admin_login']['username']} / {info['admin_login']['password']}
-  Teacher:  {info['teacher_url']}   login {info['teacher_login']['username']} / {info['teacher_login']['password']}
+  Admin:    {info['admin_url']}   login {admin['username']} / {admin['password']}
+  Teacher:  {info['teacher_url']}   login {teacher['username']} / {teacher['password']}
   Student:  {info['student_url']}   (class code {info['class_code']}, no account needed)
 Press Ctrl+C to stop.
 """, flush=True)

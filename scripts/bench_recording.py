@@ -27,7 +27,10 @@ from PIL import Image, ImageDraw
 from groom.audio.packets import SAMPLE_RATE, EncodedPacket
 from groom.core.config import MEDIA_DIR
 from groom.recordings import postprocess
+from groom.recordings.ffmpeg_runner import ffmpeg_exe
+from groom.recordings.playback import read_timeline, slide_changes
 from groom.recordings.recorder import AUDIO, Recorder
+from groom.recordings.video import VIDEO, make_video
 
 FRAME = SAMPLE_RATE // 50
 GAP_S = 30.0
@@ -125,10 +128,10 @@ async def run(minutes: float, work: Path) -> dict[str, object]:
     timings["process_audio_and_pack_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    slide_changes = postprocess.slide_changes(postprocess.read_timeline(directory))
-    video = directory / postprocess.VIDEO
-    await postprocess.make_video(directory / postprocess.LISTEN, slide_changes, work / "slides",
-                                 result.duration_s, video, postprocess.ffmpeg_exe())
+    shown = slide_changes(read_timeline(directory))
+    video = directory / VIDEO
+    await make_video(directory / postprocess.LISTEN, shown, work / "slides", result.duration_s,
+                     video, ffmpeg_exe())
     timings["video_s"] = time.perf_counter() - t0
 
     kept = sum(result.outputs.values())

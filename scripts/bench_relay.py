@@ -551,7 +551,9 @@ def _merge(dicts: Any) -> dict[str, int]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--n", default="50,100,200", help="comma-separated student counts")
     parser.add_argument("--seconds", type=float, default=20.0, help="steady measuring window")
     parser.add_argument("--tier", default="standard", choices=["low", "standard", "high"])

@@ -1,7 +1,7 @@
 """Benchmark deck import: convert a deck through the real pipeline and print one JSON object.
 
 Usage: ``python scripts/bench_slides.py [DECK.pdf] [--repeat N]`` (default: media/sample-deck.pdf,
-made first when missing). Runs ``groom.board.slides.import_deck`` against a throw-away SQLite database
+made first when missing). Runs ``groom.board.deck_import.import_deck`` against a throw-away SQLite database
 and data folder, so the numbers include the worker process start, the database writes and the
 file moves, as a teacher's upload would.
 """
@@ -22,11 +22,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from groom.board import slides
+from groom.board import deck_import, slides  # noqa: E402
 from groom.core import db  # noqa: E402
 from groom.core.models import Classroom, School  # noqa: E402
 from make_sample_deck import OUT as SAMPLE  # noqa: E402
-from make_sample_deck import make_deck
+from make_sample_deck import make_deck  # noqa: E402
 
 
 async def bench(deck: Path, repeat: int) -> dict[str, object]:
@@ -45,8 +45,8 @@ async def bench(deck: Path, repeat: int) -> dict[str, object]:
         timings = []
         for _ in range(repeat):
             started = time.perf_counter()
-            imported = await slides.import_deck(session_maker, Path(tmp) / "data", classroom.id,
-                                                "Bench", deck.name, data)
+            imported = await deck_import.import_deck(session_maker, Path(tmp) / "data",
+                                                     classroom.id, "Bench", deck.name, data)
             timings.append(time.perf_counter() - started)
         rows = await slides.deck_slides(session_maker, classroom.id, imported.id) or []
         await engine.dispose()

@@ -42,7 +42,9 @@ async def anon(server: GroomServer) -> AsyncIterator[ApiClient]:
 
 
 @pytest.fixture(scope="module", params=database_backends())
-def live(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[GroomServer, dict[str, Any]]]:
+def live(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[GroomServer, dict[str, Any]]]:
     """A demo server per test module (its own PostgreSQL database), for live-lesson tests:
     yields the server and the demo's JSON (logins, class code and id, lesson id)."""
     srv = GroomServer(tmp_path_factory.mktemp(f"live-{request.param}"), request.param,

@@ -18,6 +18,7 @@ import numpy as np
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.contrib.media import MediaPlayer
 from aiortc.mediastreams import AudioStreamTrack, MediaStreamError, MediaStreamTrack
+from av import AudioFrame
 
 from servers import ApiClient, GroomServer
 
@@ -34,7 +35,7 @@ class Peer:
         self.messages: list[dict[str, Any]] = []
         self.welcome: dict[str, Any] = {}
         self.frames: list[np.ndarray] = []  # decoded audio received (mono int16)
-        self.frame_pts: list[int] = []
+        self.frame_pts: list[int | None] = []
         self._tasks: list[asyncio.Task[Any]] = []
         self.closed_code: Optional[int] = None
         self.player: Optional[MediaPlayer] = None
@@ -78,7 +79,9 @@ class Peer:
         self.pc = pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         if send_audio:
             self.player = MediaPlayer(str(SPEECH), loop=True)
-            pc.addTransceiver(self.player.audio, direction="sendrecv" if receive_audio else "sendonly")
+            audio = self.player.audio
+            assert audio is not None, f"{SPEECH} has no audio stream"
+            pc.addTransceiver(audio, direction="sendrecv" if receive_audio else "sendonly")
         else:
             pc.addTransceiver("audio", direction="recvonly")
 
@@ -104,6 +107,7 @@ class Peer:
                     await asyncio.sleep(0.05)
                     continue
                 frame = await track.recv()
+                assert isinstance(frame, AudioFrame), frame  # an audio track yields audio frames
                 samples = frame.to_ndarray().reshape(-1)
                 if frame.layout.name == "stereo":
                     samples = samples[::2]

@@ -43,7 +43,8 @@ asyncio.run(main(sys.argv[1], sys.argv[2]))
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 def database_backends() -> list[str]:
@@ -153,7 +154,7 @@ class ApiClient:
     async def login(self, username: str, password: str) -> dict[str, Any]:
         status, body = await self.call("POST", "/api/login",
                                        json={"username": username, "password": password})
-        assert status == 200, body
+        assert status == 200 and isinstance(body, dict), body
         self.csrf = body["csrf_token"]
         return body
 

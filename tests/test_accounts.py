@@ -50,7 +50,8 @@ async def test_csrf_required_for_unsafe_requests(server: GroomServer) -> None:
 async def test_forged_session_cookie_is_ignored(server: GroomServer) -> None:
     client = ApiClient(server.base_url)
     try:
-        status, _ = await client.call("GET", "/api/me", headers={"Cookie": "groom_session=eyJ1IjoxfQ.forged.sig"})
+        forged = {"Cookie": "groom_session=eyJ1IjoxfQ.forged.sig"}
+        status, _ = await client.call("GET", "/api/me", headers=forged)
         assert status == 401
     finally:
         await client.close()

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from groom.core.backup import libpq_url, pg_dump_command, psql_command
+from groom.core.backup_format import libpq_url, pg_dump_command, psql_command
 from servers import ROOT_PASSWORD, ROOT_USER, ApiClient, GroomServer
 from test_office_api import make_class, make_school, make_teacher
 
@@ -39,7 +39,8 @@ def manifest_of(archive: Path) -> dict[str, Any]:
     with tarfile.open(archive) as tar:
         f = tar.extractfile(tar.getmember("MANIFEST.json"))
         assert f is not None
-        return json.loads(f.read())
+        manifest: dict[str, Any] = json.loads(f.read())
+        return manifest
 
 
 async def test_backup_while_serving_then_restore_serves_the_same_school(tmp_path: Path) -> None:

@@ -58,8 +58,8 @@ async def teacher_page(browser: Browser, base: str, demo: dict[str, Any], lesson
     page = await context.new_page()
     page.on("pageerror", lambda exc: errors.append(f"teacher: {exc}"))
     page.on("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))
-    response = await page.goto(f"{base}/lessons/{lesson_id}/teach?lang=en")
-    assert response is not None and response.ok
+    page_response = await page.goto(f"{base}/lessons/{lesson_id}/teach?lang=en")
+    assert page_response is not None and page_response.ok
     return context, page
 
 
@@ -78,7 +78,8 @@ async def student_page(browser: Browser, demo: dict[str, Any], name: str, errors
 
 
 async def board(page: Page) -> dict[str, Any]:
-    return await page.evaluate(BOARD)
+    state: dict[str, Any] = await page.evaluate(BOARD)
+    return state
 
 
 async def wait_board(page: Page, src: str, strokes: int, timeout: float = 10.0) -> dict[str, Any]:

@@ -12,10 +12,10 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 import pytest
-from playwright.async_api import Browser, BrowserContext, Page
+from playwright.async_api import Browser, BrowserContext, Error, Page
 
 from browser import available, chromium_browser
 from servers import GroomServer
@@ -58,6 +58,12 @@ async def browser() -> AsyncIterator[Browser]:
         yield b
 
 
+def log_errors_to(errors: list[str], label: str) -> Callable[[Error], None]:
+    def log(exc: Error) -> None:
+        errors.append(f"{label}: {exc}")
+    return log
+
+
 async def teacher_page(browser: Browser, base: str, info: dict[str, Any]) -> tuple[BrowserContext, Page]:
     context = await browser.new_context(locale="en-US")
     login = info["teacher_login"]
@@ -67,8 +73,8 @@ async def teacher_page(browser: Browser, base: str, info: dict[str, Any]) -> tup
     page = await context.new_page()
     page.on("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))
     lesson_id = info.get("lesson_id", 1)
-    response = await page.goto(f"{base}/lessons/{lesson_id}/teach?lang=en")
-    assert response is not None and response.ok and await page.query_selector("#start"), \
+    page_response = await page.goto(f"{base}/lessons/{lesson_id}/teach?lang=en")
+    assert page_response is not None and page_response.ok and await page.query_selector("#start"), \
         f"{page.url}: {(await page.content())[:2000]}"
     return context, page
 
@@ -98,7 +104,7 @@ async def test_teacher_and_three_students_hear_the_lesson(demo: Any, browser: Br
     students = []
     for n in range(3):
         context, page = await student_page(browser, info["student_url"], f"Student {n + 1}")
-        page.on("pageerror", lambda exc, n=n: errors.append(f"student {n + 1}: {exc}"))
+        page.on("pageerror", log_errors_to(errors, f"student {n + 1}"))
         students.append((context, page))
 
     for _, page in students:

@@ -6,7 +6,7 @@ import typing
 from pathlib import Path
 
 from groom.core.config import OPTIONS
-from groom.web.signaling import Message
+from groom.web.messages import Message
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 

@@ -2,8 +2,8 @@
 
 Msgids are collected from the code itself: ``_("...")`` in templates and Python, and the message
 template of every ``AppError(...)``, ``DeckError(...)`` (slide uploads) and ``Refusal(...)`` (the
-page worker, whose templates reach the teacher through DeckError) raised anywhere in ``groom/``. A string added without a Lao
-translation fails here, naming the string.
+page worker, whose templates reach the teacher through DeckError) raised anywhere in ``groom/``. A
+string added without a Lao translation fails here, naming the string.
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ def test_extractors_find_known_strings() -> None:
     assert "Log in" in template_msgids()
     assert "Wrong username or password." in python_msgids()
     assert "Not found: {what}" in python_msgids()
-    assert "This presentation file is damaged." in python_msgids()  # DeckError, slides.py
+    assert "This presentation file is damaged." in python_msgids()  # DeckError, deck_import.py
     assert "This PDF has no pages." in python_msgids()  # Refusal, rasterize.py
 
 

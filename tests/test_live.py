@@ -23,7 +23,9 @@ async def _inbound(peer: Peer) -> Any:
     return next(s for s in stats.values() if s.type == "inbound-rtp")
 
 
-async def test_teacher_voice_reaches_students_on_their_tiers(live: tuple[GroomServer, dict[str, Any]]) -> None:
+async def test_teacher_voice_reaches_students_on_their_tiers(
+    live: tuple[GroomServer, dict[str, Any]],
+) -> None:
     srv, demo = live
     teacher = await start_teacher(srv, demo)
     students = [await join_student(srv, demo, f"Student {i}") for i in range(2)]
@@ -95,7 +97,9 @@ async def test_stalled_student_does_not_delay_others(live: tuple[GroomServer, di
         assert stalled.pc is not None
         ice = stalled.pc.getTransceivers()[0].receiver.transport.transport
         for pair in ice._connection._nominated.values():
-            pair.protocol.transport.pause_reading()
+            transport = pair.protocol.transport
+            assert isinstance(transport, asyncio.ReadTransport)  # asyncio's UDP transport is one
+            transport.pause_reading()
         before = healthy.seconds_received()
         await asyncio.sleep(6)
         gained = healthy.seconds_received() - before
@@ -162,7 +166,9 @@ async def _publish_mic(peer: Peer) -> None:
     await peer.pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
 
 
-async def test_teacher_reconnect_within_grace_keeps_the_room(live: tuple[GroomServer, dict[str, Any]]) -> None:
+async def test_teacher_reconnect_within_grace_keeps_the_room(
+    live: tuple[GroomServer, dict[str, Any]],
+) -> None:
     srv, demo = live
     teacher = await start_teacher(srv, demo)
     student = await join_student(srv, demo, "Patient")
@@ -228,7 +234,7 @@ async def test_http_fallback_stream_decodes(live: tuple[GroomServer, dict[str, A
                     if not chunk:
                         break
                     data += chunk
-        with av.open(io.BytesIO(bytes(data)), format="ogg") as container:
+        with av.open(io.BytesIO(bytes(data)), mode="r", format="ogg") as container:
             # PyAV decodes Opus to float samples in [-1, 1]: scale to the int16 range.
             samples = [f.to_ndarray().astype(np.float64).reshape(-1) * 32768
                        for f in container.decode(audio=0)]

@@ -118,7 +118,9 @@ async def test_students_cannot_publish_or_steer_and_bad_sdp(live: tuple[GroomSer
             await p.close()
 
 
-async def test_floods_and_rapid_reconnects_leave_the_room_alone(live: tuple[GroomServer, dict[str, Any]]) -> None:
+async def test_floods_and_rapid_reconnects_leave_the_room_alone(
+    live: tuple[GroomServer, dict[str, Any]],
+) -> None:
     srv, demo = live
     teacher = await start_teacher(srv, demo)
     listener = await join_student(srv, demo, "Listener")
@@ -157,6 +159,7 @@ async def test_floods_and_rapid_reconnects_leave_the_room_alone(live: tuple[Groo
         await asyncio.gather(*(churn(i) for i in range(30)))
         await asyncio.sleep(1)
         assert listener.rms_since(mark) > 100, "the listener kept hearing the teacher"
+        assert listener.pc is not None
         inbound = next(s for s in (await listener.pc.getStats()).values() if s.type == "inbound-rtp")
         assert inbound.packetsLost <= 2
         listing = await teacher.expect("participants")

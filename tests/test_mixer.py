@@ -39,6 +39,7 @@ class Collector:
         assert frame.format.name == "s16" and frame.layout.name == "mono"
         assert frame.sample_rate == SAMPLE_RATE
         assert frame.time_base == fractions.Fraction(1, SAMPLE_RATE)
+        assert frame.pts is not None
         self.frames.append(Out(time.monotonic(), frame.pts, frame.to_ndarray().reshape(-1).copy(),
                                created))
 
@@ -83,13 +84,24 @@ async def send_over_webrtc(
     sender = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     receiver = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     got: asyncio.Future[MediaStreamTrack] = asyncio.get_running_loop().create_future()
-    receiver.on("track", lambda t: got.done() or got.set_result(t))
+
+    @receiver.on("track")
+    def on_track(t: MediaStreamTrack) -> None:
+        if not got.done():
+            got.set_result(t)
+
     sender.addTrack(track)
     await sender.setLocalDescription(await sender.createOffer())
     await receiver.setRemoteDescription(sender.localDescription)
     await receiver.setLocalDescription(await receiver.createAnswer())
     await sender.setRemoteDescription(receiver.localDescription)
     return await asyncio.wait_for(got, 10), [sender, receiver]
+
+
+async def recv_audio(track: MediaStreamTrack) -> av.AudioFrame:
+    frame = await track.recv()
+    assert isinstance(frame, av.AudioFrame), frame
+    return frame
 
 
 async def close(pcs: list[RTCPeerConnection]) -> None:
@@ -336,7 +348,7 @@ async def test_floor_track_reaches_the_teacher_over_webrtc() -> None:
     heard, pcs2 = await send_over_webrtc(mixer.floor_track())
     try:
         await asyncio.sleep(0.5)
-        frames = [await asyncio.wait_for(heard.recv(), 2.0) for _ in range(100)]
+        frames = [await asyncio.wait_for(recv_audio(heard), 2.0) for _ in range(100)]
         audio = np.concatenate([f.to_ndarray().reshape(-1, 2)[:, 0] for f in frames[50:]])
         assert tone_share(audio, 2500.0) > 0.8 and tone_share(audio, 300.0) < 0.01
     finally:

@@ -29,7 +29,7 @@ def monday_in(weeks: int) -> dt.date:
 async def make_school(client: ApiClient, **fields: Any) -> dict[str, Any]:
     status, body = await client.call("POST", "/api/schools", json={"name": f"School {uid()}",
                                                                    **fields})
-    assert status == 201, body
+    assert status == 201 and isinstance(body, dict), body
     return body
 
 
@@ -38,14 +38,14 @@ async def make_teacher(client: ApiClient, school_id: int, role: str = "teacher")
     status, body = await client.call("POST", f"/api/schools/{school_id}/teachers", json={
         "username": username, "password": "teacher-pass-1", "display_name": "ອາຈານ " + username,
         "role": role})
-    assert status == 201, body
+    assert status == 201 and isinstance(body, dict), body
     return body
 
 
 async def make_class(client: ApiClient, school_id: int, teacher_id: int | None) -> dict[str, Any]:
     status, body = await client.call("POST", f"/api/schools/{school_id}/classes", json={
         "name": f"ປ.4 {uid()}", "subject": "ພາສາລາວ", "grade": "4", "teacher_id": teacher_id})
-    assert status == 201, body
+    assert status == 201 and isinstance(body, dict), body
     return body
 
 

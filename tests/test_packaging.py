@@ -86,6 +86,7 @@ def _wait_for_demo(log_path: Path, proc: subprocess.Popen[bytes]) -> dict[str, s
             raise AssertionError("groom demo exited: " + log_path.read_text()[-3000:])
         for line in log_path.read_text(errors="replace").splitlines():
             if line.startswith("{") and "student_url" in line:
-                return json.loads(line)
+                links: dict[str, str] = json.loads(line)
+                return links
         time.sleep(0.2)
     raise AssertionError("groom demo printed no links: " + log_path.read_text()[-3000:])

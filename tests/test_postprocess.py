@@ -22,11 +22,14 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 sys.path.insert(0, str(Path(__file__).parent))
 
 from browser import available, chromium  # noqa: E402
+from groom.core.config import WEB_DIR  # noqa: E402
 from groom.core.db import make_engine, make_sessionmaker, migrate  # noqa: E402
 from groom.core.models import Classroom, Job, JobState, Lesson, Recording, RecordingState, School, utcnow  # noqa: E402
-from groom.recordings import postprocess  # noqa: E402
+from groom.recordings import offline_pack, playback, postprocess  # noqa: E402
+from groom.recordings.ffmpeg_runner import ffmpeg_exe  # noqa: E402
 from groom.recordings.jobs import JobWorker, enqueue  # noqa: E402
 from groom.recordings.recorder import AUDIO, Recorder, recording_dir  # noqa: E402
+from groom.recordings.video import make_video  # noqa: E402
 from test_recorder import decoded_seconds, opus_packets, record, record_and_kill  # noqa: E402
 
 PG_ADMIN = os.environ.get("GROOM_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1/test")
@@ -144,7 +147,9 @@ def frame_color_at(video: Path, t: float) -> np.ndarray:
         for frame in container.decode(video=0):
             if frame.time is not None and frame.time >= t - 1e-6:
                 rgb = frame.to_ndarray(format="rgb24")
-                return rgb[rgb.shape[0] // 4: -rgb.shape[0] // 4, rgb.shape[1] // 4: -rgb.shape[1] // 4].reshape(-1, 3).mean(axis=0)
+                h, w = rgb.shape[0] // 4, rgb.shape[1] // 4
+                color: np.ndarray = rgb[h:-h, w:-w].reshape(-1, 3).mean(axis=0)
+                return color
     raise AssertionError(f"no frame at {t}")
 
 
@@ -165,7 +170,7 @@ async def test_recording_processed_through_queue(db: async_sessionmaker[AsyncSes
     await drain(worker)
     row = await recording_row(db, lesson_id)
     assert row.state == RecordingState.ready, row.error
-    assert abs(row.duration_s - LESSON_S) < 1.0 and row.slide_count == 3
+    assert row.duration_s is not None and abs(row.duration_s - LESSON_S) < 1.0 and row.slide_count == 3
     directory = recording_dir(tmp_path, lesson_id)
     assert set(row.outputs) == {"listen.opus", "offline.zip", "listen.mp3"}
     assert not (directory / AUDIO).exists()  # the 32 kbps original is not kept
@@ -180,13 +185,13 @@ async def test_recording_processed_through_queue(db: async_sessionmaker[AsyncSes
     assert abs(decoded_seconds(mp3) - LESSON_S) < 1.0
     # listen.mp3 is not a file: it is read straight out of the (stored) pack
     assert not (directory / "listen.mp3").exists()
-    offset, size = postprocess.pack_member(directory / "offline.zip")
+    offset, size = offline_pack.pack_member(directory / "offline.zip")
     assert size == row.outputs["listen.mp3"] == len(mp3.read_bytes())
     with open(directory / "offline.zip", "rb") as f:
         f.seek(offset)
         assert f.read(size) == mp3.read_bytes()
     # an hour at this rate stays within the 10 MB budget (these are tiny test slides)
-    kept = sum(v for k, v in row.outputs.items() if k not in postprocess.VIRTUAL)
+    kept = sum(v for k, v in row.outputs.items() if k not in offline_pack.VIRTUAL)
     per_hour_mb = kept / LESSON_S * 3600 / 1e6
     assert per_hour_mb < 10, per_hour_mb
 
@@ -200,13 +205,12 @@ async def test_recording_processed_through_queue(db: async_sessionmaker[AsyncSes
 async def test_video_changes_slides_on_time(tmp_path: Path) -> None:
     await record_lesson(tmp_path, 1)
     directory = recording_dir(tmp_path, 1)
-    changes = postprocess.slide_changes(postprocess.read_timeline(directory))
+    changes = playback.slide_changes(playback.read_timeline(directory))
     video = tmp_path / "v.webm"
-    await postprocess.make_video(directory / AUDIO, changes, tmp_path / "slides", LESSON_S, video,
-                                 postprocess.ffmpeg_exe())
+    await make_video(directory / AUDIO, changes, tmp_path / "slides", LESSON_S, video, ffmpeg_exe())
     with av.open(str(video)) as container:
         assert [s.codec_context.name for s in container.streams] == ["vp9", "opus"]
-        assert abs(container.duration / 1e6 - LESSON_S) < 1.0
+        assert container.duration is not None and abs(container.duration / 1e6 - LESSON_S) < 1.0
     for at_ms, color in zip(CHANGES_MS, COLORS):
         # shown from the first whole second after the change, and not a second before it
         after = frame_color_at(video, np.ceil(at_ms / 1000))
@@ -223,8 +227,8 @@ async def test_no_slides_gives_placeholder_video(tmp_path: Path) -> None:
     assert result.slide_count == 0
     with zipfile.ZipFile(directory / "offline.zip") as pack:
         assert not [n for n in pack.namelist() if n.startswith("slides/")]
-    await postprocess.make_video(directory / AUDIO, [], tmp_path / "slides", result.duration_s,
-                                 tmp_path / "v.webm", postprocess.ffmpeg_exe())
+    await make_video(directory / AUDIO, [], tmp_path / "slides", result.duration_s,
+                     tmp_path / "v.webm", ffmpeg_exe())
     assert abs(decoded_seconds(tmp_path / "v.webm") - LESSON_S) < 1.0
 
 
@@ -274,7 +278,7 @@ async def test_crashed_recording_recovered_and_processed(sqlite_db: async_sessio
     await drain(worker)
     row = await recording_row(sqlite_db, lesson_id)
     assert row.state == RecordingState.ready, row.error
-    assert row.duration_s >= 6 and "offline.zip" in row.outputs
+    assert row.duration_s is not None and row.duration_s >= 6 and "offline.zip" in row.outputs
 
 
 # --- the queue itself ------------------------------------------------------------------------
@@ -346,7 +350,7 @@ def test_manifest_carries_ink_and_shown_polls(tmp_path: Path) -> None:
     lines = [json.dumps({"at_ms": at, "kind": kind, "data": data}) for at, kind, data in events]
     lines.insert(3, '{"at_ms": 1500, "kind": "ink", "da')  # a torn write is skipped
     (directory / "timeline.jsonl").write_text("\n".join(lines) + "\n")
-    manifest = postprocess.playback_manifest(
+    manifest = playback.playback_manifest(
         directory, 10.0, "/a.opus", lambda image: {"small": f"/s/{image}", "large": f"/l/{image}"})
     assert [s["small"] for s in manifest["slides"]] == ["/s/a.webp", "/s/b.webp", "/s/a.webp",
                                                         "/s/c.webp"]
@@ -427,7 +431,7 @@ async def test_online_playback_page(tmp_path: Path) -> None:
     names = await record_lesson(tmp_path, 1)
     directory = recording_dir(tmp_path, 1)
     result = await postprocess.process(directory, tmp_path / "slides")
-    manifest = postprocess.playback_manifest(
+    manifest = playback.playback_manifest(
         directory, result.duration_s, "/rec/listen.opus",
         lambda image: {"small": f"/slides/{image}", "large": f"/slides/{image}?large"})
     requested: list[str] = []
@@ -449,7 +453,7 @@ async def test_online_playback_page(tmp_path: Path) -> None:
     app = web.Application(middlewares=[log_requests])
     app.router.add_get("/", page)
     app.router.add_get("/manifest", manifest_json)
-    app.router.add_static("/static", postprocess.WEB_DIR / "static")
+    app.router.add_static("/static", WEB_DIR / "static")
     app.router.add_static("/rec", directory)
     app.router.add_static("/slides", tmp_path / "slides")
     runner = web.AppRunner(app)

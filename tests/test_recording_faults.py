@@ -31,7 +31,7 @@ from groom.audio.ogg import scan_pages  # noqa: E402
 from groom.audio.packets import SAMPLE_RATE, EncodedPacket  # noqa: E402
 from groom.core.models import JobState, RecordingState  # noqa: E402
 from groom.live.tiers import DEFAULT_TIERS  # noqa: E402
-from groom.recordings import postprocess  # noqa: E402
+from groom.recordings import offline_pack, playback, postprocess  # noqa: E402
 from groom.recordings.jobs import JobWorker, enqueue  # noqa: E402
 from groom.recordings.recorder import AUDIO, TIMELINE, Recorder, read_marker, recording_dir  # noqa: E402
 from test_postprocess import (  # noqa: E402
@@ -167,7 +167,7 @@ async def test_disk_full_during_lesson_keeps_lesson_and_what_was_written(
         assert pages[-1].flags & 0x04 and pages[-1].offset + pages[-1].length == \
             (directory / AUDIO).stat().st_size
         with av.open(str(directory / AUDIO)) as container:
-            assert abs(container.duration / 1e6 - after_s) < 0.1
+            assert container.duration is not None and abs(container.duration / 1e6 - after_s) < 0.1
         marker = read_marker(directory)
         assert marker is not None and marker["has_audio"] and "disk full" in marker["error"]
         assert abs(marker["duration_s"] - after_s) < 0.05
@@ -302,7 +302,7 @@ async def test_three_hour_lesson_recorded(three_hours: tuple[Path, Recorder, flo
     assert all(a.granule < b.granule for a, b in zip(pages[2:], pages[3:]))
     assert pages[-1].flags & 0x04 and pages[-1].granule == LESSON_3H_S * SAMPLE_RATE
     with av.open(str(audio)) as container:
-        assert abs(container.duration / 1e6 - LESSON_3H_S) < 1.0
+        assert container.duration is not None and abs(container.duration / 1e6 - LESSON_3H_S) < 1.0
         demuxed = sum(p.duration for p in container.demux(audio=0) if p.duration)
     assert abs(demuxed / SAMPLE_RATE - LESSON_3H_S) < 1.0
     check_s = time.perf_counter() - t0
@@ -311,7 +311,7 @@ async def test_three_hour_lesson_recorded(three_hours: tuple[Path, Recorder, flo
     decode_s = time.perf_counter() - t0
     marker = read_marker(directory)
     assert marker is not None and abs(marker["duration_s"] - LESSON_3H_S) < 0.05
-    events = postprocess.read_timeline(directory)
+    events = playback.read_timeline(directory)
     assert len(events) == 2 * (LESSON_3H_S // 180)
     assert events[-2]["at_ms"] == (LESSON_3H_S - 180) * 1000
     with capsys.disabled():
@@ -331,13 +331,13 @@ async def test_three_hour_lesson_postprocessed(three_hours: tuple[Path, Recorder
     with av.open(str(directory / postprocess.LISTEN)) as container:
         listened = sum(p.duration for p in container.demux(audio=0) if p.duration)
     assert abs(listened / SAMPLE_RATE - LESSON_3H_S) < 1.0
-    offset, size = postprocess.pack_member(directory / postprocess.PACK)
+    offset, size = offline_pack.pack_member(directory / offline_pack.PACK)
     mp3 = directory.parent / "pack.mp3"
-    with open(directory / postprocess.PACK, "rb") as f:
+    with open(directory / offline_pack.PACK, "rb") as f:
         f.seek(offset)
         mp3.write_bytes(f.read(size))
     with av.open(str(mp3)) as container:
-        assert abs(container.duration / 1e6 - LESSON_3H_S) < 1.0
+        assert container.duration is not None and abs(container.duration / 1e6 - LESSON_3H_S) < 1.0
     assert result.slide_count == 3
     kept_mb = sum(result.outputs.values()) / 1e6
     assert kept_mb / 3 < 10  # the budget: 10 MB per lesson hour

@@ -49,7 +49,7 @@ async def fetch(client: ApiClient, path: str, **headers: str) -> tuple[int, byte
 
 
 def audio_seconds(data: bytes) -> float:
-    with av.open(io.BytesIO(data)) as container:
+    with av.open(io.BytesIO(data), mode="r") as container:
         stream = container.streams.audio[0]
         if stream.duration is not None and stream.time_base is not None:
             return float(stream.duration * stream.time_base)

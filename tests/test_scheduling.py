@@ -28,7 +28,7 @@ async def test_series_limits_and_bad_dates(root: ApiClient) -> None:
     monday = monday_in(2)
     good = {"weekdays": [0], "start_time": "08:00", "duration_minutes": 45,
             "first_date": str(monday), "last_date": str(monday + dt.timedelta(days=28))}
-    cases = [
+    cases: list[tuple[dict[str, Any], str]] = [
         ({"weekdays": []}, "invalid"),
         ({"weekdays": [7]}, "invalid"),
         ({"weekdays": ["monday"]}, "invalid"),

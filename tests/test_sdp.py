@@ -60,7 +60,12 @@ async def test_teacher_answer_asks_for_fec_dtx_mono_32k_and_still_connects() -> 
     browser = pc()
     browser.addTrack(AudioStreamTrack())
     got: asyncio.Future[object] = asyncio.get_running_loop().create_future()
-    browser.on("track", lambda t: got.done() or got.set_result(t))
+
+    @browser.on("track")
+    def on_track(t: object) -> None:
+        if not got.done():
+            got.set_result(t)
+
     answer, server = await offer_answer(browser)
     assert "a=fmtp" not in answer  # what aiortc gives: nothing negotiated
     munged = teacher_answer(answer)

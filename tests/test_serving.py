@@ -47,7 +47,8 @@ async def test_self_signed_https_serves_pages_and_websocket(tmp_path: Path) -> N
 
 
 def test_turn_credentials_are_time_limited_hmacs() -> None:
-    configured = [{"urls": "stun:stun.example.la"}, {"urls": ["turn:turn.example.la:3478"]}]
+    configured: list[dict[str, Any]] = [{"urls": "stun:stun.example.la"},
+                                        {"urls": ["turn:turn.example.la:3478"]}]
     now = time.time()
     servers = ice_servers_for(configured, "s3cret", "s-abc", now=now)
     assert servers[0] == {"urls": "stun:stun.example.la"}

@@ -22,7 +22,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from groom.board import slides
-from groom.board.slides import DEFAULT_LIMITS, MAX_UPLOAD_BYTES, DeckError
+from groom.board.deck_import import DEFAULT_LIMITS, MAX_UPLOAD_BYTES, DeckError, Limits, import_deck
 from groom.core import db
 from groom.core.models import Classroom, Deck, School, Slide
 
@@ -54,9 +54,10 @@ class Store:
             return []
         return sorted(p for p in root.rglob("*") if p != root / slides.STAGING_DIR)
 
-    async def import_(self, data: bytes, filename: str = "deck.pdf", **limits: object) -> Deck:
-        return await slides.import_deck(self.session_maker, self.data_dir, self.class_id, "Lesson",
-                                        filename, data, limits=replace(DEFAULT_LIMITS, **limits))
+    async def import_(self, data: bytes, filename: str = "deck.pdf",
+                      limits: Limits = DEFAULT_LIMITS) -> Deck:
+        return await import_deck(self.session_maker, self.data_dir, self.class_id, "Lesson",
+                                 filename, data, limits=limits)
 
 
 @pytest.fixture
@@ -227,8 +228,8 @@ async def test_a_giant_page_is_drawn_at_slide_size(store: Store) -> None:
 
 async def test_progress_is_reported_per_page(store: Store) -> None:
     seen: list[tuple[int, int]] = []
-    await slides.import_deck(store.session_maker, store.data_dir, store.class_id, "", "x.pdf",
-                             SAMPLE.read_bytes(), progress=lambda done, total: seen.append((done, total)))
+    await import_deck(store.session_maker, store.data_dir, store.class_id, "", "x.pdf",
+                      SAMPLE.read_bytes(), progress=lambda done, total: seen.append((done, total)))
     assert seen == [(i, 6) for i in range(1, 7)]
 
 
@@ -269,8 +270,10 @@ HOSTILE = {
     "zip named .pdf": (pptx_zip({}), "deck.pdf", "not_pdf", 415),
     "text named .pdf": (b"hello, this is not a deck\n" * 40, "deck.pdf", "not_pdf", 415),
     "unknown type": (b"GIF89a....", "deck.gif", "unsupported_type", 415),
-    "encrypted pdf": (build_pdf(ONE_PAGE + [ENCRYPT], b"/Encrypt 4 0 R /ID [<%s> <%s>] " % ((b"ab" * 16,) * 2)),
-                      "deck.pdf", "encrypted", 422),
+    "encrypted pdf": (
+        build_pdf(ONE_PAGE + [ENCRYPT], b"/Encrypt 4 0 R /ID [<%s> <%s>] " % ((b"ab" * 16,) * 2)),
+        "deck.pdf", "encrypted", 422,
+    ),
     "broken pdf": (b"%PDF-1.4\n" + bytes(range(256)) * 40, "deck.pdf", "damaged", 422),
     "truncated pdf": (SAMPLE.read_bytes()[:300], "deck.pdf", "damaged", 422),
     "pdf without pages": (build_pdf(ONE_PAGE[:1] + [b"<< /Type /Pages /Kids [] /Count 0 >>"]),
@@ -376,7 +379,7 @@ async def test_slow_page_is_stopped_and_nothing_kept(store: Store) -> None:
     pdf = pages_pdf([box] * 3, [fast, fast + b" 1 0 0 rg 200 200 50 50 re f", slow])
     started = time.monotonic()
     with pytest.raises(DeckError) as refused:
-        await store.import_(pdf, page_seconds=2.0)
+        await store.import_(pdf, limits=replace(DEFAULT_LIMITS, page_seconds=2.0))
     assert refused.value.code == "page_timeout" and "Page 3" in refused.value.message
     assert time.monotonic() - started < 6
     assert await store.counts() == (0, 0) and store.files() == []
@@ -387,7 +390,7 @@ async def test_page_over_the_memory_cap(store: Store) -> None:
     cleanly (the same picture passes under the default cap)."""
     data = png(Image.new("RGB", (7000, 7000), (200, 30, 30)))
     with pytest.raises(DeckError) as refused:
-        await store.import_(data, "poster.png", memory_mb=160)
+        await store.import_(data, "poster.png", limits=replace(DEFAULT_LIMITS, memory_mb=160))
     assert refused.value.code in {"page_too_complex", "page_failed"}
     assert await store.counts() == (0, 0) and store.files() == []
     deck = await store.import_(data, "poster.png")
@@ -401,7 +404,7 @@ async def test_cancelled_import_leaves_nothing(store: Store) -> None:
         if done >= 1:
             first_page.set()
 
-    task = asyncio.create_task(slides.import_deck(
+    task = asyncio.create_task(import_deck(
         store.session_maker, store.data_dir, store.class_id, "Lesson", "deck.pdf",
         SAMPLE.read_bytes(), progress=progress))
     await asyncio.wait_for(first_page.wait(), 30)  # cancelled mid-deck, whatever the machine
@@ -434,8 +437,8 @@ async def test_class_deleted_during_import_removes_published_files(store: Store)
             deleting.append(asyncio.create_task(delete_class()))
 
     with pytest.raises(DeckError) as refused:
-        await slides.import_deck(store.session_maker, store.data_dir, store.class_id, "t", "x.pdf",
-                                 SAMPLE.read_bytes(), progress=progress)
+        await import_deck(store.session_maker, store.data_dir, store.class_id, "t", "x.pdf",
+                          SAMPLE.read_bytes(), progress=progress)
     assert (refused.value.code, refused.value.status) == ("no_class", 404)
     await deleting[0]
     assert await store.counts() == (0, 0) and store.files() == []

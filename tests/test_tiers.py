@@ -135,7 +135,8 @@ class Student:
     """A real aiortc student peer that records the RTP it receives (before the jitter buffer)."""
 
     pc: RTCPeerConnection
-    received: list[tuple[int, int, int, bytes, float]] = field(default_factory=list)  # seq, ts, marker, payload, t
+    # seq, ts, marker, payload, t
+    received: list[tuple[int, int, int, bytes, float]] = field(default_factory=list)
     drain: asyncio.Task[None] | None = None
 
     def tap(self) -> None:
@@ -147,7 +148,7 @@ class Student:
                                   packet.payload, time.monotonic()))
             await original(packet, arrival_time_ms)  # keeps RTCP receiver reports flowing
 
-        receiver._handle_rtp_packet = handle
+        receiver._handle_rtp_packet = handle  # type: ignore[method-assign]  # tapping aiortc's receive path
 
     async def close(self) -> None:
         if self.drain is not None:
@@ -288,7 +289,9 @@ async def test_stalled_or_vanished_student_does_not_delay_others(server: Server)
     # Stalled: its socket stops being read. Vanished: its process is gone (port closed, ICMP
     # errors come back to the server's socket).
     for protocol in stalled.pc.getTransceivers()[0].receiver.transport.transport._connection._protocols:
-        protocol.transport.pause_reading()
+        transport = protocol.transport
+        assert isinstance(transport, asyncio.ReadTransport)  # asyncio's UDP transport is one
+        transport.pause_reading()
     await vanished.pc.close()
     frames = frames_of(speech_pcm())[:200]
     await server.play(frames)

@@ -2,7 +2,7 @@
 
 Drawing an untrusted PDF is the riskiest thing the server does (a damaged or hostile file can
 use unbounded memory or time inside pdfium), so it never happens in the server process.
-``groom.slides`` starts this file as a script, one process per deck, and the process first caps
+``groom.board.deck_import`` starts this file as a script, one process per deck, and the process first caps
 its own address space (``RLIMIT_AS``) and CPU time; the parent enforces a deadline per page by
 reading one JSON line per page with a timeout and killing the process when it is late.
 
@@ -126,7 +126,8 @@ def draw(page: pdfium.PdfPage, size: tuple[float, float], box: tuple[int, int]) 
     """Draw a page to fit ``box``. The scale comes from the page size, so the bitmap can never
     exceed the box however large the page claims to be (a 5 m poster page is not 830 MB)."""
     bitmap = page.render(scale=fit(size, box), fill_color=(255, 255, 255, 255))
-    return bitmap.to_pil().convert("RGB")
+    image: Image.Image = bitmap.to_pil()  # pypdfium2 is untyped; to_pil() returns a PIL image
+    return image.convert("RGB")
 
 
 def pdf_pages(path: Path, max_pages: int) -> tuple[int, Iterator[tuple[Image.Image, Image.Image]]]:

@@ -17,7 +17,6 @@ import secrets
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from aiohttp import web
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from itsdangerous import BadSignature, URLSafeTimedSerializer
@@ -85,16 +84,6 @@ class SessionCodec:
 
 def new_session(user: User) -> Session:
     return Session(user.id, user.session_version, secrets.token_urlsafe(24))
-
-
-def set_session_cookie(response: web.StreamResponse, codec: SessionCodec, session: Session,
-                       secure: bool) -> None:
-    response.set_cookie(COOKIE, codec.dump(session), max_age=SESSION_MAX_AGE, httponly=True,
-                        samesite="Lax", secure=secure, path="/")
-
-
-def clear_session_cookie(response: web.StreamResponse) -> None:
-    response.del_cookie(COOKIE, path="/")
 
 
 def csrf_matches(session: Session, token: Optional[str]) -> bool:

@@ -7,7 +7,7 @@ rooms can write without "database is locked"; PostgreSQL is used through asyncpg
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional, TypeVar
 
 from alembic import command
 from alembic.config import Config
@@ -16,6 +16,20 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+
+# Largest id PostgreSQL's INTEGER holds: larger ids cannot exist, and asking for them would fail
+# (asyncpg refuses the parameter). Every id that comes from outside is checked against this.
+MAX_ID = 2**31 - 1
+
+Row = TypeVar("Row")
+
+
+async def load(db: AsyncSession, model: type[Row], ident: int) -> Optional[Row]:
+    """The row with this primary key, or None, also for ids no row can have (0, negative, or
+    beyond ``MAX_ID``), which are not sent to the database at all."""
+    if not 1 <= ident <= MAX_ID:
+        return None
+    return await db.get(model, ident)
 
 
 def make_engine(url: str) -> AsyncEngine:

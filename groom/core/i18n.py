@@ -11,9 +11,8 @@ from __future__ import annotations
 import gettext
 import io
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
-from aiohttp import web
 from babel.messages.mofile import write_mo
 from babel.messages.pofile import read_po
 
@@ -39,13 +38,14 @@ def load_catalogs(folder: Path = WEB_DIR / "translations") -> dict[str, gettext.
     return catalogs
 
 
-def pick_language(request: web.Request, default: str = DEFAULT_LANGUAGE) -> str:
-    """``?lang=``, the ``lang`` cookie, ``Accept-Language``, then ``default``."""
-    for candidate in (request.query.get("lang"), request.cookies.get("lang")):
-        if candidate in LANGUAGES:
+def choose_language(query: Optional[str], cookie: Optional[str], accept_language: str,
+                    default: str = DEFAULT_LANGUAGE) -> str:
+    """``?lang=``, the ``lang`` cookie, ``Accept-Language``, then ``default`` (the web layer
+    passes a request's three; nothing here knows HTTP)."""
+    for candidate in (query, cookie):
+        if candidate is not None and candidate in LANGUAGES:
             return candidate
-    header = request.headers.get("Accept-Language", "")
-    for part in header.split(","):
+    for part in accept_language.split(","):
         code = part.split(";")[0].strip().lower()[:2]
         if code in LANGUAGES:
             return code

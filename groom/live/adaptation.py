@@ -1,12 +1,12 @@
 """Which tier a student should hear, from measured link quality, with hysteresis.
 
-Feedback is coarse (docs/design.md, "What aiortc gives us": Chromium sends one RTCP receiver report every ~4-5 s), so the
-controller reacts to *runs* of reports, not to single figures: it steps down fast when the link
-is bad for two reports in a row (or at once when it is collapsing), and steps up slowly, one tier
-at a time, after the link has been good for a while. A step up that is punished by a step down
-soon after doubles the wait before the next try, so a link that cannot carry the higher tier is
-not probed every 20 s. "Data saver" pins the lowest tier without stopping the measurements, so
-turning it off lands on the tier the link deserves at once.
+Feedback is coarse (docs/design.md, "What aiortc gives us": Chromium sends one RTCP receiver report
+every ~4-5 s), so the controller reacts to *runs* of reports, not to single figures: it steps down
+fast when the link is bad for two reports in a row (or at once when it is collapsing), and steps up
+slowly, one tier at a time, after the link has been good for a while. A step up that is punished by
+a step down soon after doubles the wait before the next try, so a link that cannot carry the higher
+tier is not probed every 20 s. "Data saver" pins the lowest tier without stopping the measurements,
+so turning it off lands on the tier the link deserves at once.
 
 Pure logic: no I/O, no tasks, an injectable clock. The room feeds it figures and calls
 ``TierSet.move`` when ``tier`` changes.

@@ -1,5 +1,9 @@
 """Decode once, mix, clock: the one place where the room's audio timeline is made.
 
+One module because its parts (the bounded sample buffer, the source readers, the floor's return
+track) exist only for this clock and share its frame size and pacing rules, which read best in
+one place: the clock rule below.
+
 The teacher's decoded frames (and those of the student holding the floor) are resampled to
 48 kHz mono s16, mixed, and handed to the tiers as exactly one 20 ms frame per 20 ms, with pts
 on a 48 kHz clock that belongs to the mixer. Because the clock is ours, not the teacher's RTP

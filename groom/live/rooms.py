@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from groom.core.auth import Viewer
 from groom.core.config import Settings
+from groom.core.db import load
 from groom.core.errors import AppError
 from groom.core.models import Lesson, LessonState, User, utcnow
 from groom.recordings.jobs import JobWorker
@@ -81,7 +82,9 @@ class Rooms:
 
     async def _check_startable(self, lesson_id: int, viewer: Viewer) -> LessonInfo:
         async with self._sessions() as db:
-            lesson = await db.get(Lesson, lesson_id)
+            # The same check as ``office.lookup.get_lesson`` (the live layer may not import the
+            # office): an unknown id and another class's lesson both answer 404.
+            lesson = await load(db, Lesson, lesson_id)
             if lesson is None:
                 raise AppError("not_found", "Not found: {what}", status=404, what="lesson")
             classroom = lesson.classroom
@@ -121,7 +124,8 @@ class Rooms:
     async def end_orphans(self) -> list[int]:
         """At start: lessons a crash left "live" have no room any more; mark them ended."""
         async with self._sessions() as db:
-            lessons = (await db.execute(select(Lesson).where(Lesson.state == LessonState.live))).scalars().all()
+            live = select(Lesson).where(Lesson.state == LessonState.live)
+            lessons = (await db.execute(live)).scalars().all()
             for lesson in lessons:
                 lesson.state = LessonState.ended
                 lesson.ended_at = utcnow()

@@ -64,8 +64,8 @@ def _merge_fmtp(existing: str, params: Mapping[str, int | str]) -> str:
         key, sep, value = item.strip().partition("=")
         if key and sep:
             merged[key.lower()] = value.strip()
-    for key, value in params.items():
-        merged[key.lower()] = str(value)
+    for key, param in params.items():
+        merged[key.lower()] = str(param)
     return ";".join(f"{k}={v}" for k, v in merged.items())
 
 

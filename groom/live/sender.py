@@ -32,12 +32,13 @@ import struct
 import time
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from aiortc import RTCPeerConnection, RTCRtpSender, RTCRtpTransceiver
+from aiortc import RTCDtlsTransport, RTCPeerConnection, RTCRtpSender, RTCRtpTransceiver
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtcdtlstransport import State as DtlsState
 from aiortc.rtp import RtcpSdesPacket, RtcpSenderInfo, RtcpSourceInfo, RtcpSrPacket
+from aiortc.stats import RTCStatsReport
 
 from groom.audio.packets import SAMPLE_RATE, EncodedPacket
 
@@ -61,6 +62,63 @@ async def _no_rtcp(packets: Any) -> None:
 
 def _no_backlog() -> int:
     return 0
+
+
+class _SenderInternals:
+    """Typed access to an ``RTCRtpSender``'s name-mangled private state (aiortc 1.16).
+
+    aiortc keeps these as ``self.__name`` attributes, which mypy cannot see from outside the
+    class; every read and write goes through here, under the mangled names ``NAMES`` lists
+    (``StudentSender.start`` checks they exist)."""
+
+    NAMES = ("rtcp_task", "rtcp_started", "rtcp_exited", "lsr", "lsr_time", "cname", "rtt", "stats",
+             "packet_count", "octet_count")
+
+    def __init__(self, sender: RTCRtpSender) -> None:
+        self._sender = sender
+
+    def _get(self, name: str) -> object:
+        return getattr(self._sender, "_RTCRtpSender__" + name)
+
+    def has(self, name: str) -> bool:
+        return hasattr(self._sender, "_RTCRtpSender__" + name)
+
+    @property
+    def rtcp_task(self) -> asyncio.Future[None] | None:
+        return cast("asyncio.Future[None] | None", self._get("rtcp_task"))
+
+    @property
+    def rtcp_started(self) -> asyncio.Event:
+        return cast(asyncio.Event, self._get("rtcp_started"))
+
+    @property
+    def rtcp_exited(self) -> asyncio.Event:
+        return cast(asyncio.Event, self._get("rtcp_exited"))
+
+    @property
+    def cname(self) -> str | None:
+        return cast("str | None", self._get("cname"))
+
+    @property
+    def stats(self) -> RTCStatsReport:
+        return cast(RTCStatsReport, self._get("stats"))
+
+    @property
+    def rtt(self) -> float | None:
+        return cast("float | None", self._get("rtt"))
+
+    def record_report(self, lsr: int, lsr_time: float, packet_count: int, octet_count: int) -> None:
+        """What aiortc's own sender records as it sends a report (for RTT and getStats)."""
+        setattr(self._sender, "_RTCRtpSender__lsr", lsr)
+        setattr(self._sender, "_RTCRtpSender__lsr_time", lsr_time)
+        setattr(self._sender, "_RTCRtpSender__packet_count", packet_count)
+        setattr(self._sender, "_RTCRtpSender__octet_count", octet_count)
+
+
+def _dtls_sent(dtls: RTCDtlsTransport) -> tuple[int, int]:
+    """(bytes, packets) the DTLS transport has sent: its name-mangled private counters."""
+    return (cast(int, getattr(dtls, "_RTCDtlsTransport__tx_bytes")),
+            cast(int, getattr(dtls, "_RTCDtlsTransport__tx_packets")))
 
 
 class PacketPathTrack(MediaStreamTrack):
@@ -155,23 +213,26 @@ class StudentSender:
             raise RuntimeError("student audio did not negotiate Opus")
         if dtls._state != DtlsState.CONNECTED or dtls._tx_srtp is None:
             raise RuntimeError("DTLS is not connected yet")
-        for name in ("_RTCRtpSender__rtcp_task", "_RTCRtpSender__rtcp_started",
-                     "_RTCRtpSender__rtcp_exited", "_RTCRtpSender__lsr", "_RTCRtpSender__lsr_time",
-                     "_RTCRtpSender__cname", "_RTCRtpSender__rtt", "_RTCRtpSender__stats",
-                     "_RTCRtpSender__packet_count", "_RTCRtpSender__octet_count"):
-            if not hasattr(sender, name):
-                raise RuntimeError(f"aiortc internals changed: RTCRtpSender has no {name}")
+        internals = _SenderInternals(sender)
+        for name in internals.NAMES:
+            if not internals.has(name):
+                raise RuntimeError(f"aiortc internals changed: RTCRtpSender has no _RTCRtpSender__{name}")
+        payload_type = opus[0].payloadType
+        if payload_type is None:  # negotiated codecs always carry one
+            raise RuntimeError("student audio negotiated Opus without a payload type")
         # Retire aiortc's report task; it would send RTCP BYE as it ends, which tells the
-        # student the stream is over, so its send path is silenced first.
-        sender._send_rtcp = _no_rtcp
-        if sender._RTCRtpSender__rtcp_task is not None:
-            sender._RTCRtpSender__rtcp_task.cancel()
+        # student the stream is over, so its send path is silenced first. (Replacing a method
+        # of a third-party object: mypy rightly flags it; this is the one place we do.)
+        sender._send_rtcp = _no_rtcp  # type: ignore[method-assign]
+        rtcp_task = internals.rtcp_task
+        if rtcp_task is not None:
+            rtcp_task.cancel()
         # A task cancelled before its first step never runs, so it never sets the events
         # aiortc's ``stop()`` waits for: set them here, or closing the connection would hang.
-        sender._RTCRtpSender__rtcp_started.set()
-        sender._RTCRtpSender__rtcp_exited.set()
-        self._cname = sender._RTCRtpSender__cname or ""
-        self._payload_type = opus[0].payloadType
+        internals.rtcp_started.set()
+        internals.rtcp_exited.set()
+        self._cname = internals.cname or ""
+        self._payload_type = payload_type
         self._ssrc = sender._ssrc
         self._dtls = dtls
         self._protect = dtls._tx_srtp.protect
@@ -232,11 +293,9 @@ class StudentSender:
                                                      items=[(1, self._cname.encode())])])
         data = self._protect_rtcp(bytes(report) + bytes(sdes))
         self._sendto(data, self._remote_addr)
-        sender = self._sender  # what aiortc's getStats() reports as outbound-rtp, and RTT
-        sender._RTCRtpSender__lsr = (ntp >> 16) & 0xFFFFFFFF
-        sender._RTCRtpSender__lsr_time = now
-        sender._RTCRtpSender__packet_count = self.packets_sent
-        sender._RTCRtpSender__octet_count = self.payload_bytes
+        # what aiortc's getStats() reports as outbound-rtp, and RTT
+        _SenderInternals(self._sender).record_report(
+            (ntp >> 16) & 0xFFFFFFFF, now, self.packets_sent, self.payload_bytes)
         self.rtcp_bytes += len(data) + self._ip_overhead
 
     def _bind_pair(self, pair: Any) -> bool:
@@ -259,9 +318,9 @@ class StudentSender:
         ``await getStats()`` building a report per call.
         """
         sender = self._sender
-        stats = sender._RTCRtpSender__stats
-        report = stats.get("remote-inbound-rtp_" + str(id(sender)))
-        rtt = sender._RTCRtpSender__rtt
+        internals = _SenderInternals(sender)
+        report = internals.stats.get("remote-inbound-rtp_" + str(id(sender)))
+        rtt = internals.rtt
         if report is None:
             return LinkQuality(None, None, None, None, None)
         return LinkQuality(
@@ -275,9 +334,9 @@ class StudentSender:
     def data_used(self) -> int:
         """Bytes sent to this student on the wire, UDP/IP headers included: our RTP and sender
         reports, plus what aiortc sent itself (DTLS handshake, anything else)."""
-        dtls = self._dtls if self._dtls is not None else self._sender.transport
-        return int(self.wire_bytes + self.rtcp_bytes + dtls._RTCDtlsTransport__tx_bytes
-                   + dtls._RTCDtlsTransport__tx_packets * self._ip_overhead)
+        dtls: RTCDtlsTransport = self._dtls if self._dtls is not None else self._sender.transport
+        tx_bytes, tx_packets = _dtls_sent(dtls)
+        return int(self.wire_bytes + self.rtcp_bytes + tx_bytes + tx_packets * self._ip_overhead)
 
     def stop(self) -> None:
         """Stop sending (the peer connection's ``close()`` stops aiortc's sender and its RTCP)."""

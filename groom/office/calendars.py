@@ -9,6 +9,9 @@ deactivated teacher's feed stops answering. A wrong token answers 404, like an u
 Events carry the school's time zone (``TZID`` plus a ``VTIMEZONE``), so phones show the lesson at
 the school's wall-clock time wherever they are; cancelled lessons stay in the feed with
 ``STATUS:CANCELLED`` so that subscribed calendars remove them instead of keeping stale events.
+
+This module is the domain part (tokens, paths, which lessons a feed holds, the .ics itself); the
+URLs with the server's public base and the HTTP handlers are ``web/calendar_feeds.py``'s.
 """
 
 from __future__ import annotations
@@ -17,18 +20,17 @@ import base64
 import datetime as dt
 import hashlib
 import hmac
+from dataclasses import dataclass
 from typing import Literal, Optional, Sequence
 
-from aiohttp import web
 from icalendar import Calendar, Event
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
+from groom.core.db import load
 from groom.core.models import Classroom, Lesson, LessonState, Role, School, User, utcnow
-from groom.web import proxy
-from groom.web.plumbing import SESSIONS, SETTINGS
 
 from .scheduling import zone
-from .schools import MAX_ID
 
 Kind = Literal["class", "teacher"]
 PAST_DAYS, FUTURE_DAYS, MAX_EVENTS = 60, 400, 2000
@@ -39,18 +41,18 @@ def feed_token(secret: str, kind: Kind, ident: int, salt: str = "") -> str:
     return base64.urlsafe_b64encode(mac.digest()[:24]).decode().rstrip("=")
 
 
-def public_base(request: web.Request) -> str:
-    return proxy.public_base(request)  # --public-url, else the (proxy-trusted) scheme and host
+def class_feed_path(secret: str, classroom: Classroom) -> str:
+    """``/calendar/class/<id>/<token>.ics``: the token changes with the class's join code."""
+    token = feed_token(secret, "class", classroom.id, classroom.join_code)
+    return feed_path("class", classroom.id, token)
 
 
-def class_feed_url(request: web.Request, classroom: Classroom) -> str:
-    token = feed_token(request.app[SETTINGS].secret, "class", classroom.id, classroom.join_code)
-    return f"{public_base(request)}/calendar/class/{classroom.id}/{token}.ics"
+def teacher_feed_path(secret: str, teacher: User) -> str:
+    return feed_path("teacher", teacher.id, feed_token(secret, "teacher", teacher.id))
 
 
-def teacher_feed_url(request: web.Request, teacher: User) -> str:
-    token = feed_token(request.app[SETTINGS].secret, "teacher", teacher.id)
-    return f"{public_base(request)}/calendar/teacher/{teacher.id}/{token}.ics"
+def feed_path(kind: Kind, ident: int, token: str) -> str:
+    return f"/calendar/{kind}/{ident}/{token}.ics"
 
 
 def webcal(url: str) -> str:
@@ -83,48 +85,48 @@ def build_calendar(name: str, timezone: str, lessons: Sequence[Lesson]) -> bytes
         event.add("status", "CANCELLED" if lesson.state == LessonState.cancelled else "CONFIRMED")
         cal.add_component(event)
     cal.add_missing_timezones()
-    return cal.to_ical()
+    ical: bytes = cal.to_ical()  # icalendar leaves to_ical() unannotated
+    return ical
 
 
-async def _feed(request: web.Request, kind: Kind) -> web.StreamResponse:
-    raw_id, token = request.match_info["ident"], request.match_info["token"]
-    if not (raw_id.isascii() and raw_id.isdigit()) or not 1 <= int(raw_id) <= MAX_ID:
-        raise web.HTTPNotFound()
-    ident = int(raw_id)
-    secret = request.app[SETTINGS].secret
-    async with request.app[SESSIONS]() as db:
-        query = select(Lesson).where(Lesson.starts_at > utcnow() - dt.timedelta(days=PAST_DAYS),
-                                     Lesson.starts_at < utcnow() + dt.timedelta(days=FUTURE_DAYS))
-        school: Optional[School]
-        if kind == "class":
-            classroom = await db.get(Classroom, ident)
-            if classroom is None or not hmac.compare_digest(
-                    token, feed_token(secret, kind, ident, classroom.join_code)):
-                raise web.HTTPNotFound()
-            school = await db.get(School, classroom.school_id)
-            name = classroom.name
-            query = query.where(Lesson.class_id == ident)
-        else:
-            teacher = await db.get(User, ident)
-            if (teacher is None or not teacher.active or teacher.school_id is None
-                    or teacher.role != Role.teacher
-                    or not hmac.compare_digest(token, feed_token(secret, kind, ident))):
-                raise web.HTTPNotFound()
-            school = await db.get(School, teacher.school_id)
-            name = teacher.display_name
-            query = query.where(Lesson.teacher_id == ident)
-        assert school is not None
-        lessons = list((await db.execute(query.order_by(Lesson.starts_at, Lesson.id)
-                                         .limit(MAX_EVENTS))).unique().scalars())
-    body = build_calendar(f"G-Room: {name}", school.timezone, lessons)
-    return web.Response(body=body, content_type="text/calendar", charset="utf-8",
-                        headers={"Cache-Control": "private, max-age=300",
-                                 "Content-Disposition": f'inline; filename="{kind}-{ident}.ics"'})
+@dataclass(frozen=True)
+class Feed:
+    """What one feed URL shows: its name, the school's time zone and the lessons."""
+
+    name: str
+    timezone: str
+    lessons: list[Lesson]
+
+    def ics(self) -> bytes:
+        return build_calendar(f"G-Room: {self.name}", self.timezone, self.lessons)
 
 
-async def class_feed(request: web.Request) -> web.StreamResponse:
-    return await _feed(request, "class")
-
-
-async def teacher_feed(request: web.Request) -> web.StreamResponse:
-    return await _feed(request, "teacher")
+async def load_feed(db: AsyncSession, secret: str, kind: Kind, ident: int,
+                    token: str) -> Optional[Feed]:
+    """The feed at ``/calendar/<kind>/<ident>/<token>.ics``, or None when the id is unknown, the
+    token is wrong (another secret, or a class code since renewed) or the teacher deactivated:
+    all of these answer the same 404. No viewer: the token is the permission."""
+    query = select(Lesson).where(Lesson.starts_at > utcnow() - dt.timedelta(days=PAST_DAYS),
+                                 Lesson.starts_at < utcnow() + dt.timedelta(days=FUTURE_DAYS))
+    school: Optional[School]
+    if kind == "class":
+        classroom = await load(db, Classroom, ident)
+        if classroom is None or not hmac.compare_digest(
+                token, feed_token(secret, kind, ident, classroom.join_code)):
+            return None
+        school = await db.get(School, classroom.school_id)
+        name = classroom.name
+        query = query.where(Lesson.class_id == ident)
+    else:
+        teacher = await load(db, User, ident)
+        if (teacher is None or not teacher.active or teacher.school_id is None
+                or teacher.role != Role.teacher
+                or not hmac.compare_digest(token, feed_token(secret, kind, ident))):
+            return None
+        school = await db.get(School, teacher.school_id)
+        name = teacher.display_name
+        query = query.where(Lesson.teacher_id == ident)
+    assert school is not None
+    lessons = list((await db.execute(query.order_by(Lesson.starts_at, Lesson.id)
+                                     .limit(MAX_EVENTS))).unique().scalars())
+    return Feed(name, school.timezone, lessons)

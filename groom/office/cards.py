@@ -3,7 +3,8 @@
 A card shows the school, the class, the student's name, the personal code grouped for reading
 aloud, the short link ``{public base}/c/{card code}`` and a QR code of that link. The QR code is
 inline SVG (no image request, sharp when printed, allowed by the CSP). A class also gets one card
-with the class code, for students who are not on the roster.
+with the class code, for students who are not on the roster. The public base is the caller's to
+give (the web layer knows the server's address; the office does not).
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import qrcode.constants
 from markupsafe import Markup
 from qrcode.image.svg import SvgPathImage
 
-from .calendars import public_base  # noqa: F401  (the base URL printed on cards)
 from .codes import pretty
 
 _XML_DECL = re.compile(r"^<\?xml[^>]*>\s*")

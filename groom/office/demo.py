@@ -9,15 +9,14 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from aiohttp import web
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from groom.core.auth import hash_password
 from groom.core.models import Classroom, Lesson, LessonState, Role, School, Student, User
-from groom.web.accounts import create_user, random_password
-from groom.web.plumbing import SESSIONS
 
 from .codes import new_card_code, new_class_code
+from .users import create_user, random_password
 
 SCHOOL_NAME = "ໂຮງຮຽນປະຖົມບ້ານໜອງບົວ (Ban Nongbua Primary School)"
 ADMIN, TEACHER = "demo-admin", "demo-teacher"
@@ -25,9 +24,10 @@ ROSTER = ["ສົມສັກ ພົມມະຈັນ", "ນ້ອຍ ສີສ
           "ວັນນາ ສຸລິຍະ", "ພອນສະຫວັນ ອິນທະວົງ"]
 
 
-async def seed_demo(app: web.Application, base_url: str) -> dict[str, Any]:
+async def seed_demo(sessions: async_sessionmaker[AsyncSession], base_url: str) -> dict[str, Any]:
+    """Create or refresh the demo school; its links (under ``base_url``) and logins."""
     admin_pw, teacher_pw = random_password(), random_password()
-    async with app[SESSIONS]() as db:
+    async with sessions() as db:
         school = (await db.execute(select(School).where(School.name == SCHOOL_NAME))).scalar_one_or_none()
         if school is None:
             school = School(name=SCHOOL_NAME, timezone="Asia/Vientiane")
@@ -44,7 +44,8 @@ async def seed_demo(app: web.Application, base_url: str) -> dict[str, Any]:
                 user.password_hash = await hash_password(pw)
                 user.session_version += 1
             users[username] = user
-        classroom = (await db.execute(select(Classroom).where(Classroom.school_id == school.id))).scalars().first()
+        classes = select(Classroom).where(Classroom.school_id == school.id)
+        classroom = (await db.execute(classes)).scalars().first()
         if classroom is None:
             classroom = Classroom(school_id=school.id, name="ປ.4 ກ", subject="ພາສາລາວ (Lao language)",
                                   grade="4", teacher_id=users[TEACHER].id, join_code=new_class_code())

@@ -1,5 +1,8 @@
 """The lesson schedule: one-off lessons, weekly series, clashes, changes, week views, agendas.
 
+Stays one module: every change and every view here rests on the same two rules (local wall-clock
+times of the school's zone, and clashes checked as a whole under ``schedule_lock``).
+
 Times are entered and shown in the school's time zone (Asia/Vientiane unless the school says
 otherwise) and stored in UTC, so a lesson stays at the same instant whatever the server's clock
 zone. A weekly series repeats a *local* start time: "Monday 08:00" stays 08:00 on the wall clock
@@ -10,7 +13,8 @@ never clash. Every change is checked as a whole before anything is written: a se
 reschedule of "the rest of the series", with one clash is refused entirely, and the error names
 the first clashing lesson (title, class and local time) so the office knows what to move.
 
-Like ``schools.py``, every function checks the viewer's rights itself and commits on success.
+Like ``schools.py``, every function checks the viewer's rights itself (through ``lookup.py``)
+and commits on success.
 Scheduling is the office's job: admins of the school change the schedule; teachers read their
 own lessons (week view, agenda, attendance).
 """
@@ -28,17 +32,18 @@ from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from groom.core.auth import Viewer
-from groom.core.errors import AppError, not_found
+from groom.core.errors import AppError
 from groom.core.models import Attendance, Classroom, Lesson, LessonState, Role, School, Series, User, utcnow
 
-from .schools import (
+from .lookup import (
     DEFAULT_TIMEZONE,
-    _get,
     clean_text,
     get_class,
+    get_lesson,
     get_school,
     get_teacher,
     manage_class,
+    manage_lesson,
     school_of,
 )
 
@@ -183,19 +188,6 @@ async def _refuse_clash(db: AsyncSession, slots: Sequence[tuple[dt.datetime, dt.
 
 
 # --- reading -------------------------------------------------------------------------------------
-
-async def get_lesson(db: AsyncSession, viewer: Viewer, lesson_id: int) -> Lesson:
-    lesson = await _get(db, Lesson, lesson_id)
-    if lesson is None or not viewer.can_see_class(lesson.classroom):
-        raise not_found("lesson")
-    return lesson
-
-
-async def _manage_lesson(db: AsyncSession, viewer: Viewer, lesson_id: int) -> Lesson:
-    lesson = await get_lesson(db, viewer, lesson_id)
-    viewer.require_school(lesson.classroom.school_id)
-    return lesson
-
 
 async def attendance(db: AsyncSession, viewer: Viewer, lesson_id: int) -> list[Attendance]:
     """Who came to a lesson (filled by the live room), in the order they joined."""
@@ -413,7 +405,7 @@ async def _reschedule(db: AsyncSession, viewer: Viewer, lesson_id: int, starts_a
     local start time, optionally with a new duration. For the rest of a series, each later lesson
     moves by the same wall-clock shift (e.g. every lesson from 08:00 to 09:30, or one day
     later). Refused as a whole if any moved lesson would clash or be over already."""
-    lesson = await _manage_lesson(db, viewer, lesson_id)
+    lesson = await manage_lesson(db, viewer, lesson_id)
     tz = zone(await school_of(db, lesson.classroom.school_id))
     lessons = await _scope(db, lesson, scope)
     new_start = to_utc(starts_at, tz)
@@ -438,7 +430,7 @@ async def cancel(db: AsyncSession, viewer: Viewer, lesson_id: int,
                  scope: Scope = "one") -> list[Lesson]:
     """Cancel a lesson, or it and the rest of its series. Cancelled lessons stay in the schedule
     (and in calendar feeds, marked cancelled, so phones remove them) and no longer clash."""
-    lesson = await _manage_lesson(db, viewer, lesson_id)
+    lesson = await manage_lesson(db, viewer, lesson_id)
     lessons = await _scope(db, lesson, scope)
     for item in lessons:
         item.state = LessonState.cancelled

@@ -12,6 +12,7 @@ Ids of another school answer exactly like unknown ids (404 ``not_found``): a str
 "exists but not yours" from "does not exist". Functions that change something commit before they
 return (one request, one unit of work), and check everything before writing, so a refused request
 changes nothing. Errors are ``AppError`` with fixed English templates (the translation msgids).
+Loading one school, teacher, class or student by id for a viewer is ``lookup.py``'s.
 """
 
 from __future__ import annotations
@@ -19,26 +20,33 @@ from __future__ import annotations
 import csv
 import io
 import re
-import unicodedata
-from functools import lru_cache
+from collections.abc import Callable
 from typing import Optional, Sequence
-from zoneinfo import available_timezones
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import InstrumentedAttribute
 
 from groom.core.auth import Viewer
+from groom.core.db import load
 from groom.core.errors import AppError, forbidden, not_found
 from groom.core.models import Classroom, Lesson, LessonState, Role, School, Student, User, utcnow
-from groom.web.accounts import create_user
 
 from .codes import new_card_code, new_class_code
+from .lookup import (
+    DEFAULT_TIMEZONE,
+    check_timezone,
+    clean_text,
+    get_class,
+    get_school,
+    get_student,
+    get_teacher,
+    manage_class,
+)
+from .scheduling import reassign_teacher, schedule_lock
+from .users import create_user
 
-DEFAULT_TIMEZONE = "Asia/Vientiane"
-MAX_NAME = 200
 MAX_GRADE = 32
-# Largest id PostgreSQL's INTEGER holds: larger ids cannot exist, and asking for them would fail.
-MAX_ID = 2**31 - 1
 
 MAX_CSV_BYTES = 256 * 1024
 MAX_CSV_ROWS = 2000
@@ -50,46 +58,7 @@ _NAME_HEADERS = {"name", "names", "student", "student name", "full name", "fulln
 _SPACES = re.compile(r"\s+")
 
 
-# --- small shared helpers ----------------------------------------------------------------------
-
-@lru_cache(maxsize=1)
-def timezones() -> frozenset[str]:
-    """IANA zone names this machine knows (from ``tzdata``); read once, it scans the disk."""
-    return frozenset(available_timezones())
-
-
-def check_timezone(name: str) -> str:
-    if name not in timezones():
-        raise AppError("bad_timezone", "Unknown time zone: {timezone}", status=422, timezone=name)
-    return name
-
-
-def clean_text(value: str, *, field: str, max_length: int = MAX_NAME, required: bool = True) -> str:
-    """Normalize a name typed by a person: NFC (Lao input methods differ), single spaces, no
-    control characters (PostgreSQL refuses NUL; the others are never meant)."""
-    value = _SPACES.sub(" ", unicodedata.normalize("NFC", value)).strip()
-    if any(unicodedata.category(c) in ("Cc", "Cs") for c in value):
-        raise AppError("invalid", "The {field} contains control characters.", status=422,
-                       field=field)
-    if required and not value:
-        raise AppError("invalid", "The {field} must not be empty.", status=422, field=field)
-    if len(value) > max_length:
-        raise AppError("invalid", "The {field} is longer than {max} characters.", status=422,
-                       field=field, max=max_length)
-    return value
-
-
-async def _get(db: AsyncSession, model: type, ident: int):  # type: ignore[no-untyped-def]
-    if not 1 <= ident <= MAX_ID:
-        return None
-    return await db.get(model, ident)
-
-
 # --- schools -------------------------------------------------------------------------------------
-
-def _can_read_school(viewer: Viewer, school_id: int) -> bool:
-    return viewer.can_manage_school(school_id) or viewer.user.school_id == school_id
-
 
 async def list_schools(db: AsyncSession, viewer: Viewer) -> list[School]:
     """The schools the viewer belongs to or manages, by name."""
@@ -97,13 +66,6 @@ async def list_schools(db: AsyncSession, viewer: Viewer) -> list[School]:
     if not viewer.is_global_admin:
         query = query.where(School.id == viewer.user.school_id)
     return list((await db.execute(query)).scalars())
-
-
-async def get_school(db: AsyncSession, viewer: Viewer, school_id: int) -> School:
-    school = await _get(db, School, school_id)
-    if school is None or not _can_read_school(viewer, school.id):
-        raise not_found("school")
-    return school
 
 
 async def create_school(db: AsyncSession, viewer: Viewer, name: str,
@@ -131,14 +93,6 @@ async def update_school(db: AsyncSession, viewer: Viewer, school_id: int, *,
     return school
 
 
-async def school_of(db: AsyncSession, school_id: int) -> School:
-    """The school row without a permission check (callers have checked the class/lesson)."""
-    school = await db.get(School, school_id)
-    if school is None:
-        raise not_found("school")
-    return school
-
-
 # --- teachers (and school admins) ---------------------------------------------------------------
 
 async def list_teachers(db: AsyncSession, viewer: Viewer, school_id: int, *,
@@ -161,16 +115,6 @@ async def create_teacher(db: AsyncSession, viewer: Viewer, school_id: int, *, us
                              display_name=clean_text(display_name, field="name", required=False),
                              role=role, school_id=school.id)
     await db.commit()
-    return user
-
-
-async def get_teacher(db: AsyncSession, viewer: Viewer, teacher_id: int) -> User:
-    """A teacher or school admin: visible to the admins of their school and to themselves."""
-    user = await _get(db, User, teacher_id)
-    if user is None or user.school_id is None:
-        raise not_found("teacher")
-    if not (viewer.can_manage_school(user.school_id) or viewer.user.id == user.id):
-        raise not_found("teacher")
     return user
 
 
@@ -212,24 +156,8 @@ async def list_classes(db: AsyncSession, viewer: Viewer,
     return list((await db.execute(query)).unique().scalars())
 
 
-async def get_class(db: AsyncSession, viewer: Viewer, class_id: int) -> Classroom:
-    classroom = await _get(db, Classroom, class_id)
-    if classroom is None:
-        raise not_found("class")
-    viewer.require_class(classroom)
-    return classroom
-
-
-async def manage_class(db: AsyncSession, viewer: Viewer, class_id: int) -> Classroom:
-    """The class, if the viewer may change it (admins of its school). A teacher of the class gets
-    403 (they can see it), anybody else 404."""
-    classroom = await get_class(db, viewer, class_id)
-    viewer.require_school(classroom.school_id)
-    return classroom
-
-
 async def _teacher_in_school(db: AsyncSession, teacher_id: int, school_id: int) -> User:
-    teacher = await _get(db, User, teacher_id)
+    teacher = await load(db, User, teacher_id)
     if teacher is None or teacher.school_id != school_id or teacher.role != Role.teacher:
         raise not_found("teacher")
     if not teacher.active:
@@ -238,7 +166,8 @@ async def _teacher_in_school(db: AsyncSession, teacher_id: int, school_id: int) 
     return teacher
 
 
-async def _unused_code(db: AsyncSession, column, make) -> str:  # type: ignore[no-untyped-def]
+async def _unused_code(db: AsyncSession, column: InstrumentedAttribute[str],
+                       make: Callable[[], str]) -> str:
     """A fresh random code; collisions are astronomically rare, but checked all the same."""
     for _ in range(10):
         code = make()
@@ -272,36 +201,27 @@ async def update_class(db: AsyncSession, viewer: Viewer, class_id: int, *,
                        clear_teacher: bool = False) -> Classroom:
     """Change a class. A new teacher also takes over the class's upcoming scheduled lessons, which
     is refused (409, naming the lesson) if one of them clashes with the new teacher's timetable."""
-    from .scheduling import reassign_teacher, schedule_lock  # scheduling imports this module
-
     async with schedule_lock:
-        return await _update_class(db, viewer, class_id, name=name, subject=subject, grade=grade,
-                                   teacher_id=teacher_id, clear_teacher=clear_teacher,
-                                   reassign_teacher=reassign_teacher)
-
-
-async def _update_class(db: AsyncSession, viewer: Viewer, class_id: int, *, name: Optional[str],
-                        subject: Optional[str], grade: Optional[str], teacher_id: Optional[int],
-                        clear_teacher: bool, reassign_teacher) -> Classroom:  # type: ignore[no-untyped-def]
-    classroom = await manage_class(db, viewer, class_id)
-    if name is not None:
-        classroom.name = clean_text(name, field="class name")
-    if subject is not None:
-        classroom.subject = clean_text(subject, field="subject", required=False)
-    if grade is not None:
-        classroom.grade = clean_text(grade, field="grade", max_length=MAX_GRADE, required=False)
-    new_teacher: Optional[int] = classroom.teacher_id
-    if clear_teacher:
-        new_teacher = None
-    elif teacher_id is not None:
-        await _teacher_in_school(db, teacher_id, classroom.school_id)
-        new_teacher = teacher_id
-    if new_teacher != classroom.teacher_id:
-        await reassign_teacher(db, classroom, new_teacher)
-        classroom.teacher_id = new_teacher
-    await db.commit()
-    await db.refresh(classroom)  # ``teacher`` follows the new ``teacher_id``
-    return classroom
+        classroom = await manage_class(db, viewer, class_id)
+        if name is not None:
+            classroom.name = clean_text(name, field="class name")
+        if subject is not None:
+            classroom.subject = clean_text(subject, field="subject", required=False)
+        if grade is not None:
+            classroom.grade = clean_text(grade, field="grade", max_length=MAX_GRADE,
+                                         required=False)
+        new_teacher: Optional[int] = classroom.teacher_id
+        if clear_teacher:
+            new_teacher = None
+        elif teacher_id is not None:
+            await _teacher_in_school(db, teacher_id, classroom.school_id)
+            new_teacher = teacher_id
+        if new_teacher != classroom.teacher_id:
+            await reassign_teacher(db, classroom, new_teacher)
+            classroom.teacher_id = new_teacher
+        await db.commit()
+        await db.refresh(classroom)  # ``teacher`` follows the new ``teacher_id``
+        return classroom
 
 
 async def new_join_code(db: AsyncSession, viewer: Viewer, class_id: int) -> Classroom:
@@ -338,16 +258,6 @@ async def add_student(db: AsyncSession, viewer: Viewer, class_id: int, name: str
                       card_code=await _unused_code(db, Student.card_code, new_card_code))
     db.add(student)
     await db.commit()
-    return student
-
-
-async def get_student(db: AsyncSession, viewer: Viewer, student_id: int) -> Student:
-    student = await _get(db, Student, student_id)
-    if student is None:
-        raise not_found("student")
-    classroom = await db.get(Classroom, student.class_id)
-    if classroom is None or not viewer.can_see_class(classroom):
-        raise not_found("student")
     return student
 
 

@@ -4,77 +4,59 @@ Inputs, in ``data_dir/recordings/<lesson_id>/``: ``audio.ogg`` (the top tier's O
 ``timeline.jsonl`` and the slide images in ``data_dir/slides/``. Outputs:
 
 - ``listen.opus``  Opus 8 kbps mono VoIP: online playback (``web/static/playback.js``).
-- ``offline.zip``  MP3 (mono 11 kHz, 8 kbps: every phone and old player can play it), the
-  slide images, ``timeline.json`` and ``index.html`` (``web/templates/offline_player.html`` with
-  the online player's ``ink.js`` and ``playback.js`` and the lesson's manifest inlined, so it
-  works from ``file://``). Entries are stored, not deflated: media does
-  not compress and a stored zip can be unpacked by anything.
-- ``listen.mp3``   not a file: the pack's MP3, served straight out of the zip (``pack_member``
-  gives where its bytes lie), so it is offered on its own without being kept twice. Listed in
-  the recording's outputs (``Result.virtual``) but not counted in what is kept.
-- ``video.webm``   VP9 at 1 fps + the Opus audio copied, made on demand by a ``video`` job.
+- ``offline.zip``  MP3 (mono 11 kHz, 8 kbps), the slide images, ``timeline.json`` and a
+  self-contained ``index.html`` player (``offline_pack.py``).
+- ``listen.mp3``   not a file: the pack's MP3, served straight out of the zip
+  (``offline_pack.pack_member``). Listed in the recording's outputs (``Result.virtual``) but not
+  counted in what is kept.
+- ``video.webm``   VP9 at 1 fps + the Opus audio copied, made on demand by a ``video`` job
+  (``video.py``).
 
 Kept per lesson: ``listen.opus`` + ``offline.zip``: 7.4 MB per hour of speech with 60 light
 slides (``scripts/bench_recording.py``), leaving ~2.6 MB/h for heavier slides in the 10 MB budget.
 The 32 kbps original (14 MB/h) is deleted once both exist, and the video is not made by default
 because anyone can have it regenerated in seconds (>= 100x real time) from what is kept.
-ffmpeg runs under ``nice -n 19`` so live lessons on the same machine keep their CPU; outputs are
-written to a temporary folder and moved into place only when all succeeded, so a failure (a
-full disk, a broken ffmpeg) leaves the original untouched.
+ffmpeg runs under ``nice -n 19`` (``ffmpeg_runner.py``) so live lessons on the same machine keep
+their CPU; outputs are written to a temporary folder and moved into place only when all
+succeeded, so a failure (a full disk, a broken ffmpeg) leaves the original untouched.
+
+This module is the flow: the recording's life as the room and the app see it (start, stop,
+repair after a crash, the jobs) and ``process``, the step that makes the listening files and
+the pack. What a replay shows is read from the timeline by ``playback.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import re
 import shutil
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import av
 import ffmpeg
 import numpy as np
-from PIL import Image, ImageDraw
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from groom.core.config import WEB_DIR
 from groom.core.models import Job, Recording, RecordingState, utcnow
 
+from .ffmpeg_runner import ffmpeg_exe, run_ffmpeg
 from .jobs import Handler, JobWorker, enqueue
-from .recorder import AUDIO, TIMELINE, Recorder, read_marker, recording_dir, recover
+from .offline_pack import MP3, PACK, pack_member, write_pack
+from .playback import read_timeline, slide_changes
+from .recorder import AUDIO, Recorder, read_marker, recording_dir, recover
+from .video import VIDEO, make_video
 
 log = logging.getLogger(__name__)
 
 LISTEN = "listen.opus"
-PACK = "offline.zip"
-MP3 = "listen.mp3"  # virtual: the pack's PACK_AUDIO member
-PACK_AUDIO = "audio.mp3"
-VIRTUAL = frozenset({MP3})
-VIDEO = "video.webm"
-PLAYER_TEMPLATE = WEB_DIR / "templates" / "offline_player.html"
-PLAYER_SCRIPTS = WEB_DIR / "static"
-VIDEO_SIZE = (854, 480)
-FFMPEG_TIMEOUT_S = 1800.0
-
-
-class FfmpegError(RuntimeError):
-    pass
 
 
 class NoAudio(Exception):
     """Nothing was heard in the lesson (no packet, or only silence): nothing to play. A state,
     not a failure."""
-
-
-@dataclass(frozen=True)
-class SlideChange:
-    at_ms: int
-    image: str  # file name in data_dir/slides/
 
 
 @dataclass
@@ -85,94 +67,7 @@ class Result:
     virtual: dict[str, int] = field(default_factory=dict)  # served from a file above, not kept
 
 
-# --- inputs ----------------------------------------------------------------------------------
-
-def read_timeline(directory: Path) -> list[dict[str, Any]]:
-    """The events in time order; unreadable lines (a torn write) are skipped, not fatal."""
-    events: list[dict[str, Any]] = []
-    try:
-        lines = (directory / TIMELINE).read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        return events
-    for line in lines:
-        try:
-            event = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(event, dict) and isinstance(event.get("at_ms"), int):
-            events.append(event)
-    events.sort(key=lambda e: e["at_ms"])
-    return events
-
-
-def slide_changes(events: list[dict[str, Any]]) -> list[SlideChange]:
-    """Slide events whose image is a plain file name (never a path out of the slides folder)."""
-    changes: list[SlideChange] = []
-    for event in events:
-        data = event.get("data")
-        image = data.get("image") if event.get("kind") == "slide" and isinstance(data, dict) else None
-        if not isinstance(image, str) or not image or Path(image).name != image:
-            continue
-        if changes and changes[-1].image == image:
-            continue
-        changes.append(SlideChange(max(0, event["at_ms"]), image))
-    return changes
-
-
-def _ints(value: Any) -> Optional[list[int]]:
-    if not isinstance(value, list) or not all(type(x) is int for x in value):
-        return None
-    return value
-
-
-def overlays(events: list[dict[str, Any]], changes: list[SlideChange]
-             ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """What is drawn over the slides in playback: ``(ink, polls)``.
-
-    ``ink``: strokes ``{at_ms, page, points, color, width}`` and clears ``{at_ms, page,
-    clear: True}``, where ``page`` is the index in ``changes`` of the first change that showed the
-    slide the ink is on (the players compute the same from their slide list, so no slide entry
-    carries anything new). Ink on a slide not in ``changes`` (no image, a file left out) is
-    dropped. Loading another deck starts its slides without ink, as the live board does, so the
-    pages inked so far get a clear at that moment. ``polls``: the results shown to the class,
-    ``{at_ms, question, choices, counts}``."""
-    key_of: dict[str, int] = {}
-    for i, change in enumerate(changes):
-        key_of.setdefault(change.image, i)
-    ink: list[dict[str, Any]] = []
-    polls: list[dict[str, Any]] = []
-    current: Optional[int] = None
-    deck: Any = None
-    inked: set[int] = set()
-    for event in events:
-        kind, data, at_ms = event.get("kind"), event.get("data"), max(0, event["at_ms"])
-        if not isinstance(data, dict):
-            continue
-        if kind == "slide":
-            if data.get("deck_id") != deck:
-                ink.extend({"at_ms": at_ms, "page": k, "clear": True} for k in sorted(inked))
-                inked.clear()
-                deck = data.get("deck_id")
-            image = data.get("image")
-            current = key_of.get(image) if isinstance(image, str) else None
-        elif kind == "ink" and current is not None:
-            points = _ints(data.get("points"))
-            color, width = data.get("color", 0), data.get("width", 1)
-            if points and len(points) % 2 == 0 and type(color) is int and type(width) is int:
-                ink.append({"at_ms": at_ms, "page": current, "points": points, "color": color,
-                            "width": width})
-                inked.add(current)
-        elif kind == "ink_clear" and current is not None:
-            ink.append({"at_ms": at_ms, "page": current, "clear": True})
-            inked.discard(current)
-        elif kind == "poll_result" and data.get("shown") is True:
-            question, choices, counts = data.get("question"), data.get("choices"), data.get("counts")
-            if (isinstance(question, str) and isinstance(choices, list)
-                    and all(isinstance(c, str) for c in choices) and _ints(counts) is not None):
-                polls.append({"at_ms": at_ms, "question": question, "choices": choices,
-                              "counts": counts})
-    return ink, polls
-
+# --- the listening files ---------------------------------------------------------------------
 
 def audio_duration(path: Path) -> float:
     """Seconds of audio, read with PyAV (this ffmpeg build has no ffprobe). Blocking."""
@@ -202,37 +97,6 @@ def has_sound(path: Path, threshold: float = SOUND_RMS) -> bool:
     return False
 
 
-# --- ffmpeg ----------------------------------------------------------------------------------
-
-def ffmpeg_exe() -> str:
-    import imageio_ffmpeg
-    return str(imageio_ffmpeg.get_ffmpeg_exe())
-
-
-async def run_ffmpeg(stream: Any, exe: str, timeout: float = FFMPEG_TIMEOUT_S) -> None:
-    """Run one ffmpeg-python graph as a low-priority subprocess; raise with its stderr tail."""
-    if shutil.which(exe) is None:  # else ``nice`` would report it, less clearly
-        raise FfmpegError(f"ffmpeg not found: {exe}")
-    args = (stream.global_args("-hide_banner", "-nostdin", "-loglevel", "error")
-            .overwrite_output().compile(cmd=exe))
-    nice = shutil.which("nice")
-    if nice:
-        args = [nice, "-n", "19", *args]
-    proc = await asyncio.create_subprocess_exec(*args, stdin=asyncio.subprocess.DEVNULL,
-                                                stdout=asyncio.subprocess.DEVNULL,
-                                                stderr=asyncio.subprocess.PIPE)
-    try:
-        _, stderr = await asyncio.wait_for(proc.communicate(), timeout)
-    except BaseException:  # timeout or cancellation: never leave ffmpeg behind
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-        raise
-    if proc.returncode != 0:
-        tail = stderr.decode(errors="replace").strip()[-2000:]
-        raise FfmpegError(f"ffmpeg exited with {proc.returncode}: {tail}")
-
-
 async def make_audio(source: Path, out_dir: Path, exe: str) -> tuple[Path, Path]:
     """Decode once, encode the two listening formats."""
     opus, mp3 = out_dir / LISTEN, out_dir / "audio.mp3"
@@ -243,136 +107,6 @@ async def make_audio(source: Path, out_dir: Path, exe: str) -> tuple[Path, Path]
         ffmpeg.output(src, str(mp3), acodec="libmp3lame", ac=1, ar=11025, **{"b:a": "8k"}))
     await run_ffmpeg(graph, exe)
     return opus, mp3
-
-
-def _placeholder(size: tuple[int, int]) -> Image.Image:
-    image = Image.new("RGB", size, (40, 44, 52))
-    ImageDraw.Draw(image).text((size[0] // 2, size[1] // 2), "G-Room", fill=(200, 200, 200),
-                               anchor="mm")
-    return image
-
-
-def _fitted(path: Path, size: tuple[int, int]) -> Image.Image:
-    """The slide letterboxed onto the video frame; a missing or broken file gives the placeholder."""
-    try:
-        with Image.open(path) as src:
-            src.thumbnail(size)
-            frame = Image.new("RGB", size, (0, 0, 0))
-            frame.paste(src.convert("RGB"), ((size[0] - src.width) // 2, (size[1] - src.height) // 2))
-            return frame
-    except (OSError, ValueError) as exc:
-        log.warning("slide %s unusable in video: %s", path, exc)
-        return _placeholder(size)
-
-
-def _write_concat(changes: list[SlideChange], slides_dir: Path, duration_s: float,
-                  work: Path) -> Path:
-    """Frames (one PNG per distinct slide) and the concat list with each one's duration."""
-    segments: list[tuple[str, float]] = []  # (frame file, start s)
-    frames: dict[str, str] = {}
-    if not changes or changes[0].at_ms > 0:
-        _placeholder(VIDEO_SIZE).save(work / "placeholder.png")
-        segments.append(("placeholder.png", 0.0))
-    for change in changes:
-        start = change.at_ms / 1000
-        if start >= duration_s:
-            break
-        if change.image not in frames:
-            frames[change.image] = f"frame{len(frames):04d}.png"
-            _fitted(slides_dir / change.image, VIDEO_SIZE).save(work / frames[change.image])
-        segments.append((frames[change.image], start))
-    lines = ["ffconcat version 1.0"]
-    for i, (name, start) in enumerate(segments):
-        end = segments[i + 1][1] if i + 1 < len(segments) else duration_s
-        if end > start:
-            lines += [f"file '{name}'", f"duration {end - start:.3f}"]
-    lines.append(f"file '{segments[-1][0]}'")  # the concat demuxer ignores the last duration
-    concat = work / "slides.ffconcat"
-    concat.write_text("\n".join(lines) + "\n")
-    return concat
-
-
-async def make_video(audio: Path, changes: list[SlideChange], slides_dir: Path,
-                     duration_s: float, out: Path, exe: str) -> None:
-    """WebM: the slides at 1 fps (a slide shows from the first whole second after its change)
-    with the Opus audio copied; ``-t`` rather than ``-shortest``, which overruns."""
-    work = out.parent / (out.name + ".work")
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    try:
-        concat = await asyncio.to_thread(_write_concat, changes, slides_dir, duration_s, work)
-        video = (ffmpeg.input(str(concat), f="concat", safe=0).video
-                 .filter("fps", fps=1, round="up").filter("format", "yuv420p"))
-        graph = ffmpeg.output(video, ffmpeg.input(str(audio)).audio, str(out), t=f"{duration_s:.3f}",
-                              vcodec="libvpx-vp9", acodec="copy", deadline="realtime",
-                              **{"cpu-used": 8, "row-mt": 1, "crf": 40, "b:v": 0, "g": 30,
-                                 "threads": 2, "f": "webm"})
-        await run_ffmpeg(graph, exe)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-
-
-# --- offline pack ----------------------------------------------------------------------------
-
-def _script(path: Path) -> str:
-    """A static script's text, safe inside an inline ``<script>`` block."""
-    return re.sub(r"</(script)", r"<\\/\1", path.read_text(encoding="utf-8"), flags=re.IGNORECASE)
-
-
-def _player_html(data: dict[str, Any]) -> str:
-    """The offline ``index.html``: the page with the lesson data and the online player's own
-    scripts (``ink.js``, ``playback.js``) inlined, so one player serves both."""
-    payload = (json.dumps(data, ensure_ascii=False).replace("&", "\\u0026")
-               .replace("<", "\\u003c").replace(">", "\\u003e"))
-    parts = {"__GROOM_DATA__": payload,
-             "__GROOM_INK_JS__": _script(PLAYER_SCRIPTS / "ink.js"),
-             "__GROOM_PLAYBACK_JS__": _script(PLAYER_SCRIPTS / "playback.js")}
-    return re.sub("|".join(parts), lambda m: parts[m.group(0)],
-                  PLAYER_TEMPLATE.read_text(encoding="utf-8"))
-
-
-def write_pack(out: Path, mp3: Path, events: list[dict[str, Any]], changes: list[SlideChange],
-               slides_dir: Path, duration_s: float, title: str) -> None:
-    """The offline zip (blocking: run in a thread). Missing slide files are left out."""
-    kept: list[SlideChange] = []
-    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as pack:
-        pack.write(mp3, PACK_AUDIO)
-        added: set[str] = set()
-        for change in changes:
-            source = slides_dir / change.image
-            if change.image not in added:
-                if not source.is_file():
-                    continue
-                pack.write(source, f"slides/{change.image}")
-                added.add(change.image)
-            kept.append(change)
-        ink, polls = overlays(events, kept)
-        slides = [{"at_ms": c.at_ms, "small": f"slides/{c.image}"} for c in kept]
-        pack.writestr("timeline.json", json.dumps(events, ensure_ascii=False))
-        pack.writestr("index.html", _player_html({"title": title, "audio": PACK_AUDIO,
-                                                  "duration_s": duration_s, "slides": slides,
-                                                  "ink": ink, "polls": polls}))
-
-
-def pack_member(pack: Path, name: str = PACK_AUDIO) -> tuple[int, int]:
-    """``(offset, size)`` of a stored (uncompressed) member's bytes in a zip, so it can be served
-    as a file of its own; ``KeyError`` when it is missing, ``ValueError`` when it is compressed
-    or the zip is damaged. Blocking (reads the zip's directory and the member's local header)."""
-    try:
-        with zipfile.ZipFile(pack) as archive:
-            info = archive.getinfo(name)
-    except zipfile.BadZipFile as exc:
-        raise ValueError(str(exc)) from None
-    if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x1:
-        raise ValueError(f"{name} is compressed or encrypted in {pack}")
-    with open(pack, "rb") as f:
-        f.seek(info.header_offset)
-        header = f.read(30)
-    if len(header) != 30 or header[:4] != b"PK\x03\x04":
-        raise ValueError(f"bad local header for {name} in {pack}")
-    name_len = int.from_bytes(header[26:28], "little")
-    extra_len = int.from_bytes(header[28:30], "little")
-    return info.header_offset + 30 + name_len + extra_len, info.file_size
 
 
 # --- the whole step --------------------------------------------------------------------------
@@ -550,18 +284,3 @@ def job_handlers(session_maker: async_sessionmaker[AsyncSession], data_dir: Path
                 row.outputs = {**row.outputs, VIDEO: out.stat().st_size}
 
     return {"recording": on_recording, "video": on_video}
-
-
-def playback_manifest(directory: Path, duration_s: float, audio_url: str,
-                      slide_urls: Callable[[str], dict[str, str]], title: str = "") -> dict[str, Any]:
-    """The JSON ``web/static/playback.js`` expects (blocking: reads the timeline).
-
-    ``slide_urls(image)`` gives ``{"small": url, "large": url}`` for a slide image name; the
-    slides module owns those URLs.
-    """
-    events = read_timeline(directory)
-    changes = slide_changes(events)
-    ink, polls = overlays(events, changes)
-    slides = [{"at_ms": c.at_ms, **slide_urls(c.image)} for c in changes]
-    return {"title": title, "audio": audio_url, "duration_s": duration_s, "slides": slides,
-            "ink": ink, "polls": polls}

@@ -1,29 +1,29 @@
-"""Logging in and out, and changing one's password (API and pages)."""
+"""Logging in and out, and changing one's password (API and pages), and the session cookie.
+
+The accounts themselves (checking a login, creating a user, the password rules) are the
+office's: ``groom/office/users.py``; here are the requests, the pages and the cookie."""
 
 from __future__ import annotations
 
-import secrets
 from typing import Any, Optional
 from urllib.parse import urlsplit
 
 from aiohttp import web
 from pydantic import BaseModel, Field
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from groom.core.auth import (
-    DUMMY_HASH,
+    COOKIE,
+    SESSION_MAX_AGE,
+    Session,
+    SessionCodec,
     Viewer,
-    check_new_password,
-    clear_session_cookie,
-    hash_password,
     new_session,
     require_viewer,
-    set_session_cookie,
-    verify_password,
 )
 from groom.core.errors import AppError
-from groom.core.models import Role, School, User
+from groom.core.models import Role, User
+from groom.office.users import authenticate
+from groom.office.users import change_password as change_user_password
 
 from . import proxy
 from .openapi import endpoint
@@ -58,36 +58,14 @@ def user_out(user: User) -> UserOut:
                    role=user.role.value, school_id=user.school_id)
 
 
-async def authenticate(db: AsyncSession, username: str, password: str) -> User:
-    user = (await db.execute(select(User).where(User.username == username))).scalar_one_or_none()
-    if user is None or not user.active:
-        # Spend the same time as a real check so usernames cannot be probed by timing.
-        await verify_password(DUMMY_HASH, password)
-        raise AppError("bad_login", "Wrong username or password.", status=401)
-    if not await verify_password(user.password_hash, password):
-        raise AppError("bad_login", "Wrong username or password.", status=401)
-    return user
+def set_session_cookie(response: web.StreamResponse, codec: SessionCodec, session: Session,
+                       secure: bool) -> None:
+    response.set_cookie(COOKIE, codec.dump(session), max_age=SESSION_MAX_AGE, httponly=True,
+                        samesite="Lax", secure=secure, path="/")
 
 
-
-async def create_user(db: AsyncSession, *, username: str, password: str, display_name: str,
-                      role: Role, school_id: Optional[int]) -> User:
-    """Used by the CLI, the demo and the office API; checks uniqueness and password rules."""
-    check_new_password(password)
-    username = username.strip().lower()
-    if not username or len(username) > 64 or not all(c.isalnum() or c in "._-" for c in username):
-        raise AppError("bad_username", "A username may use letters, digits, '.', '_' and '-'.",
-                       status=422)
-    if (await db.execute(select(User.id).where(User.username == username))).first():
-        raise AppError("username_taken", "The username {username} is already taken.", status=409,
-                       username=username)
-    if school_id is not None and await db.get(School, school_id) is None:
-        raise AppError("not_found", "Not found: {what}", status=404, what="school")
-    user = User(username=username, password_hash=await hash_password(password),
-                display_name=display_name.strip() or username, role=role, school_id=school_id)
-    db.add(user)
-    await db.flush()
-    return user
+def clear_session_cookie(response: web.StreamResponse) -> None:
+    response.del_cookie(COOKIE, path="/")
 
 
 def _login_response(request: web.Request, user: User, body: web.StreamResponse) -> str:
@@ -122,16 +100,8 @@ async def api_me(request: web.Request) -> LoginOut:
 
 
 async def change_password(request: web.Request, v: Viewer, old: str, new: str) -> User:
-    check_new_password(new)
     async with request.app[SESSIONS]() as db:
-        user = await db.get(User, v.user.id)
-        assert user is not None
-        if not await verify_password(user.password_hash, old):
-            raise AppError("bad_password", "The current password is wrong.", status=403)
-        user.password_hash = await hash_password(new)
-        user.session_version += 1  # every other session of this user ends
-        await db.commit()
-        return user
+        return await change_user_password(db, v.user.id, old, new)
 
 
 @endpoint("POST", "/api/password", summary="Change my password (ends other sessions)",
@@ -217,6 +187,3 @@ async def password_submit(request: web.Request) -> web.StreamResponse:
     _login_response(request, user, response)
     return response
 
-
-def random_password() -> str:
-    return secrets.token_urlsafe(9)

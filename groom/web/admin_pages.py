@@ -1,5 +1,8 @@
 """The office pages: dashboard, schools, classes and rosters, the schedule, lessons, cards.
 
+Stays one module (about 400 lines): every page here is the same pattern over the same form
+parsing (a form in, a domain call, re-render with the error or redirect), one handler per URL.
+
 Handlers turn forms into calls of ``schools.py`` / ``scheduling.py`` (which check role and school)
 and results into templates; nothing here decides who may do what. See ``pages.py`` for the
 conventions (errors re-render with the user's input and a 4xx status; success redirects).
@@ -8,7 +11,7 @@ conventions (errors re-render with the user's input and a 4xx status; success re
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Optional
+from typing import Any
 
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -16,11 +19,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from groom.core.auth import Viewer
 from groom.core.errors import AppError
 from groom.core.models import LessonState, Role
-from groom.office import calendars as ical
-from groom.office import cards, scheduling
+from groom.office import cards, lookup, scheduling
 from groom.office import schools as office
+from groom.office.codes import pretty
 
-from .pages import Clock, done, error_text, match_id, page, page_viewer, parse_week, text_fields
+from . import proxy
+from .calendar_feeds import class_feed_url
+from .pages import Clock, done, error_text, page, page_viewer, parse_week, text_fields
+from .params import optional_id, path_id
 from .plumbing import SESSIONS
 
 MAX_PASTE_CHARS = 256 * 1024
@@ -55,15 +61,6 @@ def _minutes(raw: str) -> int:
         raise AppError("bad_duration", "Enter the duration in minutes.", status=422) from None
 
 
-def _optional_id(raw: str) -> Optional[int]:
-    raw = raw.strip()
-    if not raw:
-        return None
-    if not raw.isdigit() or len(raw) > 10:
-        raise AppError("not_found", "Not found: {what}", status=404, what="teacher")
-    return int(raw)
-
-
 # --- the dashboard -------------------------------------------------------------------------------
 
 async def admin_home(request: web.Request) -> web.StreamResponse:
@@ -91,7 +88,7 @@ async def school_create(request: web.Request) -> web.StreamResponse:
     try:
         async with _db(request) as db:
             school = await office.create_school(db, v, form.get("name", ""),
-                                                form.get("timezone") or office.DEFAULT_TIMEZONE)
+                                                form.get("timezone") or lookup.DEFAULT_TIMEZONE)
     except AppError as exc:
         return await _show_admin(request, v, status=exc.status, error=error_text(request, exc),
                                  failed="school", form=form)
@@ -102,25 +99,25 @@ async def school_create(request: web.Request) -> web.StreamResponse:
 
 async def school_page(request: web.Request) -> web.StreamResponse:
     v = await page_viewer(request)
-    return await _show_school(request, v, match_id(request))
+    return await _show_school(request, v, path_id(request, "id", "school"))
 
 
 async def _show_school(request: web.Request, v: Viewer, school_id: int, status: int = 200,
                        **context: Any) -> web.StreamResponse:
     async with _db(request) as db:
-        school = await office.get_school(db, v, school_id)
+        school = await lookup.get_school(db, v, school_id)
         v.require_school(school.id)
         teachers = await office.list_teachers(db, v, school.id, include_admins=True)
         classes = await office.list_classes(db, v, school.id)
         counts = await office.class_counts(db, [c.id for c in classes])
-        zones = sorted(z for z in office.timezones() if z.startswith(("Asia/", "UTC")))
+        zones = sorted(z for z in lookup.timezones() if z.startswith(("Asia/", "UTC")))
         return page(request, "school.html", status=status, school=school, teachers=teachers,
                     classes=classes, counts=counts, zones=zones, Role=Role, **context)
 
 
 async def _school_form(request: web.Request, action: str) -> web.StreamResponse:
     v = await page_viewer(request)
-    school_id = match_id(request)
+    school_id = path_id(request, "id", "school")
     form = text_fields(await request.post())
     try:
         async with _db(request) as db:
@@ -138,7 +135,7 @@ async def _school_form(request: web.Request, action: str) -> web.StreamResponse:
                 classroom = await office.create_class(
                     db, v, school_id, name=form.get("name", ""), subject=form.get("subject", ""),
                     grade=form.get("grade", ""),
-                    teacher_id=_optional_id(form.get("teacher_id", "")))
+                    teacher_id=optional_id(form.get("teacher_id", ""), "teacher"))
                 raise done(f"/classes/{classroom.id}", "class_added")
     except AppError as exc:
         form.pop("password", None)
@@ -164,7 +161,7 @@ async def teacher_active(request: web.Request) -> web.StreamResponse:
     v = await page_viewer(request)
     form = text_fields(await request.post())
     async with _db(request) as db:
-        user = await office.update_teacher(db, v, match_id(request),
+        user = await office.update_teacher(db, v, path_id(request, "id", "teacher"),
                                            active=form.get("active") == "1")
     raise done(f"/schools/{user.school_id}", "teacher_saved")
 
@@ -173,14 +170,14 @@ async def teacher_active(request: web.Request) -> web.StreamResponse:
 
 async def class_page(request: web.Request) -> web.StreamResponse:
     v = await page_viewer(request)
-    return await _show_class(request, v, match_id(request))
+    return await _show_class(request, v, path_id(request, "id", "class"))
 
 
 async def _show_class(request: web.Request, v: Viewer, class_id: int, status: int = 200,
                       **context: Any) -> web.StreamResponse:
     async with _db(request) as db:
-        classroom = await office.get_class(db, v, class_id)
-        school = await office.school_of(db, classroom.school_id)
+        classroom = await lookup.get_class(db, v, class_id)
+        school = await lookup.school_of(db, classroom.school_id)
         students = await office.list_students(db, v, classroom.id)
         lessons = await scheduling.upcoming(db, v, classroom.id)
         can_manage = v.can_manage_school(classroom.school_id)
@@ -193,9 +190,9 @@ async def _show_class(request: web.Request, v: Viewer, class_id: int, status: in
         return page(request, "class.html", status=status, classroom=classroom, school=school,
                     students=students, lessons=lessons, teachers=teachers, t=clock,
                     can_manage=can_manage, weekday_keys=WEEKDAY_KEYS,
-                    ics=ical.class_feed_url(request, classroom),
-                    join_link=f"{cards.public_base(request)}/join/{classroom.join_code}",
-                    pretty=cards.pretty, **context)
+                    ics=class_feed_url(request, classroom),
+                    join_link=f"{proxy.public_base(request)}/join/{classroom.join_code}",
+                    pretty=pretty, **context)
 
 
 async def _roster_upload(form: Any) -> bytes:
@@ -216,7 +213,7 @@ async def _roster_upload(form: Any) -> bytes:
 
 async def _class_form(request: web.Request, action: str) -> web.StreamResponse:
     v = await page_viewer(request)
-    class_id = match_id(request)
+    class_id = path_id(request, "id", "class")
     raw = await request.post()
     form = text_fields(raw)
     extra: dict[str, Any] = {}
@@ -226,7 +223,7 @@ async def _class_form(request: web.Request, action: str) -> web.StreamResponse:
                 teacher = form.get("teacher_id", "")
                 await office.update_class(db, v, class_id, name=form.get("name"),
                                           subject=form.get("subject"), grade=form.get("grade"),
-                                          teacher_id=_optional_id(teacher),
+                                          teacher_id=optional_id(teacher, "teacher"),
                                           clear_teacher=teacher == "")
                 what = "class_saved"
             elif action == "student":
@@ -289,7 +286,7 @@ async def lesson_schedule(request: web.Request) -> web.StreamResponse:
 async def student_remove(request: web.Request) -> web.StreamResponse:
     v = await page_viewer(request)
     async with _db(request) as db:
-        student = await office.get_student(db, v, match_id(request))
+        student = await lookup.get_student(db, v, path_id(request, "id", "student"))
         class_id = student.class_id
         await office.remove_student(db, v, student.id)
     raise done(f"/classes/{class_id}", "student_removed")
@@ -298,7 +295,7 @@ async def student_remove(request: web.Request) -> web.StreamResponse:
 async def student_card_renew(request: web.Request) -> web.StreamResponse:
     v = await page_viewer(request)
     async with _db(request) as db:
-        student = await office.new_card(db, v, match_id(request))
+        student = await office.new_card(db, v, path_id(request, "id", "student"))
     raise done(f"/classes/{student.class_id}", "card_renewed")
 
 
@@ -306,10 +303,10 @@ async def cards_sheet(request: web.Request) -> web.StreamResponse:
     """The printable A4 sheet: the class-code card, then one card per student."""
     v = await page_viewer(request)
     async with _db(request) as db:
-        classroom = await office.get_class(db, v, match_id(request))
-        school = await office.school_of(db, classroom.school_id)
+        classroom = await lookup.get_class(db, v, path_id(request, "id", "class"))
+        school = await lookup.school_of(db, classroom.school_id)
         students = await office.list_students(db, v, classroom.id)
-    sheet = cards.class_sheet(cards.public_base(request), school.name, classroom.name,
+    sheet = cards.class_sheet(proxy.public_base(request), school.name, classroom.name,
                               classroom.join_code, [(s.name, s.card_code) for s in students])
     return page(request, "cards.html", classroom=classroom, school=school, cards=sheet)
 
@@ -318,17 +315,17 @@ async def cards_sheet(request: web.Request) -> web.StreamResponse:
 
 async def _week(request: web.Request, kind: str) -> web.StreamResponse:
     v = await page_viewer(request)
-    ident = match_id(request)
+    ident = path_id(request, "id", kind)
     async with _db(request) as db:
         if kind == "school":
-            subject: Any = await office.get_school(db, v, ident)
+            subject: Any = await lookup.get_school(db, v, ident)
             tz = subject.timezone
         elif kind == "teacher":
-            subject = await office.get_teacher(db, v, ident)
-            tz = (await office.school_of(db, subject.school_id)).timezone
+            subject = await lookup.get_teacher(db, v, ident)
+            tz = (await lookup.school_of(db, subject.school_id)).timezone
         else:
-            subject = await office.get_class(db, v, ident)
-            tz = (await office.school_of(db, subject.school_id)).timezone
+            subject = await lookup.get_class(db, v, ident)
+            tz = (await lookup.school_of(db, subject.school_id)).timezone
         clock = Clock(tz)
         start = parse_week(request.query.get("week"), clock.today())
         week = await scheduling.week(db, v, start, **{f"{kind}_id": ident})
@@ -355,14 +352,14 @@ async def class_week(request: web.Request) -> web.StreamResponse:
 
 async def lesson_page(request: web.Request) -> web.StreamResponse:
     v = await page_viewer(request)
-    return await _show_lesson(request, v, match_id(request))
+    return await _show_lesson(request, v, path_id(request, "id", "lesson"))
 
 
 async def _show_lesson(request: web.Request, v: Viewer, lesson_id: int, status: int = 200,
                        **context: Any) -> web.StreamResponse:
     async with _db(request) as db:
-        lesson = await scheduling.get_lesson(db, v, lesson_id)
-        school = await office.school_of(db, lesson.classroom.school_id)
+        lesson = await lookup.get_lesson(db, v, lesson_id)
+        school = await lookup.school_of(db, lesson.classroom.school_id)
         present = await scheduling.attendance(db, v, lesson.id)
         clock = Clock(school.timezone)
         form = {"date": clock.iso_date(lesson.starts_at),
@@ -378,9 +375,9 @@ async def _show_lesson(request: web.Request, v: Viewer, lesson_id: int, status: 
 
 async def _lesson_form(request: web.Request, action: str) -> web.StreamResponse:
     v = await page_viewer(request)
-    lesson_id = match_id(request)
+    lesson_id = path_id(request, "id", "lesson")
     form = text_fields(await request.post())
-    scope = "rest" if form.get("scope") == "rest" else "one"
+    scope: scheduling.Scope = "rest" if form.get("scope") == "rest" else "one"
     try:
         async with _db(request) as db:
             if action == "reschedule":

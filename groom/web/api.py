@@ -1,4 +1,5 @@
-"""The school office's JSON API: thin handlers over ``office``, ``scheduling`` and ``joining``.
+"""The school office's JSON API: thin handlers over ``office`` (schools, teachers, classes, rosters)
+and ``joining``; the schedule's (lessons, week, agenda) is ``schedule_api.py``.
 
 Each handler reads the viewer, opens one database session, calls one domain function (which
 checks rights and commits) and turns rows into the response models of ``schemas.py``. Errors are
@@ -8,51 +9,40 @@ may do what.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Literal, Sequence
 
 from aiohttp import web
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from groom.core.auth import Viewer, require_viewer
 from groom.core.errors import AppError, not_found
-from groom.core.models import Attendance, Classroom, Lesson, Role, School, Series, Student, User
+from groom.core.models import Classroom, LessonState, Role, School, Student, User
 from groom.office import calendars as ical
-from groom.office import scheduling
+from groom.office import lookup
 from groom.office import schools as office
 
-from . import joining
-from .openapi import endpoint, path_int, read_body
+from . import calendar_feeds, joining
+from .openapi import endpoint, read_body
+from .params import path_id
 from .plumbing import SESSIONS, viewer
 from .schemas import (
-    AgendaQuery,
-    AttendanceOut,
-    CancelIn,
     ClassIn,
     ClassOut,
     ClassPatch,
     ClassQuery,
-    DayOut,
     FeedOut,
     JoinIn,
     JoinLesson,
     JoinOut,
-    LessonIn,
-    LessonOut,
-    RescheduleIn,
     SchoolIn,
     SchoolOut,
     SchoolPatch,
-    SeriesIn,
-    SeriesOut,
     StudentIn,
     StudentOut,
     TeacherIn,
     TeacherOut,
     TeacherPatch,
     TeacherQuery,
-    WeekOut,
-    WeekQuery,
 )
 
 CSV_TYPES = ("text/csv", "text/plain", "application/csv", "application/vnd.ms-excel")
@@ -88,32 +78,6 @@ def student_out(student: Student) -> StudentOut:
                       card_code=student.card_code)
 
 
-async def lesson_outs(db: AsyncSession, lessons: Sequence[Lesson]) -> list[LessonOut]:
-    zones = await scheduling.zones_of(db, lessons)
-    teacher_ids = {x.teacher_id for x in lessons if x.teacher_id is not None}
-    names: dict[int, str] = {}
-    if teacher_ids:
-        names = dict((await db.execute(select(User.id, User.display_name)
-                                       .where(User.id.in_(teacher_ids)))).tuples().all())
-    out = []
-    for x in lessons:
-        tz = zones[x.id]
-        out.append(LessonOut(
-            id=x.id, class_id=x.class_id, class_name=x.classroom.name, teacher_id=x.teacher_id,
-            teacher_name=names.get(x.teacher_id) if x.teacher_id is not None else None,
-            series_id=x.series_id, title=x.title, state=x.state.value, starts_at=x.starts_at,
-            ends_at=x.ends_at, local_start=scheduling.local(x.starts_at, tz),
-            local_end=scheduling.local(x.ends_at, tz), timezone=str(tz),
-            duration_minutes=int((x.ends_at - x.starts_at).total_seconds() // 60)))
-    return out
-
-
-def attendance_out(row: Attendance) -> AttendanceOut:
-    return AttendanceOut(id=row.id, student_id=row.student_id, name=row.name,
-                         joined_at=row.joined_at, left_at=row.left_at,
-                         seconds_present=row.seconds_present, bytes_sent=row.bytes_sent)
-
-
 # --- schools -------------------------------------------------------------------------------------
 
 @endpoint("GET", "/api/schools", summary="Schools I manage or belong to", tag="schools",
@@ -137,7 +101,7 @@ async def create_school(request: web.Request, body: SchoolIn) -> SchoolOut:
 async def get_school(request: web.Request) -> SchoolOut:
     v = await _viewer(request)
     async with request.app[SESSIONS]() as db:
-        return school_out(await office.get_school(db, v, path_int(request, "school_id")))
+        return school_out(await lookup.get_school(db, v, path_id(request, "school_id", "school")))
 
 
 @endpoint("PATCH", "/api/schools/{school_id}", summary="Rename a school or change its time zone",
@@ -145,7 +109,7 @@ async def get_school(request: web.Request) -> SchoolOut:
 async def update_school(request: web.Request, body: SchoolPatch) -> SchoolOut:
     v = await _viewer(request)
     async with request.app[SESSIONS]() as db:
-        return school_out(await office.update_school(db, v, path_int(request, "school_id"),
+        return school_out(await office.update_school(db, v, path_id(request, "school_id", "school"),
                                                       name=body.name, timezone=body.timezone))
 
 
@@ -156,7 +120,7 @@ async def update_school(request: web.Request, body: SchoolPatch) -> SchoolOut:
 async def list_teachers(request: web.Request, query: TeacherQuery) -> list[TeacherOut]:
     v = await _viewer(request)
     async with request.app[SESSIONS]() as db:
-        users = await office.list_teachers(db, v, path_int(request, "school_id"),
+        users = await office.list_teachers(db, v, path_id(request, "school_id", "school"),
                                            include_admins=query.include_admins)
         return [teacher_out(u) for u in users]
 
@@ -167,7 +131,7 @@ async def list_teachers(request: web.Request, query: TeacherQuery) -> list[Teach
 async def create_teacher(request: web.Request, body: TeacherIn) -> TeacherOut:
     v = await _viewer(request)
     async with request.app[SESSIONS]() as db:
-        user = await office.create_teacher(db, v, path_int(request, "school_id"),
+        user = await office.create_teacher(db, v, path_id(request, "school_id", "school"),
                                            username=body.username, password=body.password,
                                            display_name=body.display_name, role=Role(body.role))
         return teacher_out(user)
@@ -178,7 +142,7 @@ async def create_teacher(request: web.Request, body: TeacherIn) -> TeacherOut:
 async def get_teacher(request: web.Request) -> TeacherOut:
     v = await _viewer(request)
     async with request.app[SESSIONS]() as db:
-        return teacher_out(await office.get_teacher(db, v, path_int(request, "teacher_id")))
+        return teacher_out(await lookup.get_teacher(db, v, path_id(request, "teacher_id", "teacher")))
 
 
 @endpoint("PATCH", "/api/teachers/{teacher_id}", summary="Rename or (de)activate a teacher",
@@ -186,7 +150,7 @@ async def get_teacher(request: web.Request) -> TeacherOut:
 async def update_teacher(request: web.Request, body: TeacherPatch) -> TeacherOut:
     v = await _viewer(request)
     async with request.app[SESSIONS]() as db:
-        return teacher_out(await office.update_teacher(db, v, path_int(request, "teacher_id"),
+        return teacher_out(await office.update_teacher(db, v, path_id(request, "teacher_id", "teacher"),
                                                        display_name=body.display_name,
                                                        active=body.active))
 
@@ -197,10 +161,10 @@ async def update_teacher(request: web.Request, body: TeacherPatch) -> TeacherOut
 async def teacher_calendar(request: web.Request) -> FeedOut:
     v = await _viewer(request)
     async with request.app[SESSIONS]() as db:
-        teacher = await office.get_teacher(db, v, path_int(request, "teacher_id"))
+        teacher = await lookup.get_teacher(db, v, path_id(request, "teacher_id", "teacher"))
     if teacher.role != Role.teacher:
         raise not_found("teacher")
-    url = ical.teacher_feed_url(request, teacher)
+    url = calendar_feeds.teacher_feed_url(request, teacher)
     return FeedOut(url=url, webcal_url=ical.webcal(url))
 
 
@@ -219,7 +183,7 @@ async def list_classes(request: web.Request, query: ClassQuery) -> list[ClassOut
 async def create_class(request: web.Request, body: ClassIn) -> ClassOut:
     v = await _viewer(request)
     async with request.app[SESSIONS]() as db:
-        classroom = await office.create_class(db, v, path_int(request, "school_id"),
+        classroom = await office.create_class(db, v, path_id(request, "school_id", "school"),
                                               name=body.name, subject=body.subject,
                                               grade=body.grade, teacher_id=body.teacher_id)
         return (await class_outs(db, [classroom]))[0]
@@ -229,7 +193,7 @@ async def create_class(request: web.Request, body: ClassIn) -> ClassOut:
 async def get_class(request: web.Request) -> ClassOut:
     v = await _viewer(request)
     async with request.app[SESSIONS]() as db:
-        classroom = await office.get_class(db, v, path_int(request, "class_id"))
+        classroom = await lookup.get_class(db, v, path_id(request, "class_id", "class"))
         return (await class_outs(db, [classroom]))[0]
 
 
@@ -240,7 +204,7 @@ async def update_class(request: web.Request, body: ClassPatch) -> ClassOut:
     v = await _viewer(request)
     clear = "teacher_id" in body.model_fields_set and body.teacher_id is None
     async with request.app[SESSIONS]() as db:
-        classroom = await office.update_class(db, v, path_int(request, "class_id"),
+        classroom = await office.update_class(db, v, path_id(request, "class_id", "class"),
                                               name=body.name, subject=body.subject,
                                               grade=body.grade, teacher_id=body.teacher_id,
                                               clear_teacher=clear)
@@ -253,7 +217,7 @@ async def update_class(request: web.Request, body: ClassPatch) -> ClassOut:
 async def new_join_code(request: web.Request) -> ClassOut:
     v = await _viewer(request)
     async with request.app[SESSIONS]() as db:
-        classroom = await office.new_join_code(db, v, path_int(request, "class_id"))
+        classroom = await office.new_join_code(db, v, path_id(request, "class_id", "class"))
         return (await class_outs(db, [classroom]))[0]
 
 
@@ -263,8 +227,8 @@ async def new_join_code(request: web.Request) -> ClassOut:
 async def class_calendar(request: web.Request) -> FeedOut:
     v = await _viewer(request)
     async with request.app[SESSIONS]() as db:
-        classroom = await office.get_class(db, v, path_int(request, "class_id"))
-    url = ical.class_feed_url(request, classroom)
+        classroom = await lookup.get_class(db, v, path_id(request, "class_id", "class"))
+    url = calendar_feeds.class_feed_url(request, classroom)
     return FeedOut(url=url, webcal_url=ical.webcal(url))
 
 
@@ -276,7 +240,7 @@ async def list_students(request: web.Request) -> list[StudentOut]:
     v = await _viewer(request)
     async with request.app[SESSIONS]() as db:
         return [student_out(s) for s in await office.list_students(
-            db, v, path_int(request, "class_id"))]
+            db, v, path_id(request, "class_id", "class"))]
 
 
 @endpoint("POST", "/api/classes/{class_id}/students", summary="Add a student to the roster",
@@ -284,7 +248,7 @@ async def list_students(request: web.Request) -> list[StudentOut]:
 async def add_student(request: web.Request, body: StudentIn) -> StudentOut:
     v = await _viewer(request)
     async with request.app[SESSIONS]() as db:
-        return student_out(await office.add_student(db, v, path_int(request, "class_id"),
+        return student_out(await office.add_student(db, v, path_id(request, "class_id", "class"),
                                                     body.name))
 
 
@@ -295,7 +259,7 @@ async def add_student(request: web.Request, body: StudentIn) -> StudentOut:
           errors=(400, 413, 415, 422))
 async def import_students(request: web.Request) -> list[StudentOut]:
     v = await _viewer(request)
-    class_id = path_int(request, "class_id")
+    class_id = path_id(request, "class_id", "class")
     if request.content_type not in CSV_TYPES:
         raise AppError("unsupported_media_type", "Send the CSV file as text/csv.", status=415)
     data = await read_body(request, office.MAX_CSV_BYTES)
@@ -308,7 +272,7 @@ async def import_students(request: web.Request) -> list[StudentOut]:
 async def remove_student(request: web.Request) -> None:
     v = await _viewer(request)
     async with request.app[SESSIONS]() as db:
-        await office.remove_student(db, v, path_int(request, "student_id"))
+        await office.remove_student(db, v, path_id(request, "student_id", "student"))
 
 
 @endpoint("POST", "/api/students/{student_id}/card",
@@ -317,111 +281,7 @@ async def remove_student(request: web.Request) -> None:
 async def new_card(request: web.Request) -> StudentOut:
     v = await _viewer(request)
     async with request.app[SESSIONS]() as db:
-        return student_out(await office.new_card(db, v, path_int(request, "student_id")))
-
-
-# --- lessons -------------------------------------------------------------------------------------
-
-@endpoint("GET", "/api/classes/{class_id}/lessons",
-          summary="A class's lessons that are not over yet", tag="lessons",
-          response=list[LessonOut])
-async def list_lessons(request: web.Request) -> list[LessonOut]:
-    v = await _viewer(request)
-    async with request.app[SESSIONS]() as db:
-        lessons = await scheduling.upcoming(db, v, path_int(request, "class_id"))
-        return await lesson_outs(db, lessons)
-
-
-@endpoint("POST", "/api/classes/{class_id}/lessons", summary="Schedule a one-off lesson",
-          tag="lessons", body=LessonIn, response=LessonOut, status=201, errors=(409,))
-async def create_lesson(request: web.Request, body: LessonIn) -> LessonOut:
-    v = await _viewer(request)
-    async with request.app[SESSIONS]() as db:
-        lesson = await scheduling.create_lesson(db, v, path_int(request, "class_id"), body.title,
-                                                body.starts_at, body.duration_minutes)
-        return (await lesson_outs(db, [lesson]))[0]
-
-
-def _weekdays(series: Series) -> list[int]:
-    return [int(d) for d in series.weekdays.split(",") if d]
-
-
-@endpoint("POST", "/api/classes/{class_id}/series",
-          summary="Schedule a weekly series (all or nothing: one clash refuses it)",
-          tag="lessons", body=SeriesIn, response=SeriesOut, status=201, errors=(409,))
-async def create_series(request: web.Request, body: SeriesIn) -> SeriesOut:
-    v = await _viewer(request)
-    async with request.app[SESSIONS]() as db:
-        series, lessons = await scheduling.create_series(
-            db, v, path_int(request, "class_id"), body.title, body.weekdays, body.start_time,
-            body.duration_minutes, body.first_date, body.last_date)
-        return SeriesOut(id=series.id, class_id=series.class_id, title=series.title,
-                         weekdays=_weekdays(series),
-                         start_time=series.start_time.strftime("%H:%M"),
-                         duration_minutes=series.duration_minutes, first_date=series.first_date,
-                         last_date=series.last_date, lessons=await lesson_outs(db, lessons))
-
-
-@endpoint("GET", "/api/lessons/{lesson_id}", summary="A lesson", tag="lessons",
-          response=LessonOut)
-async def get_lesson(request: web.Request) -> LessonOut:
-    v = await _viewer(request)
-    async with request.app[SESSIONS]() as db:
-        lesson = await scheduling.get_lesson(db, v, path_int(request, "lesson_id"))
-        return (await lesson_outs(db, [lesson]))[0]
-
-
-@endpoint("POST", "/api/lessons/{lesson_id}/reschedule",
-          summary="Move a lesson, or it and the rest of its series", tag="lessons",
-          body=RescheduleIn, response=list[LessonOut], errors=(409,))
-async def reschedule_lesson(request: web.Request, body: RescheduleIn) -> list[LessonOut]:
-    v = await _viewer(request)
-    async with request.app[SESSIONS]() as db:
-        lessons = await scheduling.reschedule(db, v, path_int(request, "lesson_id"),
-                                              body.starts_at, body.duration_minutes, body.scope)
-        return await lesson_outs(db, lessons)
-
-
-@endpoint("POST", "/api/lessons/{lesson_id}/cancel",
-          summary="Cancel a lesson, or it and the rest of its series", tag="lessons",
-          body=CancelIn, response=list[LessonOut], errors=(409,))
-async def cancel_lesson(request: web.Request, body: CancelIn) -> list[LessonOut]:
-    v = await _viewer(request)
-    async with request.app[SESSIONS]() as db:
-        lessons = await scheduling.cancel(db, v, path_int(request, "lesson_id"), body.scope)
-        return await lesson_outs(db, lessons)
-
-
-@endpoint("GET", "/api/lessons/{lesson_id}/attendance", summary="Who came to a lesson",
-          tag="lessons", response=list[AttendanceOut])
-async def lesson_attendance(request: web.Request) -> list[AttendanceOut]:
-    v = await _viewer(request)
-    async with request.app[SESSIONS]() as db:
-        rows = await scheduling.attendance(db, v, path_int(request, "lesson_id"))
-        return [attendance_out(r) for r in rows]
-
-
-@endpoint("GET", "/api/week",
-          summary="Week view of a school, a teacher or a class (default: my own)",
-          tag="lessons", query=WeekQuery, response=WeekOut)
-async def week_view(request: web.Request, query: WeekQuery) -> WeekOut:
-    v = await _viewer(request)
-    async with request.app[SESSIONS]() as db:
-        week = await scheduling.week(db, v, query.week_start, school_id=query.school_id,
-                                     teacher_id=query.teacher_id, class_id=query.class_id)
-        outs = iter(await lesson_outs(db, [x for day in week.days for x in day.lessons]))
-        days = [DayOut(date=day.date, lessons=[next(outs) for _ in day.lessons])
-                for day in week.days]
-        return WeekOut(week_start=week.start, timezone=week.timezone, days=days)
-
-
-@endpoint("GET", "/api/agenda",
-          summary="Today's and upcoming lessons (a teacher's own; an admin's schools')",
-          tag="lessons", query=AgendaQuery, response=list[LessonOut])
-async def agenda(request: web.Request, query: AgendaQuery) -> list[LessonOut]:
-    v = await _viewer(request)
-    async with request.app[SESSIONS]() as db:
-        return await lesson_outs(db, await scheduling.agenda(db, v, query.days))
+        return student_out(await office.new_card(db, v, path_id(request, "student_id", "student")))
 
 
 # --- joining ---------------------------------------------------------------------------------
@@ -440,7 +300,9 @@ async def join(request: web.Request, body: JoinIn) -> web.StreamResponse | JoinO
     lesson = None
     if target.lesson is not None:
         x = target.lesson
-        lesson = JoinLesson(id=x.id, title=x.title, state=x.state.value, starts_at=x.starts_at,
+        # live_or_next finds only a live or a scheduled lesson
+        state: Literal["scheduled", "live"] = "live" if x.state == LessonState.live else "scheduled"
+        lesson = JoinLesson(id=x.id, title=x.title, state=state, starts_at=x.starts_at,
                             ends_at=x.ends_at,
                             local_start=joining.lesson_local_start(x, target.school))
     return JoinOut(kind=target.kind, code=target.code, class_id=target.classroom.id,

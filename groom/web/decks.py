@@ -1,6 +1,6 @@
 """HTTP for slide decks: upload, list, look at, delete, and the slide images themselves.
 
-Conversion (``slides.import_deck``) runs in an app-owned task, one deck at a time, so that a
+Conversion (``deck_import.import_deck``) runs in an app-owned task, one deck at a time, so that a
 teacher closing the page does not waste the work and two uploads cannot take both cores from
 the live rooms. The request waits for the result through ``asyncio.shield``.
 Slide images are named by content hash, so they are served with immutable caching: a phone
@@ -15,22 +15,16 @@ from typing import AsyncIterator, Optional
 from aiohttp import web
 from pydantic import BaseModel, Field
 
-from groom.board.slides import (
-    MAX_UPLOAD_BYTES,
-    DeckError,
-    deck_slides,
-    delete_deck,
-    import_deck,
-    list_decks,
-    slide_file,
-    sweep,
-)
+from groom.board.deck_import import MAX_UPLOAD_BYTES, DeckError, import_deck
+from groom.board.slides import deck_slides, delete_deck, list_decks, slide_file, sweep
 from groom.core.auth import require_viewer
-from groom.core.errors import AppError
+from groom.core.db import load
+from groom.core.errors import AppError, not_found
 from groom.core.models import Classroom, Deck, Slide
-from groom.office.schools import get_class
+from groom.office.lookup import get_class
 
-from .openapi import endpoint, path_int, read_body
+from .openapi import endpoint, read_body
+from .params import path_id
 from .plumbing import SESSIONS, SETTINGS, viewer
 
 
@@ -128,7 +122,7 @@ def _deck_error(exc: DeckError) -> AppError:
           query=UploadQuery, response=DeckDetail, status=201, raw_body="application/octet-stream",
           errors=(404, 409, 413, 415, 422))
 async def upload_deck(request: web.Request, query: UploadQuery) -> DeckDetail:
-    class_id = path_int(request, "class_id")
+    class_id = path_id(request, "class_id", "class")
     await _class_for_teaching(request, class_id)
     data = await read_body(request, MAX_UPLOAD_BYTES)
     if len(data) > MAX_UPLOAD_BYTES:
@@ -147,18 +141,23 @@ async def upload_deck(request: web.Request, query: UploadQuery) -> DeckDetail:
 @endpoint("GET", "/api/classes/{class_id}/decks", summary="The class's decks, newest first",
           tag="slides", response=list[DeckOut], errors=(404,))
 async def class_decks(request: web.Request) -> list[DeckOut]:
-    class_id = path_int(request, "class_id")
+    class_id = path_id(request, "class_id", "class")
     await _class_for_teaching(request, class_id)
     return [deck_out(d) for d in await list_decks(request.app[SESSIONS], class_id)]
 
 
 async def _deck(request: web.Request) -> tuple[Deck, list[Slide]]:
-    deck_id = path_int(request, "deck_id")
+    deck_id = path_id(request, "deck_id", "deck")
     async with request.app[SESSIONS]() as db:
-        deck: Optional[Deck] = await db.get(Deck, deck_id)
+        deck: Optional[Deck] = await load(db, Deck, deck_id)
     if deck is None:
-        raise AppError("not_found", "Not found: {what}", status=404, what="deck")
-    await _class_for_teaching(request, deck.class_id)
+        raise not_found("deck")
+    try:
+        await _class_for_teaching(request, deck.class_id)
+    except AppError as exc:
+        if exc.status == 404:  # another class's deck answers like a missing deck
+            raise not_found("deck") from None
+        raise
     slides = await deck_slides(request.app[SESSIONS], deck.class_id, deck.id) or []
     return deck, slides
 

@@ -20,8 +20,9 @@ import math
 import time
 import weakref
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Optional
+from typing import Literal, Optional
 
 from aiohttp import web
 from sqlalchemy import select
@@ -40,7 +41,7 @@ MAX_TRACKED_ADDRESSES = 50_000  # bounded memory under a spray from many address
 class JoinLimiter:
     """Wrong join attempts per client address over the last minute (sliding window)."""
 
-    def __init__(self, per_minute: int, clock=time.monotonic) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, per_minute: int, clock: Callable[[], float] = time.monotonic) -> None:
         self.per_minute = max(1, per_minute)
         self._clock = clock
         self._failures: dict[str, deque[float]] = {}
@@ -93,7 +94,7 @@ class JoinTarget:
     lesson: Optional[Lesson]  # live now, else the next scheduled one that is not over
 
     @property
-    def kind(self) -> str:
+    def kind(self) -> Literal["student", "class"]:
         return "student" if self.student is not None else "class"
 
 

@@ -14,13 +14,15 @@ from sqlalchemy import select
 
 from groom.core.auth import require_viewer
 from groom.core.errors import AppError
-from groom.core.models import Lesson, LessonEvent
+from groom.core.models import LessonEvent
 from groom.live.rooms import ROOMS, Rooms
+from groom.office.lookup import get_lesson
 from groom.recordings.jobs import JobWorker
 from groom.recordings.postprocess import job_handlers, recover_recordings
 
 from . import joining, proxy
-from .openapi import endpoint, path_int
+from .openapi import endpoint
+from .params import path_id
 from .plumbing import SESSIONS, SETTINGS, render, viewer
 
 JOBS = web.AppKey("jobs", JobWorker)
@@ -60,13 +62,10 @@ async def live_now(request: web.Request) -> list[LiveRoom]:
 @endpoint("GET", "/api/lessons/{lesson_id}/events", summary="The lesson's timeline: slides, ink, "
           "hands, chat, polls, in order", tag="lessons", response=list[EventOut], errors=(404,))
 async def lesson_events(request: web.Request) -> list[EventOut]:
-    lesson_id = path_int(request, "lesson_id")
+    lesson_id = path_id(request, "lesson_id", "lesson")
     v = require_viewer(await viewer(request))
     async with request.app[SESSIONS]() as db:
-        lesson = await db.get(Lesson, lesson_id)
-        if lesson is None:
-            raise AppError("not_found", "Not found: {what}", status=404, what="lesson")
-        v.require_class(lesson.classroom)
+        await get_lesson(db, v, lesson_id)  # 404 unless this viewer may see the lesson
         rows = (await db.execute(select(LessonEvent).where(LessonEvent.lesson_id == lesson_id)
                                  .order_by(LessonEvent.at_ms, LessonEvent.id))).scalars().all()
     return [EventOut(at_ms=r.at_ms, kind=r.kind, data=r.data) for r in rows]
@@ -76,7 +75,8 @@ def _ws_url(request: web.Request) -> str:
     return proxy.ws_url(request)  # wss when the public URL or the (trusted) scheme is https
 
 
-async def _student_page(request: web.Request, *, code: Optional[str], card: Optional[str]) -> web.StreamResponse:
+async def _student_page(request: web.Request, *, code: Optional[str],
+                        card: Optional[str]) -> web.StreamResponse:
     found = await joining.check_code(request, card or code or "")
     room = request.app[ROOMS].for_class(found.classroom.id)
     lesson = room.lesson.public() if room is not None else waiting_lesson(found)
@@ -110,14 +110,9 @@ async def teach_page(request: web.Request) -> web.StreamResponse:
     v = await viewer(request)
     if v is None:
         raise web.HTTPFound(f"/login?next={request.path}")
-    raw = request.match_info["lesson_id"]
-    if not raw.isdigit():
-        raise AppError("not_found", "Not found: {what}", status=404, what="lesson")
+    lesson_id = path_id(request, "lesson_id", "lesson")
     async with request.app[SESSIONS]() as db:
-        lesson = await db.get(Lesson, int(raw))
-        if lesson is None:
-            raise AppError("not_found", "Not found: {what}", status=404, what="lesson")
-        v.require_class(lesson.classroom)
+        lesson = await get_lesson(db, v, lesson_id)
         info = {"id": lesson.id, "title": lesson.title or lesson.classroom.name,
                 "class_name": lesson.classroom.name, "state": lesson.state.value}
         class_id = lesson.classroom.id

@@ -97,13 +97,6 @@ def parse_query(request: web.Request, model: type[BaseModel]) -> BaseModel:
         raise _validation_error(exc) from None
 
 
-def path_int(request: web.Request, name: str) -> int:
-    raw = request.match_info[name]
-    if not (raw.isascii() and raw.isdigit()) or len(raw) > 12:
-        raise AppError("not_found", "Not found: {what}", status=404, what=name)
-    return int(raw)
-
-
 def _dump(response_model: Any, value: Any) -> Any:
     return TypeAdapter(response_model).dump_python(value, mode="json")
 

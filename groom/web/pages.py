@@ -50,14 +50,6 @@ def done(path: str, what: str, **extra: Any) -> web.HTTPFound:
     return web.HTTPFound(f"{path}?{urlencode({'done': what, **extra})}")
 
 
-def match_id(request: web.Request, name: str = "id") -> int:
-    """A numeric id from the URL (routes only match digits; absurdly long ones are unknown)."""
-    raw = request.match_info[name]
-    if len(raw) > 10:
-        raise AppError("not_found", "Not found: {what}", status=404, what="item")
-    return int(raw)
-
-
 def text_fields(form: MultiDictProxy[Any]) -> dict[str, str]:
     """A form's text fields (first value of each), for re-showing what the user typed."""
     out: dict[str, str] = {}

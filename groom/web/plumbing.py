@@ -22,7 +22,7 @@ from groom.core import logs
 from groom.core.auth import COOKIE, CSRF_FIELD, CSRF_HEADER, SessionCodec, Viewer, csrf_matches, load_viewer
 from groom.core.config import WEB_DIR, Settings
 from groom.core.errors import AppError
-from groom.core.i18n import LANGUAGE_NAMES, pick_language, translator
+from groom.core.i18n import DEFAULT_LANGUAGE, LANGUAGE_NAMES, choose_language, translator
 
 from .static import StaticFiles
 
@@ -59,7 +59,14 @@ async def viewer(request: web.Request) -> Optional[Viewer]:
     if "viewer" not in request:
         async with request.app[SESSIONS]() as db:
             request["viewer"] = await load_viewer(db, request.app[CODEC], request.cookies.get(COOKIE))
-    return request["viewer"]
+    loaded: Optional[Viewer] = request["viewer"]
+    return loaded
+
+
+def pick_language(request: web.Request, default: str = DEFAULT_LANGUAGE) -> str:
+    """The page's language: ``?lang=``, the ``lang`` cookie, ``Accept-Language``, ``default``."""
+    return choose_language(request.query.get("lang"), request.cookies.get("lang"),
+                           request.headers.get("Accept-Language", ""), default)
 
 
 def tr(request: web.Request) -> Callable[..., str]:
@@ -96,7 +103,8 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     finally:
         logs.request_id.reset(token)
     if (isinstance(response, web.Response) and not response.prepared
-            and response.content_type in COMPRESSIBLE and len(response.body or b"") > 1024):
+            and response.content_type in COMPRESSIBLE
+            and isinstance(response.body, (bytes, bytearray)) and len(response.body) > 1024):
         response.enable_compression()
     response.headers["X-Request-Id"] = rid
     response.headers.setdefault("X-Content-Type-Options", "nosniff")

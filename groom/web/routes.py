@@ -8,16 +8,17 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from groom.office import calendars as ical
-
 from . import (
     accounts,
     api,  # noqa: F401  (its handlers register themselves with @endpoint)
+    calendar_feeds,
     decks,
     health,
     live_pages,
     prometheus,
-    recordings,
+    recording_pages,
+    recordings_api,  # noqa: F401  (its handlers register themselves with @endpoint)
+    schedule_api,  # noqa: F401  (its handlers register themselves with @endpoint)
     signaling,
     teacher_pages,
 )
@@ -66,10 +67,10 @@ def setup_routes(app: web.Application) -> None:
     r.add_get("/lessons/{lesson_id}/teach", live_pages.teach_page)
     r.add_get("/listen/{token}.ogg", live_pages.listen)
     r.add_get("/slides/{name}", decks.slide_image)
-    r.add_get("/calendar/class/{ident}/{token}.ics", ical.class_feed)
-    r.add_get("/calendar/teacher/{ident}/{token}.ics", ical.teacher_feed)
+    r.add_get("/calendar/class/{ident}/{token}.ics", calendar_feeds.class_feed)
+    r.add_get("/calendar/teacher/{ident}/{token}.ics", calendar_feeds.teacher_feed)
     add_page_routes(r)
-    recordings.add_routes(r)
+    recording_pages.add_routes(r)
     r.add_get("/static/{name}", app[STATIC].serve)
 
 

@@ -17,9 +17,8 @@ from typing import Annotated, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
-MAX_ID = 2**31 - 1
+from .params import Id
 
-Id = Annotated[int, Field(ge=1, le=MAX_ID)]
 Name = Annotated[str, Field(min_length=1, max_length=200)]
 OptionalText = Annotated[str, Field(max_length=200)]
 Grade = Annotated[str, Field(max_length=32)]

@@ -3,8 +3,8 @@
 Each connection has one reader (this handler), one writer task draining a bounded outbox, a
 deadline for ``hello``, a message-rate limit, and a log context carrying the connection id. A
 client whose outbox fills up (it stopped reading) is dropped rather than waited for, so one stuck
-phone never holds up a room. Messages are validated by pydantic models before anything acts on
-them; a bad one gets an ``error`` message and changes nothing.
+phone never holds up a room. Messages are validated by the pydantic models of ``messages.py``
+before anything acts on them; a bad one gets an ``error`` message and changes nothing.
 """
 
 from __future__ import annotations
@@ -14,12 +14,11 @@ import json
 import logging
 import secrets
 import time
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import Any, Optional
 
 from aiohttp import WSMsgType, web
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import ValidationError
 
-from groom.board.board import COLORS, MAX_POINTS, WIDTHS
 from groom.core import logs
 from groom.core.errors import AppError
 from groom.live.room import Participant, Room
@@ -28,141 +27,42 @@ from groom.office import codes
 
 from . import joining, proxy
 from .live_pages import waiting_lesson
+from .messages import (
+    MAX_MESSAGE,
+    STUDENT_ONLY,
+    TEACHER_ONLY,
+    ChatEnabled,
+    ChatMsg,
+    DataSaver,
+    DeckMsg,
+    End,
+    Floor,
+    Hand,
+    Hello,
+    Ink,
+    InkClear,
+    Kick,
+    Offer,
+    Ping,
+    Pointer,
+    PollClose,
+    PollMsg,
+    SlideMsg,
+    Stats,
+    Vote,
+    parse,
+)
 from .plumbing import SETTINGS, tr, viewer
 
 log = logging.getLogger("groom.web.signaling")
 
 
-MAX_MESSAGE = 16 * 1024
 OUTBOX_SIZE = 64
 HELLO_SECONDS = 10.0
 RATE_PER_SECOND = 10.0  # sustained messages per second per connection
 RATE_BURST = 40.0
 
 
-class _Msg(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class Hello(_Msg):
-    type: Literal["hello"]
-    role: Literal["student", "teacher"]
-    code: Optional[str] = Field(default=None, max_length=32)
-    card: Optional[str] = Field(default=None, max_length=32)
-    name: Optional[str] = Field(default=None, max_length=80)
-    lesson_id: Optional[int] = Field(default=None, ge=1, le=2**31)
-    resume: Optional[str] = Field(default=None, max_length=64)
-
-
-class Offer(_Msg):
-    type: Literal["offer"]
-    sdp: str = Field(max_length=MAX_MESSAGE)
-
-
-class Stats(_Msg):
-    type: Literal["stats"]
-    packets_received: float = Field(default=0, ge=0)
-    packets_lost: float = Field(default=0, ge=-1e9)
-    jitter: Optional[float] = Field(default=None, ge=0, le=60)
-    concealed_samples: float = Field(default=0, ge=0)
-    silent_concealed_samples: float = Field(default=0, ge=0)
-    total_samples: float = Field(default=0, ge=0)
-    bytes_received: float = Field(default=0, ge=0)
-
-
-class DataSaver(_Msg):
-    type: Literal["data_saver"]
-    on: bool
-
-
-class Hand(_Msg):
-    type: Literal["hand"]
-    up: bool
-
-
-class Floor(_Msg):
-    type: Literal["floor"]
-    participant_id: Optional[str] = Field(default=None, max_length=40)
-
-
-class Kick(_Msg):
-    type: Literal["kick"]
-    participant_id: str = Field(max_length=40)
-
-
-class End(_Msg):
-    type: Literal["end"]
-
-
-class Ping(_Msg):
-    type: Literal["ping"]
-
-
-class DeckMsg(_Msg):
-    type: Literal["deck"]
-    deck_id: int = Field(ge=1, le=2**31)
-
-
-class SlideMsg(_Msg):
-    type: Literal["slide"]
-    page: int = Field(ge=0, le=10_000)
-
-
-Coord = Annotated[int, Field(ge=0, le=1000)]
-
-
-class Ink(_Msg):
-    type: Literal["ink"]
-    points: list[Coord] = Field(min_length=2, max_length=2 * MAX_POINTS)
-    color: int = Field(default=0, ge=0, lt=COLORS)
-    width: int = Field(default=1, ge=1, le=WIDTHS)
-
-
-class InkClear(_Msg):
-    type: Literal["ink_clear"]
-
-
-class Pointer(_Msg):
-    type: Literal["pointer"]
-    x: Optional[Coord] = None
-    y: Optional[Coord] = None
-
-
-class ChatMsg(_Msg):
-    type: Literal["chat"]
-    text: str = Field(min_length=1, max_length=1000)
-
-
-class ChatEnabled(_Msg):
-    type: Literal["chat_enabled"]
-    on: bool
-
-
-class PollMsg(_Msg):
-    type: Literal["poll"]
-    question: str = Field(min_length=1, max_length=200)
-    choices: list[Annotated[str, Field(min_length=1, max_length=80)]] = Field(min_length=2, max_length=6)
-
-
-class PollClose(_Msg):
-    type: Literal["poll_close"]
-    show: bool = True
-
-
-class Vote(_Msg):
-    type: Literal["vote"]
-    poll_id: str = Field(max_length=16)
-    choice: int = Field(ge=0, le=5)
-
-
-Message = Annotated[Union[Hello, Offer, Stats, DataSaver, Hand, Floor, Kick, End, Ping, DeckMsg,
-                          SlideMsg, Ink, InkClear, Pointer, ChatMsg, ChatEnabled, PollMsg,
-                          PollClose, Vote],
-                    Field(discriminator="type")]
-_parse = TypeAdapter(Message)
-TEACHER_ONLY = (Floor, Kick, End, DeckMsg, SlideMsg, Ink, InkClear, Pointer, ChatEnabled, PollMsg,
-                PollClose)
-STUDENT_ONLY = (Stats, DataSaver, Hand, Vote)
 
 
 # State messages where only the newest matters: a burst (many joins at once) replaces the
@@ -304,7 +204,7 @@ class _Session:
                 self.conn.close(4429, "too many messages")
                 return None
             try:
-                return _parse.validate_json(msg.data)
+                return parse.validate_json(msg.data)
             except ValidationError as exc:
                 first = exc.errors(include_url=False, include_input=False)[0]
                 where = ".".join(str(p) for p in first["loc"])
@@ -339,6 +239,7 @@ class _Session:
                 self.conn.send(self._error(exc))
 
     async def _hello(self, hello: Hello) -> None:
+        room: Optional[Room]  # None only while a student waits for the lesson to start
         if hello.role == "teacher":
             v = await viewer(self.request)
             if v is None:

@@ -10,10 +10,10 @@ import datetime as dt
 from aiohttp import web
 
 from groom.core.models import LessonState
-from groom.office import calendars as ical
-from groom.office import scheduling
+from groom.office import lookup, scheduling
 from groom.office import schools as office
 
+from .calendar_feeds import teacher_feed_url
 from .pages import Clock, page, page_viewer
 from .plumbing import SESSIONS
 
@@ -27,7 +27,7 @@ async def teacher_home(request: web.Request) -> web.StreamResponse:
         zones = await scheduling.zones_of(db, lessons)
         tz = "UTC"
         if v.user.school_id is not None:
-            tz = (await office.school_of(db, v.user.school_id)).timezone
+            tz = (await lookup.school_of(db, v.user.school_id)).timezone
         clock = Clock(tz)
         clocks = {lesson.id: Clock(str(zones[lesson.id])) for lesson in lessons}
         classes = await office.list_classes(db, v)
@@ -37,4 +37,4 @@ async def teacher_home(request: web.Request) -> web.StreamResponse:
     now = dt.datetime.now(dt.timezone.utc)
     return page(request, "teacher.html", todays=todays, later=later, clocks=clocks, t=clock,
                 classes=classes, now=now, soon=dt.timedelta(minutes=15),
-                ics=ical.teacher_feed_url(request, v.user), LessonState=LessonState)
+                ics=teacher_feed_url(request, v.user), LessonState=LessonState)

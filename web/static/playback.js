@@ -12,7 +12,7 @@
 // shown while no slide is) are used as they are instead of being created: the offline pack's
 // index.html (web/templates/offline_player.html) lays its page out that way.
 //
-// The manifest is JSON (groom.postprocess.playback_manifest builds it):
+// The manifest is JSON (groom.recordings.playback.playback_manifest builds it):
 //   {
 //     "title": "Grade 5 maths",            // optional
 //     "audio": "/recordings/12/listen.opus",  // served with Range support (groom/web/recordings.py)

@@ -1,7 +1,7 @@
 """school office
 
 Revision ID: 0001
-Revises: 
+Revises:
 """
 import sqlalchemy as sa
 from alembic import op
@@ -93,7 +93,8 @@ def upgrade() -> None:
     sa.Column('title', sa.String(length=200), nullable=False),
     sa.Column('starts_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('ends_at', sa.DateTime(timezone=True), nullable=False),
-    sa.Column('state', sa.Enum('scheduled', 'live', 'ended', 'cancelled', name='lessonstate', native_enum=False, length=16), nullable=False),
+    sa.Column('state', sa.Enum('scheduled', 'live', 'ended', 'cancelled', name='lessonstate',
+                               native_enum=False, length=16), nullable=False),
     sa.Column('started_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('ended_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
