@@ -104,6 +104,10 @@ class Server:
         self.proc = subprocess.Popen(
             [sys.executable, *wrap, "-m", "groom", "serve", "--demo", "--json", "--port", str(self.port),
              "--data-dir", str(self.data_dir), "--join-attempts-per-minute", "100000",
+             # Every simulated student comes from 127.0.0.1: lift the per-address budgets and
+             # the room size that protect a real server from one address's flood.
+             "--students-per-address", "100000", "--sockets-per-address", "100000",
+             "--students-per-lesson", "100000",
              "--tier-up-seconds", "1", *self.extra],
             stdout=out, stderr=out, cwd=ROOT)
         deadline = time.monotonic() + 60

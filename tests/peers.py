@@ -135,6 +135,15 @@ class Peer:
     def seconds_received(self) -> float:
         return sum(len(f) for f in self.frames) / 48000
 
+    async def keeps_hearing(self, seconds: float = 2.0, *, min_rms: float = 300.0) -> None:
+        """Assert that audio keeps arriving for ``seconds`` and is not silence: the check that an
+        honest student's lesson went on while something else (an attack, a fault) happened."""
+        mark, before = len(self.frames), self.seconds_received()
+        await asyncio.sleep(seconds)
+        heard = self.seconds_received() - before
+        assert heard >= 0.6 * seconds, f"heard {heard:.2f} s of audio in {seconds} s"
+        assert self.rms_since(mark) >= min_rms, f"audio RMS {self.rms_since(mark):.0f}"
+
     async def close(self) -> None:
         for task in self._tasks:
             task.cancel()

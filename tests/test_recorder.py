@@ -46,8 +46,11 @@ def opus_packets(seconds: float, bitrate: int = 32000) -> list[bytes]:
 
 
 def decoded_seconds(path: Path) -> float:
+    """Exact: summed as fractions, because 400 frames of 960/48000 s summed as floats make
+    7.99999999999992 s, not 8 (a comparison with a whole number of seconds flickered)."""
     with av.open(str(path)) as container:
-        return sum(f.samples / f.sample_rate for f in container.decode(audio=0))
+        return float(sum((Fraction(f.samples, f.sample_rate) for f in container.decode(audio=0)),
+                         Fraction(0)))
 
 
 async def record(target: Path | Recorder, packets: list[bytes], *, start_delay_s: float = 0.0,

@@ -21,7 +21,7 @@ from PIL import Image, ImageDraw, ImageFont
 from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from groom.board import slides
+from groom.board import sandbox, slides
 from groom.board.deck_import import DEFAULT_LIMITS, MAX_UPLOAD_BYTES, DeckError, Limits, import_deck
 from groom.core import db
 from groom.core.models import Classroom, Deck, School, Slide
@@ -155,10 +155,16 @@ def png_header_only(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk + b"\x00\x00\x00\x00IEND\xaeB`\x82"
 
 
+PPTX_CONTENT_TYPES = (
+    '<Types xmlns="http://schemas.openxmlformats.org/package/2006/content-types">'
+    '<Override PartName="/ppt/presentation.xml" ContentType="application/'
+    'vnd.openxmlformats-officedocument.presentationml.presentation.main+xml"/></Types>')
+
+
 def pptx_zip(entries: dict[str, bytes], level: int = 1) -> bytes:
     out = io.BytesIO()
     with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED, compresslevel=level) as archive:
-        archive.writestr("[Content_Types].xml", "<Types/>")
+        archive.writestr("[Content_Types].xml", PPTX_CONTENT_TYPES)
         archive.writestr("ppt/presentation.xml", "<p:presentation/>")
         for name, data in entries.items():
             archive.writestr(name, data)
@@ -342,6 +348,35 @@ async def test_zip_that_is_not_a_presentation(store: Store) -> None:
     with pytest.raises(DeckError) as refused:
         await store.import_(out.getvalue(), "homework.pptx")
     assert refused.value.code == "unsupported_type"
+
+
+async def test_docx_with_a_dummy_presentation_part_is_refused(store: Store) -> None:
+    """The content types say what a package is, not the names of its parts."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as archive:
+        archive.writestr("[Content_Types].xml", PPTX_CONTENT_TYPES.replace(
+            "/ppt/presentation.xml", "/word/document.xml").replace(
+            "presentationml.presentation", "wordprocessingml.document"))
+        archive.writestr("word/document.xml", "<w:document/>")
+        archive.writestr("ppt/presentation.xml", "<p:presentation/>")
+    with pytest.raises(DeckError) as refused:
+        await store.import_(out.getvalue(), "homework.pptx")
+    assert (refused.value.code, refused.value.status) == ("unsupported_type", 415)
+    assert await store.counts() == (0, 0) and store.files() == []
+
+
+async def test_presentation_without_the_sandbox_is_refused(store: Store,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """No bubblewrap: LibreOffice is not run on an untrusted file at all (PDFs still work)."""
+    monkeypatch.setattr(sandbox, "_BWRAP", None)
+    monkeypatch.setattr(sandbox, "_checked", True)
+    with pytest.raises(DeckError) as refused:
+        await store.import_(pptx_zip({"ppt/slides/slide1.xml": b"<p:sld/>"}), "lesson.pptx")
+    assert (refused.value.code, refused.value.status) == ("office_unsandboxed", 415)
+    assert "PDF" in refused.value.message
+    assert await store.counts() == (0, 0) and store.files() == []
+    deck = await store.import_(SAMPLE.read_bytes())
+    assert deck.pages > 0
 
 
 async def test_presentation_without_libreoffice(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:

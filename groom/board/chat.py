@@ -14,6 +14,7 @@ from groom.core.errors import AppError
 
 MAX_CHARS = 300
 PER_MINUTE = 12  # messages per student per minute
+CLASS_PER_MINUTE = 60  # messages per minute from all students together (settings.chat_class_per_minute)
 KEEP = 50  # recent messages sent to a late joiner
 
 
@@ -25,8 +26,10 @@ def clean(text: str) -> str:
 @dataclass
 class Chat:
     enabled: bool = True
+    class_per_minute: int = CLASS_PER_MINUTE
     recent: list[dict[str, object]] = field(default_factory=list)
     _sent: dict[str, list[float]] = field(default_factory=dict)
+    _class_sent: list[float] = field(default_factory=list)  # every student's message, last minute
 
     def post(self, sender_id: str, name: str, text: str, *, teacher: bool) -> dict[str, object]:
         if not self.enabled and not teacher:
@@ -39,6 +42,13 @@ class Chat:
             times = [t for t in self._sent.get(sender_id, []) if now - t < 60]
             if len(times) >= PER_MINUTE:
                 raise AppError("chat_too_fast", "Too many messages; wait a little.", status=429)
+            # The class's budget: every message goes to every phone, so 500 students at their
+            # own limit would be 100 messages a second on 2G. Over it, nothing is sent.
+            self._class_sent = [t for t in self._class_sent if now - t < 60]
+            if len(self._class_sent) >= self.class_per_minute:
+                raise AppError("chat_busy", "The class chat is busy; wait a little and send "
+                               "again.", status=429)
+            self._class_sent.append(now)
             times.append(now)
             self._sent[sender_id] = times
         message: dict[str, object] = {"from": name, "id": sender_id, "text": text,

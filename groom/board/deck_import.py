@@ -32,11 +32,12 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
+from xml.etree import ElementTree
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from groom.board import rasterize
+from groom.board import rasterize, sandbox
 from groom.core.models import Classroom, Deck, Slide
 
 from .slides import FILE_NAME, SLIDES_DIR, STAGING_DIR, VARIANTS, unlink_all
@@ -50,6 +51,24 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 JPEG_MAGIC = b"\xff\xd8\xff"
 ZIP_MAGIC = b"PK\x03\x04"
 ODP_MIMETYPE = b"application/vnd.oasis.opendocument.presentation"
+CONTENT_TYPES_NS = "http://schemas.openxmlformats.org/package/2006/content-types"
+MAX_CONTENT_TYPES_BYTES = 256 * 1024
+_OOXML = "application/vnd.openxmlformats-officedocument."
+PPTX_MAIN_TYPES = frozenset({
+    _OOXML + "presentationml.presentation.main+xml",
+    _OOXML + "presentationml.slideshow.main+xml",
+    _OOXML + "presentationml.template.main+xml",
+    "application/vnd.ms-powerpoint.presentation.macroEnabled.main+xml",
+    "application/vnd.ms-powerpoint.slideshow.macroEnabled.main+xml",
+})
+OTHER_OFFICE_MAIN_TYPES = frozenset({
+    _OOXML + "wordprocessingml.document.main+xml",
+    _OOXML + "wordprocessingml.template.main+xml",
+    _OOXML + "spreadsheetml.sheet.main+xml",
+    _OOXML + "spreadsheetml.template.main+xml",
+    "application/vnd.ms-word.document.macroEnabled.main+xml",
+    "application/vnd.ms-excel.sheet.macroEnabled.main+xml",
+})
 
 # Runs LibreOffice under an address-space cap without a preexec_fn (unsafe in a process with
 # threads, which the server has): a tiny interpreter sets the limit, then becomes soffice.
@@ -74,6 +93,7 @@ class Limits:
     office_memory_mb: int = 3072
     max_zip_entries: int = 5000
     max_unzipped_bytes: int = 300 * 1024 * 1024
+    sandbox: str = "bwrap"  # settings.deck_sandbox: "bwrap" or "off" (see sandbox.py)
 
 
 DEFAULT_LIMITS = Limits()
@@ -127,9 +147,9 @@ async def import_deck(session_maker: async_sessionmaker[AsyncSession], data_dir:
         source = await asyncio.to_thread(_write_source, staging, suffix, data)
         async with asyncio.timeout(limits.deck_seconds):
             if kind == "office":
-                source = await _office_to_pdf(source, limits)
+                source = await _office_to_pdf(source, data_dir, limits)
             pages = await _rasterize(source, "image" if kind == "image" else "pdf", staging,
-                                     limits, progress)
+                                     data_dir, limits, progress)
         added = await asyncio.to_thread(_publish, staging, slides_dir, pages)
         try:
             deck = await _save(session_maker, class_id, title, filename, pages)
@@ -182,12 +202,8 @@ def check_office_zip(data: bytes, limits: Limits) -> str:
                         "be used.", parts=limits.max_zip_entries)
     if sum(e.file_size for e in entries) > limits.max_unzipped_bytes:
         raise too_big
-    names = {e.filename for e in entries}
-    if "ppt/presentation.xml" in names:
-        ext = ".pptx"
-    elif "mimetype" in names and archive.read("mimetype").strip() == ODP_MIMETYPE:
-        ext = ".odp"
-    else:
+    ext = _office_kind(archive, entries)
+    if ext is None:
         raise DeckError("unsupported_type", "This zip file is not a PPTX or ODP presentation.", 415)
     total = 0
     try:
@@ -203,6 +219,42 @@ def check_office_zip(data: bytes, limits: Limits) -> str:
     return ext
 
 
+def _office_kind(archive: zipfile.ZipFile, entries: list[zipfile.ZipInfo]) -> Optional[str]:
+    """".pptx" or ".odp" when the package says so itself, else None.
+
+    A file name proves nothing (a DOCX with a dummy ``ppt/presentation.xml`` is still a DOCX), so:
+    ODP (OpenDocument): the first member is ``mimetype``, stored, naming a presentation. PPTX
+    (Open Packaging): ``[Content_Types].xml`` gives a part that exists the content type of a
+    presentation's main part, and no part a document's or a workbook's."""
+    first = entries[0] if entries else None
+    if first is not None and first.filename == "mimetype":
+        if first.file_size <= 128 and archive.read(first) == ODP_MIMETYPE:
+            return ".odp"
+        return None
+    names = {e.filename for e in entries}
+    try:
+        types = archive.getinfo("[Content_Types].xml")
+    except KeyError:
+        return None
+    if types.file_size > MAX_CONTENT_TYPES_BYTES:
+        return None
+    try:
+        with archive.open(types) as part:
+            root = ElementTree.fromstring(part.read(MAX_CONTENT_TYPES_BYTES + 1))
+    except (ElementTree.ParseError, zipfile.BadZipFile, NotImplementedError, RuntimeError,
+            OSError, EOFError, ValueError):
+        return None
+    main = False
+    for override in root.iter(f"{{{CONTENT_TYPES_NS}}}Override"):
+        content_type = override.get("ContentType", "")
+        if content_type in OTHER_OFFICE_MAIN_TYPES:
+            return None
+        part_name = override.get("PartName", "")
+        if content_type in PPTX_MAIN_TYPES and part_name.lstrip("/") in names:
+            main = True
+    return ".pptx" if main else None
+
+
 # --- the heavy steps ------------------------------------------------------------------------
 
 def _write_source(staging: Path, suffix: str, data: bytes) -> Path:
@@ -212,19 +264,28 @@ def _write_source(staging: Path, suffix: str, data: bytes) -> Path:
     return source
 
 
-async def _office_to_pdf(source: Path, limits: Limits) -> Path:
-    """Let LibreOffice, when installed, convert the (already checked) presentation to PDF."""
+async def _office_to_pdf(source: Path, data_dir: Path, limits: Limits) -> Path:
+    """Let LibreOffice, when installed, convert the (already checked) presentation to PDF,
+    inside the sandbox (``sandbox.py``: no network, only this job's folder of the data folder)."""
     soffice = shutil.which("soffice") or shutil.which("libreoffice")
     if soffice is None:
         raise DeckError("office_unavailable", "This server cannot read PPTX or ODP files. Save "
                         "the presentation as PDF and upload the PDF.", 415)
     staging = source.parent
+    argv = [sys.executable, "-c", _LIMITED_EXEC, str(limits.office_memory_mb), soffice,
+            "--headless", "--norestore", "--nolockcheck", "--nodefault",
+            f"-env:UserInstallation={(staging / 'lo-profile').as_uri()}",
+            "--convert-to", "pdf", "--outdir", str(staging), str(source)]
+    await asyncio.to_thread(sandbox.available)  # checked once, off the event loop
+    try:
+        command = sandbox.wrap(argv, data_dir=data_dir, workdir=staging, mode=limits.sandbox,
+                               office=True)
+    except sandbox.Unavailable:
+        raise DeckError("office_unsandboxed", "This server cannot open PPTX or ODP files safely "
+                        "(its sandbox is not installed). Save the presentation as PDF and upload "
+                        "the PDF.", 415) from None
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", _LIMITED_EXEC, str(limits.office_memory_mb), soffice,
-        "--headless", "--norestore", "--nolockcheck", "--nodefault",
-        f"-env:UserInstallation={(staging / 'lo-profile').as_uri()}",
-        "--convert-to", "pdf", "--outdir", str(staging), str(source),
-        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+        *command, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.DEVNULL, start_new_session=True)
     try:
         await asyncio.wait_for(proc.wait(), limits.office_seconds)
@@ -240,18 +301,21 @@ async def _office_to_pdf(source: Path, limits: Limits) -> Path:
     return pdf
 
 
-async def _rasterize(source: Path, kind: str, staging: Path, limits: Limits,
+async def _rasterize(source: Path, kind: str, staging: Path, data_dir: Path, limits: Limits,
                      progress: Optional[Progress]) -> list[dict[str, Any]]:
-    """Run the page worker on ``source``; return its page records in order."""
+    """Run the page worker on ``source`` (in the sandbox); return its page records in order."""
     out = staging / "out"
     cpu = int(limits.page_seconds * (limits.max_pages + 1))
+    await asyncio.to_thread(sandbox.available)  # checked once, off the event loop
+    command = sandbox.wrap(
+        [sys.executable, rasterize.__file__, "--source", str(source), "--kind", kind,
+         "--out", str(out), "--max-pages", str(limits.max_pages),
+         "--max-pixels", str(limits.max_image_pixels), "--memory-mb", str(limits.memory_mb),
+         "--cpu-seconds", str(cpu)], data_dir=data_dir, workdir=staging, mode=limits.sandbox)
     stderr = await asyncio.to_thread(open, staging / "worker.log", "wb")
     with stderr:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, rasterize.__file__, "--source", str(source), "--kind", kind,
-            "--out", str(out), "--max-pages", str(limits.max_pages),
-            "--max-pixels", str(limits.max_image_pixels), "--memory-mb", str(limits.memory_mb),
-            "--cpu-seconds", str(cpu), stdin=asyncio.subprocess.DEVNULL,
+            *command, stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE, stderr=stderr, start_new_session=True)
         try:
             header = await _next_message(proc, limits.open_seconds, None)

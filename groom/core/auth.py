@@ -1,7 +1,8 @@
 """Who is asking: passwords, session cookies, CSRF tokens and the role/school checks.
 
-- Passwords are hashed with argon2 in a thread (hashing takes ~50 ms of CPU on purpose, which
-  must not stall live rooms on the event loop).
+- Passwords are hashed with argon2 in a thread of a small pool of their own (hashing takes
+  ~50 ms of CPU on purpose, which must not stall live rooms on the event loop, nor fill the
+  default executor that writes recordings and serves files): ``PasswordPool``.
 - The session is a signed cookie (itsdangerous) holding the user id, the user's
   ``session_version`` (bumped on password change, which logs out every other session) and a
   CSRF token. Unsafe requests must echo that token: forms in a hidden field, the API in the
@@ -12,18 +13,25 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import hashlib
 import hmac
 import secrets
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Callable, Optional, TypeVar
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from itsdangerous import BadSignature, URLSafeTimedSerializer
+from sqlalchemy import delete
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from .errors import AppError, forbidden, unauthorized
-from .models import Classroom, Role, User
+from .models import Classroom, Role, User, UserSession, utcnow
+
+T = TypeVar("T")
 
 COOKIE = "groom_session"
 SESSION_MAX_AGE = 14 * 24 * 3600
@@ -36,8 +44,51 @@ _hasher = PasswordHasher()
 DUMMY_HASH = _hasher.hash(secrets.token_hex(16))
 
 
+class PasswordPool:
+    """The server's own small thread pool for argon2, with a bounded queue.
+
+    Not the event loop's default executor: that one also writes recordings and serves files, and
+    a login flood queued there would stall them. When ``threads + queue`` checks are already in
+    flight, one more is refused at once (503 ``busy``) instead of waiting behind the flood."""
+
+    def __init__(self, threads: int = 1, queue: int = 16) -> None:
+        self._executor: Optional[ThreadPoolExecutor] = None
+        self._lock = threading.Lock()
+        self._in_flight = 0
+        self.configure(threads, queue)
+
+    def configure(self, threads: int, queue: int) -> None:
+        self.shutdown()
+        self.threads, self.queue = max(1, threads), max(0, queue)
+
+    def _done(self, _: "Future[Any]") -> None:
+        with self._lock:
+            self._in_flight -= 1
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        with self._lock:
+            if self._in_flight >= self.threads + self.queue:
+                raise AppError("busy", "The server is busy. Try again in a moment.", status=503,
+                               retry_after=1)
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(self.threads, thread_name_prefix="passwords")
+            self._in_flight += 1
+        # Counted until the thread finishes, even if the request gives up waiting.
+        future = self._executor.submit(fn, *args)
+        future.add_done_callback(self._done)
+        return await asyncio.wrap_future(future)
+
+    def shutdown(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+
+
+PASSWORDS = PasswordPool()
+
+
 async def hash_password(password: str) -> str:
-    return await asyncio.get_running_loop().run_in_executor(None, _hasher.hash, password)
+    return await PASSWORDS.run(_hasher.hash, password)
 
 
 async def verify_password(password_hash: str, password: str) -> bool:
@@ -47,7 +98,7 @@ async def verify_password(password_hash: str, password: str) -> bool:
         except (VerificationError, InvalidHashError):
             return False
 
-    return await asyncio.get_running_loop().run_in_executor(None, check)
+    return await PASSWORDS.run(check)
 
 
 def check_new_password(password: str) -> None:
@@ -63,6 +114,7 @@ class Session:
     user_id: int
     version: int
     csrf: str
+    key: str = ""  # names the ``user_sessions`` row; logging out deletes it
 
 
 class SessionCodec:
@@ -72,18 +124,45 @@ class SessionCodec:
         self._serializer = URLSafeTimedSerializer(secret, salt="groom.session")
 
     def dump(self, session: Session) -> str:
-        return self._serializer.dumps({"u": session.user_id, "v": session.version, "c": session.csrf})
+        return self._serializer.dumps({"u": session.user_id, "v": session.version, "c": session.csrf,
+                                        "k": session.key})
 
     def load(self, cookie: str) -> Optional[Session]:
         try:
             data = self._serializer.loads(cookie, max_age=SESSION_MAX_AGE)
-            return Session(int(data["u"]), int(data["v"]), str(data["c"]))
+            return Session(int(data["u"]), int(data["v"]), str(data["c"]), str(data["k"]))
         except (BadSignature, KeyError, TypeError, ValueError):
             return None
 
 
-def new_session(user: User) -> Session:
-    return Session(user.id, user.session_version, secrets.token_urlsafe(24))
+def key_hash(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+async def start_session(db: AsyncSession, user: User) -> Session:
+    """A new logged-in session of ``user``, stored server-side (so that it can be ended) with
+    the user's expired ones swept away. Commits."""
+    now = utcnow()
+    session = Session(user.id, user.session_version, secrets.token_urlsafe(24),
+                      secrets.token_urlsafe(24))
+    await db.execute(delete(UserSession).where(UserSession.user_id == user.id,
+                                               UserSession.expires_at < now))
+    db.add(UserSession(key_hash=key_hash(session.key), user_id=user.id, created_at=now,
+                       expires_at=now + dt.timedelta(seconds=SESSION_MAX_AGE)))
+    await db.commit()
+    return session
+
+
+async def end_session(db: AsyncSession, session: Session) -> None:
+    """Log out this one session: its cookie, and every copy of it, stops working. Commits."""
+    await db.execute(delete(UserSession).where(UserSession.key_hash == key_hash(session.key)))
+    await db.commit()
+
+
+async def end_all_sessions(db: AsyncSession, user_id: int) -> None:
+    """Every session of the user ends (log out everywhere, password change, deactivation).
+    Does not commit: the caller's change and this one land together."""
+    await db.execute(delete(UserSession).where(UserSession.user_id == user_id))
 
 
 def csrf_matches(session: Session, token: Optional[str]) -> bool:
@@ -137,6 +216,9 @@ async def load_viewer(db: AsyncSession, codec: SessionCodec, cookie: Optional[st
     user = await db.get(User, session.user_id)
     if user is None or not user.active or user.session_version != session.version:
         return None
+    stored = await db.get(UserSession, key_hash(session.key))
+    if stored is None or stored.user_id != user.id or stored.expires_at < utcnow():
+        return None  # logged out (here or everywhere), or expired
     return Viewer(user, session)
 
 

@@ -67,6 +67,13 @@ def _networks(value: str) -> str:
     return value
 
 
+def _sandbox_mode(value: str) -> str:
+    value = value.strip().lower()
+    if value not in {"bwrap", "off"}:
+        raise ValueError(f"{value!r} is not 'bwrap' or 'off'")
+    return value
+
+
 OPTIONS: list[Option] = [
     Option("host", str, "127.0.0.1", "Address to listen on (0.0.0.0 for a school LAN)."),
     Option("port", int, 8080, "TCP port to listen on (0 picks a free one)."),
@@ -85,6 +92,10 @@ OPTIONS: list[Option] = [
            "RTCIceServer objects or comma-separated URLs. Empty means host candidates only."),
     Option("turn_secret", str, "", "Shared secret of a coturn server (use-auth-secret): pages get "
            "time-limited TURN credentials derived from it."),
+    Option("ice_link_local", _bool, False, "Let participants' offers name link-local addresses "
+           "(169.254.0.0/16, fe80::/10) as ICE candidates. Off: the server never sends connectivity "
+           "checks there (cloud metadata services, the server's own neighbours); turn on only for a "
+           "school LAN without DHCP, where phones have nothing but link-local addresses."),
     Option("tls_cert", str, "", "PEM certificate file: serve HTTPS (browsers need it for the "
            "microphone anywhere but localhost)."),
     Option("tls_key", str, "", "PEM private key for --tls-cert."),
@@ -96,11 +107,49 @@ OPTIONS: list[Option] = [
            "they move up one audio tier (down-steps are fast; up-steps are patient)."),
     Option("join_attempts_per_minute", int, 10, "Wrong join codes allowed per client address per "
            "minute before further attempts are refused."),
+    Option("students_per_lesson", int, 300, "Students one live lesson seats (its design size), "
+           "and the most that may wait for it to start; one more is told the lesson is full."),
+    Option("students_per_address", int, 60, "Students one client address (IPv6: one /64) may "
+           "seat in one lesson or keep waiting for it: a school's class of 20-40 behind one NAT, "
+           "with room for reloads."),
+    Option("sockets_per_address", int, 250, "Open live connections (/ws, before hello included) "
+           "one client address (IPv6: one /64) may hold at once across all lessons."),
     Option("log_level", str, "INFO", "Logging level (DEBUG, INFO, WARNING)."),
     Option("health_min_free_mb", int, 500, "GET /healthz fails (503) when the data folder's disk "
            "has less free space than this many MiB."),
     Option("metrics_token", str, "", "Bearer token Prometheus must send for GET /metrics; empty "
            "means /metrics answers only to the server's own host (loopback)."),
+    Option("login_failures_per_address", int, 10, "Wrong logins one client address may make in "
+           "15 minutes before its logins are refused (429 + Retry-After) for login_lock_seconds, "
+           "doubling with each further lock up to an hour."),
+    Option("login_failures_per_user", int, 20, "Wrong logins for one username (from all addresses) "
+           "in 15 minutes before addresses that already failed on it are refused; an address "
+           "without failures (the real owner) may still log in."),
+    Option("login_lock_seconds", float, 60.0, "First lock after too many wrong logins; each "
+           "further lock of the same address or username doubles it (at most 1 hour)."),
+    Option("password_threads", int, 1, "Threads that check and hash passwords (argon2, ~50 ms "
+           "of CPU each), apart from everything else, so a login flood cannot take the CPU or the "
+           "shared thread pool from live lessons, recordings and file serving."),
+    Option("password_queue", int, 16, "Password checks allowed to wait for a thread; beyond it, "
+           "logins are refused at once with 503 + Retry-After instead of piling up."),
+    Option("max_body_kb", int, 64, "Largest request body, in KiB, for every route without a "
+           "limit of its own (forms, logins, JSON); deck uploads and roster imports have theirs. "
+           "Larger bodies get 413 before they are read."),
+    Option("turn_ttl_seconds", int, 3 * 3600, "How long the TURN credentials a page gets stay "
+           "valid; they are used to start or restart ICE, so this covers a long lesson joined an "
+           "hour early, and a leaked credential dies soon after."),
+    Option("hand_changes_per_minute", int, 12, "Times a student may raise or lower their hand per "
+           "minute; more are refused (the timeline keeps at most one hand change per student "
+           "every 10 s)."),
+    Option("chat_class_per_minute", int, 60, "Chat messages per minute the whole class may send "
+           "(besides each student's own 12); over it a message is refused, not sent to anyone."),
+    Option("deck_imports_per_user", int, 2, "Slide uploads one person may have converting or "
+           "waiting at once; more are refused (429) before the file is read."),
+    Option("deck_imports_total", int, 4, "Slide uploads the server holds converting or waiting "
+           "at once (each may be 50 MB in memory); more are refused (429) before the file is read."),
+    Option("deck_sandbox", _sandbox_mode, "bwrap", "How LibreOffice and the page worker are isolated: "
+           "'bwrap' (bubblewrap: no network, the data folder hidden; PPTX/ODP refused without "
+           "it) or 'off' (no sandbox: only for trusted uploaders)."),
 ]
 
 
@@ -115,15 +164,31 @@ class Settings:
     trusted_proxies: str = ""
     ice_servers: list[dict[str, Any]] = field(default_factory=list)
     turn_secret: str = ""
+    ice_link_local: bool = False
     tls_cert: str = ""
     tls_key: str = ""
     self_signed: bool = False
     grace_seconds: float = 60.0
     tier_up_seconds: float = 20.0
     join_attempts_per_minute: int = 10
+    students_per_lesson: int = 300
+    students_per_address: int = 60
+    sockets_per_address: int = 250
     log_level: str = "INFO"
     health_min_free_mb: int = 500
     metrics_token: str = ""
+    login_failures_per_address: int = 10
+    login_failures_per_user: int = 20
+    login_lock_seconds: float = 60.0
+    password_threads: int = 1
+    password_queue: int = 16
+    max_body_kb: int = 64
+    turn_ttl_seconds: int = 3 * 3600
+    hand_changes_per_minute: int = 12
+    chat_class_per_minute: int = 60
+    deck_imports_per_user: int = 2
+    deck_imports_total: int = 4
+    deck_sandbox: str = "bwrap"
 
     @property
     def tls(self) -> bool:
@@ -140,9 +205,16 @@ class Settings:
         if not self.secret:
             path = self.data_dir / "secret.key"
             if not path.exists():
-                path.write_text(secrets.token_urlsafe(32))
-                path.chmod(0o600)
+                write_private(path, secrets.token_urlsafe(32).encode())
             self.secret = path.read_text().strip()
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Write a new file readable by its owner only from the first byte (mode 0600 at creation,
+    whatever the umask), so a secret is never briefly world readable."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -94,9 +94,25 @@ class User(Base):
     active: Mapped[bool] = mapped_column(default=True)
     # Bumped on password change so that older session cookies stop working.
     session_version: Mapped[int] = mapped_column(Integer, default=1)
+    # Part of the teacher's calendar feed token: a new random salt is a new feed URL.
+    calendar_salt: Mapped[str] = mapped_column(String(32), default="", server_default="")
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     school: Mapped[Optional[School]] = relationship(lazy="joined")
+
+
+class UserSession(Base):
+    """One logged-in browser: the session cookie names it, logging out deletes it.
+
+    Only a hash of the cookie's session key is stored, so a database copy (a backup) cannot be
+    turned into working cookies."""
+
+    __tablename__ = "user_sessions"
+
+    key_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
 
 
 class Classroom(Base):

@@ -10,12 +10,15 @@ connection broken. The final save is awaited by the room itself, after everyone 
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any, Callable, Coroutine, Optional
 
 from .attendance import AttendanceBook
 from .participant import Participant
 from .seats import Seats
+
+log = logging.getLogger("groom.live.attendance")
 
 SAVE_SECONDS = 30.0  # attendance rows refreshed this often while a lesson runs
 
@@ -46,8 +49,14 @@ class AttendanceSaves:
         return True
 
     async def save_all(self, final: bool = False) -> None:
+        """Every student's row; one that cannot be written (a value the database refuses, a
+        dropped connection) is logged and skipped, never stopping the others or the end."""
         for p in list(self._seats.students.values()):
-            await self.save_one(p, final)
+            try:
+                await self.save_one(p, final)
+            except Exception:
+                log.exception("attendance row not saved", extra={"lesson_id": self.book.lesson_id,
+                                                                 "participant": p.id})
 
     async def save_one(self, p: Participant, final: bool = False) -> None:
         now = time.monotonic()

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any, Callable, Optional, Protocol
 
 from groom.board.board import Board
-from groom.board.chat import Chat
+from groom.board.chat import CLASS_PER_MINUTE, Chat
 from groom.board.polls import Polls
 from groom.core.models import Slide
 
@@ -29,9 +29,10 @@ Record = Callable[[str, dict[str, Any]], None]  # (kind, data) into the lesson's
 
 
 class ClassBoard:
-    def __init__(self, broadcast: Broadcast, to_teacher: ToTeacher, record: Record) -> None:
+    def __init__(self, broadcast: Broadcast, to_teacher: ToTeacher, record: Record, *,
+                 chat_per_minute: int = CLASS_PER_MINUTE) -> None:
         self.board = Board()
-        self.chat = Chat()
+        self.chat = Chat(class_per_minute=chat_per_minute)
         self.polls = Polls()
         self._broadcast = broadcast
         self._to_teacher = to_teacher

@@ -179,6 +179,7 @@ class FallbackStream:
         self._write_timeout = write_timeout
         self._send_buffer = send_buffer
         self._listeners: set[_Listener] = set()
+        self._by_key: dict[str, _Listener] = {}  # one stream per listen token
         self._done = asyncio.Condition()
         self._closed = False
         self.dropped_listeners = 0
@@ -196,8 +197,19 @@ class FallbackStream:
         for listener in self._listeners:
             listener.push(packet)
 
-    async def serve(self, request: web.Request) -> web.StreamResponse:
-        """Stream the tier to this client until it leaves, is too slow, or the stream closes."""
+    def drop(self, key: str) -> None:
+        """End the stream opened with ``key`` (a newer one replaces it, or the student was
+        kicked): its writer finishes the Ogg stream and the response ends."""
+        listener = self._by_key.pop(key, None)
+        if listener is not None:
+            listener.closed = True
+            listener.wakeup.set()
+
+    async def serve(self, request: web.Request, key: str = "") -> web.StreamResponse:
+        """Stream the tier to this client until it leaves, is too slow, or the stream closes.
+        ``key`` (the listen token): one stream per key, a newer one ends the older."""
+        if key:
+            self.drop(key)
         if self._closed:
             raise web.HTTPGone(text='{"error": "the lesson has ended"}',
                                content_type="application/json")
@@ -219,6 +231,9 @@ class FallbackStream:
         listener = _Listener(self._queue_packets)
         listener.queue.extend(self._ring)  # the burst: only the last few seconds
         self._listeners.add(listener)
+        if key:
+            self.drop(key)  # another stream of this key started while this one was preparing
+            self._by_key[key] = listener
         peer = request.remote
         log.info("fallback %s: listener %s joined (%d)", self.tier, peer, len(self._listeners))
         try:
@@ -232,6 +247,8 @@ class FallbackStream:
                 request.transport.abort()  # do not let aiohttp wait on a stalled socket either
         finally:
             self._listeners.discard(listener)
+            if key and self._by_key.get(key) is listener:
+                del self._by_key[key]
             async with self._done:
                 self._done.notify_all()
         return response

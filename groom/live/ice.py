@@ -13,7 +13,7 @@ import hmac
 import time
 from typing import Any
 
-TTL_SECONDS = 6 * 3600  # longer than any lesson
+TTL_SECONDS = 3 * 3600  # default of ``settings.turn_ttl_seconds``
 
 
 def _is_turn(server: dict[str, Any]) -> bool:
@@ -23,11 +23,11 @@ def _is_turn(server: dict[str, Any]) -> bool:
 
 
 def ice_servers_for(configured: list[dict[str, Any]], turn_secret: str, name: str,
-                    now: float | None = None) -> list[dict[str, Any]]:
+                    now: float | None = None, ttl: int = TTL_SECONDS) -> list[dict[str, Any]]:
     """The configured servers, TURN ones given fresh credentials when a secret is set."""
     if not turn_secret:
         return [dict(s) for s in configured]
-    expiry = int((now if now is not None else time.time()) + TTL_SECONDS)
+    expiry = int((now if now is not None else time.time()) + ttl)
     username = f"{expiry}:{name}"
     digest = hmac.new(turn_secret.encode(), username.encode(), hashlib.sha1).digest()
     password = base64.b64encode(digest).decode()

@@ -35,8 +35,9 @@ log = logging.getLogger("groom.live.room")
 class RoomMedia:
     def __init__(self, ice_servers: list[dict[str, Any]], *,
                  floor_holder: Callable[[], Optional[str]], on_change: Callable[[], None],
-                 on_level: Callable[[float], None]) -> None:
+                 on_level: Callable[[float], None], allow_link_local: bool = False) -> None:
         self._ice = RTCConfiguration(iceServers=[RTCIceServer(**s) for s in ice_servers])
+        self._allow_link_local = allow_link_local  # settings.ice_link_local
         self._floor_holder = floor_holder
         self._on_change = on_change
         self.tiers = TierSet()
@@ -72,14 +73,41 @@ class RoomMedia:
     # ---- WebRTC --------------------------------------------------------------------------------
 
     async def answer(self, p: Participant, offer_sdp: str) -> str:
-        """Answer a participant's offer: a new connection, or a renegotiation (the floor)."""
+        """Answer a participant's offer: a new connection, or a renegotiation (the floor).
+
+        Refused with ``bad_offer``: any media section besides the one audio section (aiortc would
+        decode it into a queue nobody reads), and any offer aiortc cannot apply. Candidates the
+        server must not probe are dropped first (``sdp.filter_candidates``)."""
         if not sdp.has_audio(offer_sdp):
             raise AppError("no_audio", "The offer has no audio.", status=400)
-        offer = RTCSessionDescription(sdp=offer_sdp, type="offer")
+        if not sdp.one_audio_section(offer_sdp):
+            raise AppError("bad_offer", "An offer may carry one audio section and nothing else.",
+                           status=400)
+        offer = RTCSessionDescription(
+            sdp=sdp.filter_candidates(offer_sdp, allow_link_local=self._allow_link_local), type="offer")
         if p.pc is not None and p.pc.connectionState in ("connected", "connecting", "new") \
                 and p.role == "student" and p.sender is not None and p.sender.ready:
-            return await self._renegotiate(p, offer)
+            try:
+                return await self._renegotiate(p, offer)
+            except Exception as exc:  # the listening connection itself goes on
+                raise self._bad_offer(p, exc) from None
         await self.close_media(p)
+        try:
+            return await self._connect(p, offer)
+        except Exception as exc:
+            await self.close_media(p)
+            raise self._bad_offer(p, exc) from None
+
+    @staticmethod
+    def _bad_offer(p: Participant, exc: Exception) -> AppError:
+        """An offer aiortc raised on (hand-made SDP: a missing ICE password, an unknown setup
+        role, no codec in common): the sender gets a stable code, the room is unaffected."""
+        log.warning("offer refused: %s: %s", type(exc).__name__, str(exc)[:200],
+                    extra={"participant": p.id})
+        return AppError("bad_offer", "The offer could not be used.", status=400)
+
+    async def _connect(self, p: Participant, offer: RTCSessionDescription) -> str:
+        """A new peer connection for ``p`` (their previous one is closed)."""
         pc = RTCPeerConnection(self._ice)
         p.pc = pc
         if p.role == "teacher":
@@ -118,6 +146,34 @@ class RoomMedia:
             p.mic = mic
             await self.mixer.set_floor(mic)
         return sdp.student_answer(p.pc.localDescription.sdp)
+
+    def stop_hearing(self, p: Participant) -> None:
+        """The floor moved away from ``p``: stop decoding their microphone.
+
+        The mixer stops reading it, but their phone may go on sending (a page that never
+        renegotiates, or one that means harm), and aiortc would decode every packet into the
+        track's unbounded queue. Our side of the transceiver becomes "sendonly" now, without
+        waiting for a renegotiation: aiortc's receiver then drops packets before decoding them.
+        The next floor offer (``_renegotiate``) makes it "sendrecv" again."""
+        p.mic = None
+        if p.pc is None:
+            return
+        for transceiver in p.pc.getTransceivers():
+            if transceiver.kind != "audio" or transceiver.currentDirection not in ("sendrecv", "recvonly"):
+                continue
+            transceiver.direction = "sendonly"
+            # aiortc 1.16: what setLocalDescription does with the answer's direction; it switches
+            # the receiver's ``_enabled`` flag, checked first thing for every RTP packet.
+            transceiver._setCurrentDirection("sendonly")
+            queue = getattr(transceiver.receiver.track, "_queue", None)  # RemoteStreamTrack
+            while queue is not None and not queue.empty():
+                queue.get_nowait()  # frames decoded before the floor moved: nobody reads them
+
+    def receivers_decoding(self, people: list[Participant]) -> int:
+        """Remote tracks whose packets aiortc decodes now (the teacher's, the floor's): one
+        more than that is a track the room does not read, filling a queue."""
+        return sum(1 for p in people if p.pc is not None for t in p.pc.getTransceivers()
+                   if t.currentDirection in ("sendrecv", "recvonly"))
 
     def _watch(self, p: Participant, pc: RTCPeerConnection) -> None:
         @pc.on("connectionstatechange")
@@ -202,7 +258,8 @@ class RoomMedia:
         p.controller.set_data_saver(on)
         self.apply_tier(p, "data_saver")
 
-    def figures(self, students: list[Participant]) -> dict[str, Any]:
+    def figures(self, students: list[Participant],
+                everyone: Optional[list[Participant]] = None) -> dict[str, Any]:
         """The audio side of the room's figures: per tier, and summed over the senders."""
         tiers: dict[str, Any] = {}
         for name, encoder in self.tiers.encoders.items():
@@ -211,6 +268,7 @@ class RoomMedia:
                            "packets_encoded": encoder.packets, "payload_bytes": encoder.payload_bytes}
         senders = [p.sender for p in students if p.sender is not None]
         return {"students_connected": sum(1 for s in senders if s.ready), "tiers": tiers,
+                "receivers_decoding": self.receivers_decoding(everyone or students),
                 "packets_sent": sum(s.packets_sent for s in senders),
                 "packets_dropped": sum(s.dropped for s in senders),
                 "wire_bytes": sum(s.wire_bytes for s in senders),

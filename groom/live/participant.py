@@ -40,6 +40,7 @@ class LessonInfo:
     title: str
     class_name: str
     teacher_name: str
+    teacher_id: Optional[int] = None  # the class's teacher: may take the teacher's seat over
 
     def public(self) -> dict[str, Any]:
         return {"id": self.id, "title": self.title, "class_name": self.class_name,
@@ -52,6 +53,7 @@ class Participant:
     role: str  # "teacher" or "student"
     name: str
     key: str  # attendance key, stable across reconnects
+    address: str = ""  # the client address (IPv6: /64) a student joined from: per-address budget
     student_id: Optional[int] = None
     resume: str = field(default_factory=lambda: secrets.token_urlsafe(18))
     listen_token: str = field(default_factory=lambda: secrets.token_urlsafe(18))

@@ -40,7 +40,7 @@ from .attendance import AttendanceBook
 from .attendance_saves import AttendanceSaves
 from .classboard import ClassBoard
 from .fallback import FallbackStream
-from .floor import Floor
+from .floor import Floor, HandRecords
 from .ice import ice_servers_for
 from .media import RoomMedia
 from .participant import LessonInfo, Outbox, Participant
@@ -74,18 +74,23 @@ class Room:
         self._ending = False
         self.ending: Optional[asyncio.Task[None]] = None  # set once the lesson is ending
         self._list_timer: Optional[asyncio.TimerHandle] = None
-        self.seats = Seats(Timing(good_seconds_to_step_up=settings.tier_up_seconds))
-        self.floor_state = Floor()
+        self.seats = Seats(Timing(good_seconds_to_step_up=settings.tier_up_seconds),
+                           max_students=settings.students_per_lesson,
+                           per_address=settings.students_per_address)
+        self.floor_state = Floor(settings.hand_changes_per_minute)
         self.media = RoomMedia(self.ice_servers_for(f"room{lesson.id}"),
                                floor_holder=lambda: self.floor,
-                               on_change=self.send_participants, on_level=self._on_level)
+                               on_change=self.send_participants, on_level=self._on_level,
+                               allow_link_local=settings.ice_link_local)
         self.tiers = self.media.tiers
         self.mixer = self.media.mixer
         self.latency = self.media.latency
         self._fallbacks = self.media.fallbacks  # prometheus.py counts their listeners here
         self.recording = RecordingLink(lesson.id, self.started, self.tiers, sessions,
                                        settings.data_dir, worker)
-        self.classboard = ClassBoard(self.broadcast, self._to_teacher, self.recording.add)
+        self.hand_records = HandRecords(self.recording.add)  # hand toggles coalesced
+        self.classboard = ClassBoard(self.broadcast, self._to_teacher, self.recording.add,
+                                     chat_per_minute=settings.chat_class_per_minute)
         self.attendance = AttendanceSaves(AttendanceBook(lesson.id, sessions), self.seats,
                                           self.media.current_tier, self._spawn)
 
@@ -121,22 +126,33 @@ class Room:
 
         The ending runs as a task of its own, shielded from the caller: a teacher's socket
         handler cancelled halfway (the server stopping, say) must not cut attendance or the
-        recording short. The room leaves the registry first, so the class may start its next
-        lesson at once while this one is still closing its connections and files."""
+        recording short. From the moment it starts nobody may start or join the lesson (the
+        registry answers ``lesson_over``); the lesson is marked ended in the database first,
+        then the room leaves the live rooms (the class may start its next lesson at once) but
+        stays in the registry as closing until its connections and files are closed."""
         if self.ending is None:
             self.ending = asyncio.create_task(self._end(reason), name=f"room-{self.lesson.id}-end")
-            self._on_closed(self)
         await asyncio.shield(self.ending)
 
     async def _end(self, reason: str) -> None:
-        await self.close(reason)
+        try:
+            await self._mark_ended()
+        except Exception:  # a database down must not keep the room open
+            log.exception("lesson not marked ended", extra={"lesson_id": self.lesson.id})
+        self._on_closed(self)
+        try:
+            await self.close(reason)
+        except Exception:  # whatever failed while closing, the lesson is over all the same
+            log.exception("closing the room failed", extra={"lesson_id": self.lesson.id})
+        log.info("lesson ended", extra={"lesson_id": self.lesson.id, "reason": reason})
+
+    async def _mark_ended(self) -> None:
         async with self._sessions() as db:
             lesson = await db.get(Lesson, self.lesson.id)
             if lesson is not None and lesson.state == LessonState.live:
                 lesson.state = LessonState.ended
                 lesson.ended_at = utcnow()
                 await db.commit()
-        log.info("lesson ended", extra={"lesson_id": self.lesson.id, "reason": reason})
 
     async def close(self, reason: str) -> None:
         """Stop media and recording, close sockets, save attendance."""
@@ -158,13 +174,15 @@ class Room:
                 p.outbox.close(4410, "lesson ended")
             self.media.leave_time(p)
         await self.media.stop(self.everyone())
+        self.hand_records.flush(time.monotonic(), everything=True)
         await self.recording.stop()
         self.tiers.close()
         await self.attendance.save_all(final=True)
 
     def ice_servers_for(self, name: str) -> list[dict[str, Any]]:
         """STUN/TURN servers for one peer (TURN with its own time-limited credentials)."""
-        return ice_servers_for(self._settings.ice_servers, self._settings.turn_secret, name)
+        return ice_servers_for(self._settings.ice_servers, self._settings.turn_secret, name,
+                               ttl=self._settings.turn_ttl_seconds)
 
     def everyone(self) -> list[Participant]:
         return self.seats.everyone()
@@ -185,6 +203,13 @@ class Room:
     def fallback(self, tier: str) -> FallbackStream:
         """The HTTP stream of one tier: made on first use, a subscriber like any student."""
         return self.media.fallback(tier)
+
+    async def listen(self, p: Participant, request: Any) -> Any:
+        """A student's fallback stream (``/listen/<token>``): one per listen token, on any
+        tier; a newer one ends the older, a kick ends it."""
+        for stream in self.media.fallbacks.values():
+            stream.drop(p.listen_token)
+        return await self.fallback(p.controller.tier).serve(request, p.listen_token)
 
     async def answer(self, p: Participant, offer_sdp: str) -> str:
         """Answer a participant's offer: a new connection, or a renegotiation (the floor)."""
@@ -207,7 +232,7 @@ class Room:
 
     def add_teacher(self, user_name: str, user_id: int, outbox: Outbox,
                     resume: Optional[str]) -> Participant:
-        teacher = self.seats.seat_teacher(user_name, user_id, outbox)
+        teacher = self.seats.seat_teacher(user_name, user_id, outbox, self.lesson.teacher_id)
         if self._grace_task is not None:
             self._grace_task.cancel()
             self._grace_task = None
@@ -215,9 +240,9 @@ class Room:
         return teacher
 
     def add_student(self, name: str, key: str, student_id: Optional[int], outbox: Outbox,
-                    resume: Optional[str]) -> Participant:
+                    resume: Optional[str], address: str = "") -> Participant:
         """A student joins, or comes back (same ``resume`` token or same roster card)."""
-        p = self.seats.seat_student(name, key, student_id, outbox, resume)
+        p = self.seats.seat_student(name, key, student_id, outbox, resume, address)
         self.attendance.soon(p)
         self.broadcast_room()
         self.send_participants()
@@ -254,14 +279,20 @@ class Room:
 
     async def kick(self, pid: str) -> None:
         p = self.seats.student(pid)
+        self.seats.remember_kick(p)
         self.seats.eject(p)
+        for stream in self.media.fallbacks.values():
+            stream.drop(p.listen_token)
         self.media.leave_time(p)
         if self.floor == pid:
             await self.give_floor(None)
         self.set_hand(p, False)
         await self.media.close_media(p)
         self.seats.unseat(pid)
-        await self.attendance.save_one(p)
+        try:
+            await self.attendance.save_one(p)
+        except Exception:
+            log.exception("attendance row not saved", extra={"lesson_id": self.lesson.id})
         self.broadcast_room()
         self.send_participants()
 
@@ -283,15 +314,23 @@ class Room:
                     self.send_usage(p)
             self.send_participants()
             self.attendance.tick(time.monotonic())
+            self.hand_records.flush(time.monotonic())
 
     # ---- hands and the floor -----------------------------------------------------------------
 
     def set_hand(self, p: Participant, up: bool) -> None:
         if not self.floor_state.set_hand(p.id, up):
             return
-        self.recording.add("hand", {"id": p.id, "name": p.name, "up": up})
+        self.hand_records.changed(p.id, p.name, up, time.monotonic())
         self._to_teacher({"type": "hands", "queue": self.hands()})
         self.send_participants()
+
+    def raise_hand(self, p: Participant, up: bool) -> None:
+        """A student's own hand, within ``settings.hand_changes_per_minute``."""
+        if not self.floor_state.may_change(p.id, time.monotonic()):
+            raise AppError("hand_too_fast", "You are raising and lowering your hand too often; "
+                           "wait a little.", status=429)
+        self.set_hand(p, up)
 
     def hands(self) -> list[str]:
         return self.floor_state.queue()
@@ -304,7 +343,7 @@ class Room:
         previous = self.students.get(previous_id) if previous_id else None
         if previous is not None:
             previous.send({"type": "floor", "you": False})
-            previous.mic = None
+            self.media.stop_hearing(previous)  # their phone may go on sending: not decoded
         await self.mixer.set_floor(None)
         if pid is not None:
             holder = self.students[pid]
@@ -321,7 +360,7 @@ class Room:
                 "seconds": round(time.monotonic() - self.started, 1),
                 "teacher_present": self.seats.teacher_present,
                 "students_joined": len(self.students), "floor": self.floor,
-                **self.media.figures(list(self.students.values()))}
+                **self.media.figures(list(self.students.values()), self.everyone())}
 
     def room_state(self) -> dict[str, Any]:
         return {"type": "room", "teacher_present": self.seats.teacher_present,

@@ -16,6 +16,7 @@ The edits are made on the answer text handed to the browser; aiortc keeps its ow
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Mapping
 
@@ -40,6 +41,9 @@ STUDENT_MAXPTIME_MS = 120
 
 _OPUS_RTPMAP = re.compile(r"^a=rtpmap:(\d+) opus/48000(?:/\d+)?$", re.IGNORECASE)
 _MAX_SDP_CHARS = 64 * 1024  # a real audio-only offer is 2-6 kB; refuse to scan megabytes
+MAX_CANDIDATES = 16  # a phone offers 2-8 (host, mDNS, srflx, relay; IPv4 and IPv6)
+_MDNS_NAME = re.compile(r"^[a-zA-Z0-9-]{1,63}\.local$")  # a browser's hidden host address
+_THIS_NETWORK = ipaddress.ip_network("0.0.0.0/8")
 
 
 def _split(sdp: str) -> tuple[list[str], str]:
@@ -146,3 +150,56 @@ def has_audio(sdp: object) -> bool:
         if any(_OPUS_RTPMAP.match(line) for line in section):
             return True
     return False
+
+
+def one_audio_section(sdp: str) -> bool:
+    """True when ``sdp`` has exactly one media section, and it is audio.
+
+    That is what every page offers (one audio transceiver, no video, no data channel). Any other
+    section would be answered ``recvonly`` by aiortc, which then decodes whatever arrives on it
+    (a 640x480 video: ~14 MB a second) into a queue the room never reads; so such offers are
+    refused before aiortc sees them."""
+    lines, _ = _split(sdp)
+    sections = [line for line in lines if line.startswith("m=")]
+    return len(sections) == 1 and sections[0].startswith("m=audio ")
+
+
+def candidate_allowed(host: str, *, allow_link_local: bool = False) -> bool:
+    """May the server send ICE connectivity checks to ``host``, named by a participant?
+
+    Private ranges stay allowed (a school LAN, a phone behind the school's NAT), and so do mDNS
+    names (``<uuid>.local``: how browsers hide a host address). Dropped: loopback and
+    "this network" (the server itself), multicast, broadcast and reserved, unspecified, names
+    that are not addresses, and link-local (169.254/16, fe80::/10: cloud metadata services,
+    neighbours of the server) unless ``allow_link_local`` (a LAN without DHCP)."""
+    if _MDNS_NAME.match(host):
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    if address.is_loopback or address.is_multicast or address.is_unspecified or address.is_reserved:
+        return False
+    if isinstance(address, ipaddress.IPv4Address) and address in _THIS_NETWORK:
+        return False
+    return allow_link_local or not address.is_link_local
+
+
+def filter_candidates(sdp: str, *, allow_link_local: bool = False, limit: int = MAX_CANDIDATES) -> str:
+    """``sdp`` without the ``a=candidate`` lines naming addresses the server must not probe
+    (``candidate_allowed``), malformed ones, and any beyond the first ``limit``: every candidate
+    costs connectivity checks, so a 16 KB offer must not turn the server into a UDP scanner."""
+    lines, eol = _split(sdp)
+    out: list[str] = []
+    kept = 0
+    for line in lines:
+        if line.startswith("a=candidate:"):
+            fields = line.split()
+            if len(fields) < 8 or kept >= limit \
+                    or not candidate_allowed(fields[4], allow_link_local=allow_link_local):
+                continue
+            kept += 1
+        out.append(line)
+    return eol.join(out) + eol

@@ -3,8 +3,9 @@
 Phone calendars subscribe to a URL and fetch it on their own, without our session cookie, so the
 URL itself is the key: ``/calendar/<kind>/<id>/<token>.ics`` where the token is an HMAC of the
 kind and id (and, for a class, its join code) under the server secret. It cannot be guessed or
-derived from another feed's URL; giving a class a new join code also changes its feed URL, and a
-deactivated teacher's feed stops answering. A wrong token answers 404, like an unknown id.
+derived from another feed's URL; giving a class a new join code also changes its feed URL, a
+teacher may rotate theirs (a random salt in the token), and a deactivated teacher's feed stops
+answering. A wrong token answers 404, like an unknown id.
 
 Events carry the school's time zone (``TZID`` plus a ``VTIMEZONE``), so phones show the lesson at
 the school's wall-clock time wherever they are; cancelled lessons stay in the feed with
@@ -20,6 +21,7 @@ import base64
 import datetime as dt
 import hashlib
 import hmac
+import secrets
 from dataclasses import dataclass
 from typing import Literal, Optional, Sequence
 
@@ -27,9 +29,12 @@ from icalendar import Calendar, Event
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from groom.core.auth import Viewer
 from groom.core.db import load
+from groom.core.errors import not_found
 from groom.core.models import Classroom, Lesson, LessonState, Role, School, User, utcnow
 
+from .lookup import get_teacher
 from .scheduling import zone
 
 Kind = Literal["class", "teacher"]
@@ -48,7 +53,20 @@ def class_feed_path(secret: str, classroom: Classroom) -> str:
 
 
 def teacher_feed_path(secret: str, teacher: User) -> str:
-    return feed_path("teacher", teacher.id, feed_token(secret, "teacher", teacher.id))
+    """``/calendar/teacher/<id>/<token>.ics``: the token changes when the feed is rotated."""
+    return feed_path("teacher", teacher.id,
+                     feed_token(secret, "teacher", teacher.id, teacher.calendar_salt))
+
+
+async def rotate_teacher_feed(db: AsyncSession, viewer: Viewer, teacher_id: int) -> User:
+    """A new feed URL for the teacher (the old one answers 404 from now on): for a URL that was
+    shared too widely. The teacher themselves or an admin of their school. Commits."""
+    teacher = await get_teacher(db, viewer, teacher_id)
+    if teacher.role != Role.teacher:
+        raise not_found("teacher")
+    teacher.calendar_salt = secrets.token_urlsafe(16)
+    await db.commit()
+    return teacher
 
 
 def feed_path(kind: Kind, ident: int, token: str) -> str:
@@ -121,7 +139,8 @@ async def load_feed(db: AsyncSession, secret: str, kind: Kind, ident: int,
         teacher = await load(db, User, ident)
         if (teacher is None or not teacher.active or teacher.school_id is None
                 or teacher.role != Role.teacher
-                or not hmac.compare_digest(token, feed_token(secret, kind, ident))):
+                or not hmac.compare_digest(token, feed_token(secret, kind, ident,
+                                                             teacher.calendar_salt))):
             return None
         school = await db.get(School, teacher.school_id)
         name = teacher.display_name

@@ -15,13 +15,12 @@ too, for the same reason.
 
 from __future__ import annotations
 
-import re
-import unicodedata
 from functools import lru_cache
 from zoneinfo import available_timezones
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from groom.core import text
 from groom.core.auth import Viewer
 from groom.core.db import load
 from groom.core.errors import AppError, not_found
@@ -29,8 +28,6 @@ from groom.core.models import Classroom, Lesson, School, Student, User
 
 DEFAULT_TIMEZONE = "Asia/Vientiane"
 MAX_NAME = 200
-
-_SPACES = re.compile(r"\s+")
 
 
 # --- input shared by the office modules ----------------------------------------------------------
@@ -48,12 +45,13 @@ def check_timezone(name: str) -> str:
 
 
 def clean_text(value: str, *, field: str, max_length: int = MAX_NAME, required: bool = True) -> str:
-    """Normalize a name typed by a person: NFC (Lao input methods differ), single spaces, no
-    control characters (PostgreSQL refuses NUL; the others are never meant)."""
-    value = _SPACES.sub(" ", unicodedata.normalize("NFC", value)).strip()
-    if any(unicodedata.category(c) in ("Cc", "Cs") for c in value):
+    """Normalize a name typed by a person (``core/text.py``, shared with the live room's names):
+    NFC, no bidi/zero-width characters, single spaces; control characters are refused here
+    (PostgreSQL refuses NUL; the others are never meant)."""
+    if text.has_control(value):
         raise AppError("invalid", "The {field} contains control characters.", status=422,
                        field=field)
+    value = text.clean(value)
     if required and not value:
         raise AppError("invalid", "The {field} must not be empty.", status=422, field=field)
     if len(value) > max_length:

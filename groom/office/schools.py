@@ -27,7 +27,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 
-from groom.core.auth import Viewer
+from groom.core.auth import Viewer, end_all_sessions
 from groom.core.db import load
 from groom.core.errors import AppError, forbidden, not_found
 from groom.core.models import Classroom, Lesson, LessonState, Role, School, Student, User, utcnow
@@ -134,6 +134,7 @@ async def update_teacher(db: AsyncSession, viewer: Viewer, teacher_id: int, *,
         if user.active != active:
             user.active = active
             user.session_version += 1  # a deactivated teacher's open sessions end now
+            await end_all_sessions(db, user.id)
     await db.commit()
     return user
 

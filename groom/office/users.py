@@ -14,7 +14,13 @@ from typing import Optional
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from groom.core.auth import DUMMY_HASH, check_new_password, hash_password, verify_password
+from groom.core.auth import (
+    DUMMY_HASH,
+    check_new_password,
+    end_all_sessions,
+    hash_password,
+    verify_password,
+)
 from groom.core.db import load
 from groom.core.errors import AppError
 from groom.core.models import Role, School, User
@@ -22,6 +28,11 @@ from groom.core.models import Role, School, User
 
 async def authenticate(db: AsyncSession, username: str, password: str) -> User:
     user = (await db.execute(select(User).where(User.username == username))).scalar_one_or_none()
+    if user is not None:
+        db.expunge(user)  # kept loaded: the rollback below would expire it
+    # The connection goes back to the pool while the password is checked (which may wait for
+    # the password pool): a login flood must not hold every database connection.
+    await db.rollback()
     if user is None or not user.active:
         # Spend the same time as a real check so usernames cannot be probed by timing.
         await verify_password(DUMMY_HASH, password)
@@ -62,8 +73,18 @@ async def change_password(db: AsyncSession, user_id: int, old: str, new: str) ->
         raise AppError("bad_password", "The current password is wrong.", status=403)
     user.password_hash = await hash_password(new)
     user.session_version += 1
+    await end_all_sessions(db, user.id)
     await db.commit()
     return user
+
+
+async def log_out_everywhere(db: AsyncSession, user_id: int) -> None:
+    """End every session of the user, on every device (a lost phone, a shared computer). Commits."""
+    user = await db.get(User, user_id)
+    assert user is not None
+    user.session_version += 1
+    await end_all_sessions(db, user.id)
+    await db.commit()
 
 
 def random_password() -> str:

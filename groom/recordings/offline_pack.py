@@ -4,9 +4,11 @@ Its own module because the pack is a format of its own, read by people's phones 
 the server: the MP3 (mono 11 kHz, 8 kbps: every phone and old player can play it), the slide
 images, ``timeline.json`` and ``index.html`` (``web/templates/offline_player.html`` with the
 online player's ``ink.js`` and ``playback.js`` and the lesson's manifest inlined, so it works
-from ``file://``). Entries are stored, not deflated: media does not compress and a stored zip can
-be unpacked by anything. ``listen.mp3`` is not a file: ``pack_member`` gives where the pack's MP3
-bytes lie, so it is offered on its own without being kept twice.
+from ``file://``). ``timeline.json`` is that manifest: what the player shows (slides, ink, the
+poll results the class saw), never the chat, names, hands or the floor, since anyone with the
+class code may download the pack. Entries are stored, not deflated: media does not compress and
+a stored zip can be unpacked by anything. ``listen.mp3`` is not a file: ``pack_member`` gives
+where the pack's MP3 bytes lie, so it is offered on its own without being kept twice.
 """
 
 from __future__ import annotations
@@ -63,10 +65,12 @@ def write_pack(out: Path, mp3: Path, events: list[dict[str, Any]], changes: list
             kept.append(change)
         ink, polls = overlays(events, kept)
         slides = [{"at_ms": c.at_ms, "small": f"slides/{c.image}"} for c in kept]
-        pack.writestr("timeline.json", json.dumps(events, ensure_ascii=False))
-        pack.writestr("index.html", _player_html({"title": title, "audio": PACK_AUDIO,
-                                                  "duration_s": duration_s, "slides": slides,
-                                                  "ink": ink, "polls": polls}))
+        # Only what the player shows (slides, ink, the poll results the class saw): the pack
+        # goes to anyone with the class code, so the chat, names, hands and the floor stay out.
+        data = {"title": title, "audio": PACK_AUDIO, "duration_s": duration_s, "slides": slides,
+                "ink": ink, "polls": polls}
+        pack.writestr("timeline.json", json.dumps(data, ensure_ascii=False))
+        pack.writestr("index.html", _player_html(data))
 
 
 def pack_member(pack: Path, name: str = PACK_AUDIO) -> tuple[int, int]:

@@ -85,6 +85,7 @@ class Recorder:
         self._audio: Optional[IO[bytes]] = None
         self._timeline: Optional[IO[str]] = None
         self._flusher: Optional[asyncio.Task[None]] = None
+        self._writing: Optional[asyncio.Future[None]] = None  # the one write in a thread, if any
         self._closed = False
         self.error: Optional[str] = None  # why the recording stopped before the lesson did
 
@@ -171,8 +172,19 @@ class Recorder:
         if cut <= 0 or self.error is not None:
             return
         batch, self._pending = self._pending[:cut], self._pending[cut:]
+        # One writer: cancelling the flusher (the close) while a write runs in its thread does
+        # not stop that write, so ``close`` waits for it (``_settle``) before its own.
+        self._writing = asyncio.ensure_future(asyncio.to_thread(self._write_pages, batch, final))
+        await asyncio.wait({self._writing})  # neither raises its error nor cancels it
+        await self._settle()
+
+    async def _settle(self) -> None:
+        """Wait for the write in flight, if any (a failed one stops the recording)."""
+        writing, self._writing = self._writing, None
+        if writing is None:
+            return
         try:
-            await asyncio.to_thread(self._write_pages, batch, final)
+            await writing
         except OSError as exc:
             self._failed(exc)
 
@@ -206,6 +218,7 @@ class Recorder:
             return
         self._closed = True
         await cancel(self._flusher)
+        await self._settle()  # the last periodic write, still in its thread, goes first
         if self._audio is None and self.error is None:
             return
         await self._flush(final=True)

@@ -35,6 +35,7 @@ class Timeline:
         self.recorder: Optional[Recorder] = None
         self._pending: list[LessonEvent] = []
         self._task: Optional[asyncio.Task[None]] = None
+        self._saving: Optional[asyncio.Task[None]] = None  # the batch being committed, if any
 
     def now_ms(self) -> int:
         return int((time.monotonic() - self.started) * 1000)
@@ -51,13 +52,21 @@ class Timeline:
         self._task = asyncio.create_task(self._run(), name=f"timeline-{self.lesson_id}")
 
     async def stop(self) -> None:
+        """Stop the writer, let a commit it started finish, then save what is left.
+
+        The commit is not cancelled halfway: its rows would be lost, and a database call cut
+        mid-transaction leaves the driver's connection broken (as attendance writes once did)."""
         await cancel(self._task)
+        if self._saving is not None:
+            await asyncio.wait({self._saving})
         await self.flush()
 
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(FLUSH_SECONDS)
-            await self.flush()
+            # Its own task: cancelling this loop (``stop``) leaves a started commit running.
+            self._saving = asyncio.create_task(self.flush(), name=f"timeline-{self.lesson_id}-save")
+            await asyncio.wait({self._saving})
 
     async def flush(self) -> None:
         if not self._pending:

@@ -17,15 +17,17 @@ from groom.core.auth import (
     Session,
     SessionCodec,
     Viewer,
-    new_session,
+    end_session,
     require_viewer,
+    start_session,
 )
 from groom.core.errors import AppError
 from groom.core.models import Role, User
-from groom.office.users import authenticate
+from groom.live.rooms import ROOMS
+from groom.office.users import authenticate, log_out_everywhere
 from groom.office.users import change_password as change_user_password
 
-from . import proxy
+from . import login_limits, proxy
 from .openapi import endpoint
 from .plumbing import CODEC, SESSIONS, render, viewer
 
@@ -68,26 +70,63 @@ def clear_session_cookie(response: web.StreamResponse) -> None:
     response.del_cookie(COOKIE, path="/")
 
 
-def _login_response(request: web.Request, user: User, body: web.StreamResponse) -> str:
-    session = new_session(user)
+async def _login_response(request: web.Request, user: User, body: web.StreamResponse) -> str:
+    async with request.app[SESSIONS]() as db:
+        session = await start_session(db, user)
     set_session_cookie(body, request.app[CODEC], session, secure=proxy.is_https(request))
     return session.csrf
 
 
+async def _authenticate(request: web.Request, username: str, password: str) -> User:
+    """A login attempt within the limits (``login_limits.py``): 429 before any password check
+    when this address made too many wrong ones; a wrong one counts."""
+    login_limits.check(request, username)
+    try:
+        async with request.app[SESSIONS]() as db:
+            return await authenticate(db, username, password)
+    except AppError as exc:
+        if exc.code == "bad_login":
+            login_limits.failed(request, username)
+        raise
+
+
 @endpoint("POST", "/api/login", summary="Log in (sets the session cookie)", tag="accounts",
-          body=LoginIn, response=LoginOut, auth=False, errors=(401,))
+          body=LoginIn, response=LoginOut, auth=False, errors=(401, 429, 503))
 async def api_login(request: web.Request, body: LoginIn) -> web.StreamResponse:
-    async with request.app[SESSIONS]() as db:
-        user = await authenticate(db, body.username, body.password)
+    user = await _authenticate(request, body.username, body.password)
     response = web.json_response({})
-    csrf = _login_response(request, user, response)
+    csrf = await _login_response(request, user, response)
     response.text = LoginOut(user=user_out(user), csrf_token=csrf).model_dump_json()
     return response
 
 
+async def _log_out(request: web.Request, v: Viewer) -> None:
+    """This session ends (the cookie and any copy of it), and its open live sockets close."""
+    async with request.app[SESSIONS]() as db:
+        await end_session(db, v.session)
+    request.app[ROOMS].close_user(v.user.id, v.session.key)
+
+
+async def _log_out_everywhere(request: web.Request, v: Viewer) -> None:
+    async with request.app[SESSIONS]() as db:
+        await log_out_everywhere(db, v.user.id)
+    request.app[ROOMS].close_user(v.user.id)
+
+
 @endpoint("POST", "/api/logout", summary="Log out", tag="accounts", response=None, status=204)
 async def api_logout(request: web.Request) -> web.StreamResponse:
-    require_viewer(await viewer(request))
+    v = require_viewer(await viewer(request))
+    await _log_out(request, v)
+    response = web.Response(status=204)
+    clear_session_cookie(response)
+    return response
+
+
+@endpoint("POST", "/api/logout-everywhere", summary="Log out on every device (ends all my sessions "
+          "and closes my open live connections)", tag="accounts", response=None, status=204)
+async def api_logout_everywhere(request: web.Request) -> web.StreamResponse:
+    v = require_viewer(await viewer(request))
+    await _log_out_everywhere(request, v)
     response = web.Response(status=204)
     clear_session_cookie(response)
     return response
@@ -100,8 +139,11 @@ async def api_me(request: web.Request) -> LoginOut:
 
 
 async def change_password(request: web.Request, v: Viewer, old: str, new: str) -> User:
+    """Every session of the user ends (the caller starts a new one) and their live sockets close."""
     async with request.app[SESSIONS]() as db:
-        return await change_user_password(db, v.user.id, old, new)
+        user = await change_user_password(db, v.user.id, old, new)
+    request.app[ROOMS].close_user(user.id)
+    return user
 
 
 @endpoint("POST", "/api/password", summary="Change my password (ends other sessions)",
@@ -110,7 +152,7 @@ async def api_password(request: web.Request, body: PasswordIn) -> web.StreamResp
     v = require_viewer(await viewer(request))
     user = await change_password(request, v, body.old_password, body.new_password)
     response = web.json_response({})
-    csrf = _login_response(request, user, response)
+    csrf = await _login_response(request, user, response)
     response.text = LoginOut(user=user_out(user), csrf_token=csrf).model_dump_json()
     return response
 
@@ -152,17 +194,33 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
     password = str(form.get("password", ""))[:200]
     next_path = safe_next(form.get("next"))
     try:
-        async with request.app[SESSIONS]() as db:
-            user = await authenticate(db, username, password)
-    except AppError:
+        user = await _authenticate(request, username, password)
+    except AppError as exc:
+        if exc.code != "bad_login":  # too many tries, or the server busy: say so
+            response = render(request, "login.html", status=exc.status, error=exc.template,
+                              error_params=exc.params, username=username, next=next_path)
+            if "retry_after" in exc.params:
+                response.headers["Retry-After"] = str(exc.params["retry_after"])
+            return response
         return render(request, "login.html", status=401, error="Wrong username or password.",
-                      username=username, next=next_path)
+                      error_params={}, username=username, next=next_path)
     response = web.HTTPFound(next_path or home_for(user))
-    _login_response(request, user, response)
+    await _login_response(request, user, response)
     raise response
 
 
 async def logout_submit(request: web.Request) -> web.StreamResponse:
+    v = await viewer(request)
+    if v is not None:
+        await _log_out(request, v)
+    response = web.HTTPFound("/login")
+    clear_session_cookie(response)
+    raise response
+
+
+async def logout_everywhere_submit(request: web.Request) -> web.StreamResponse:
+    v = require_viewer(await viewer(request))
+    await _log_out_everywhere(request, v)
     response = web.HTTPFound("/login")
     clear_session_cookie(response)
     raise response
@@ -184,6 +242,6 @@ async def password_submit(request: web.Request) -> web.StreamResponse:
                       error_params=exc.params, done=False)
     response = render(request, "password.html", error=None, done=True)
     request["viewer"] = None
-    _login_response(request, user, response)
+    await _login_response(request, user, response)
     return response
 

@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from groom.core.auth import Viewer
 from groom.core.errors import AppError
 from groom.core.models import LessonState, Role
+from groom.live.rooms import ROOMS
 from groom.office import cards, lookup, scheduling
 from groom.office import schools as office
 from groom.office.codes import pretty
@@ -163,6 +164,8 @@ async def teacher_active(request: web.Request) -> web.StreamResponse:
     async with _db(request) as db:
         user = await office.update_teacher(db, v, path_id(request, "id", "teacher"),
                                            active=form.get("active") == "1")
+    if not user.active:
+        request.app[ROOMS].close_user(user.id)  # a deactivated teacher's live sockets close now
     raise done(f"/schools/{user.school_id}", "teacher_saved")
 
 

@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from groom.core.auth import Viewer, require_viewer
 from groom.core.errors import AppError, not_found
 from groom.core.models import Classroom, LessonState, Role, School, Student, User
+from groom.live.rooms import ROOMS
 from groom.office import calendars as ical
 from groom.office import lookup
 from groom.office import schools as office
@@ -150,9 +151,11 @@ async def get_teacher(request: web.Request) -> TeacherOut:
 async def update_teacher(request: web.Request, body: TeacherPatch) -> TeacherOut:
     v = await _viewer(request)
     async with request.app[SESSIONS]() as db:
-        return teacher_out(await office.update_teacher(db, v, path_id(request, "teacher_id", "teacher"),
-                                                       display_name=body.display_name,
-                                                       active=body.active))
+        user = await office.update_teacher(db, v, path_id(request, "teacher_id", "teacher"),
+                                           display_name=body.display_name, active=body.active)
+    if not user.active:
+        request.app[ROOMS].close_user(user.id)  # a deactivated teacher's live sockets close now
+    return teacher_out(user)
 
 
 @endpoint("GET", "/api/teachers/{teacher_id}/calendar",
@@ -164,6 +167,17 @@ async def teacher_calendar(request: web.Request) -> FeedOut:
         teacher = await lookup.get_teacher(db, v, path_id(request, "teacher_id", "teacher"))
     if teacher.role != Role.teacher:
         raise not_found("teacher")
+    url = calendar_feeds.teacher_feed_url(request, teacher)
+    return FeedOut(url=url, webcal_url=ical.webcal(url))
+
+
+@endpoint("POST", "/api/teachers/{teacher_id}/calendar/rotate",
+          summary="A new calendar feed URL for the teacher (the old one stops working)",
+          tag="teachers", response=FeedOut)
+async def rotate_teacher_calendar(request: web.Request) -> FeedOut:
+    v = await _viewer(request)
+    async with request.app[SESSIONS]() as db:
+        teacher = await ical.rotate_teacher_feed(db, v, path_id(request, "teacher_id", "teacher"))
     url = calendar_feeds.teacher_feed_url(request, teacher)
     return FeedOut(url=url, webcal_url=ical.webcal(url))
 

@@ -11,7 +11,7 @@ from typing import AsyncIterator
 from aiohttp import web
 
 from groom.core import db
-from groom.core.auth import SessionCodec
+from groom.core.auth import PASSWORDS, SessionCodec
 from groom.core.config import WEB_DIR, Settings
 from groom.core.i18n import load_catalogs
 
@@ -26,6 +26,7 @@ from .plumbing import (
     SESSIONS,
     SETTINGS,
     STATIC,
+    body_limit,
     csrf,
     errors,
     make_jinja,
@@ -35,27 +36,34 @@ from .prometheus import metrics_ctx
 from .routes import setup_routes
 from .static import StaticFiles
 
-MAX_UPLOAD_BYTES = 60 * 1024 * 1024
-
 
 def create_app(settings: Settings) -> web.Application:
     settings.prepare()
     proxy.parse_networks(settings.trusted_proxies)  # a wrong entry stops the start, not a request
     # proxy.forwarded first: every later middleware and handler sees the real client and scheme.
-    app = web.Application(middlewares=[proxy.forwarded, request_context, errors, csrf],
-                          client_max_size=MAX_UPLOAD_BYTES)
+    # body_limit before csrf: the CSRF check may read a form, within the route's body limit.
+    app = web.Application(middlewares=[proxy.forwarded, request_context, errors, body_limit, csrf],
+                          client_max_size=settings.max_body_kb * 1024)
     app[SETTINGS] = settings
     app[CODEC] = SessionCodec(settings.secret)
     app[STATIC] = StaticFiles(WEB_DIR / "static")
     app[JINJA] = make_jinja(app[STATIC])
     app[CATALOGS] = load_catalogs()
     app.on_response_prepare.append(proxy.hsts)
+    app.cleanup_ctx.append(_passwords)
     app.cleanup_ctx.append(_database)
     app.cleanup_ctx.append(imports_ctx)
     app.cleanup_ctx.append(rooms_ctx)
     app.cleanup_ctx.append(metrics_ctx)  # /metrics registry and the event-loop lag probe
     setup_routes(app)
     return app
+
+
+async def _passwords(app: web.Application) -> AsyncIterator[None]:
+    """The password pool (argon2) of this server: its size from the settings, stopped at the end."""
+    PASSWORDS.configure(app[SETTINGS].password_threads, app[SETTINGS].password_queue)
+    yield
+    PASSWORDS.shutdown()
 
 
 async def _database(app: web.Application) -> AsyncIterator[None]:

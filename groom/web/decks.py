@@ -10,12 +10,14 @@ downloads each slide once, ever.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from typing import AsyncIterator, Optional
 
 from aiohttp import web
 from pydantic import BaseModel, Field
 
-from groom.board.deck_import import MAX_UPLOAD_BYTES, DeckError, import_deck
+from groom.board import sandbox
+from groom.board.deck_import import DEFAULT_LIMITS, MAX_UPLOAD_BYTES, DeckError, import_deck
 from groom.board.slides import deck_slides, delete_deck, list_decks, slide_file, sweep
 from groom.core.auth import require_viewer
 from groom.core.db import load
@@ -28,23 +30,68 @@ from .params import path_id
 from .plumbing import SESSIONS, SETTINGS, viewer
 
 
-class Imports:
-    """Deck conversions owned by the app: at most one at a time, cancelled at shutdown."""
+class Slot:
+    """One upload's place among the held ones, from before its body is read until its
+    conversion ends (or the request fails first). ``release`` may be called more than once."""
 
-    def __init__(self) -> None:
+    def __init__(self, imports: "Imports", user_id: int) -> None:
+        self._imports = imports
+        self.user_id = user_id
+        self._held = True
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            self._imports._release(self.user_id)
+
+
+class Imports:
+    """Deck conversions owned by the app: at most one at a time, cancelled at shutdown.
+
+    Each waiting or converting upload holds up to 50 MB in memory, so how many may be held is
+    bounded per person (``settings.deck_imports_per_user``) and in all
+    (``settings.deck_imports_total``); one more is refused before its body is read."""
+
+    def __init__(self, per_user: int = 2, total: int = 4) -> None:
         self._one_at_a_time = asyncio.Semaphore(1)
         self._tasks: set[asyncio.Task[Deck]] = set()
+        self._per_user = per_user
+        self._total = total
+        self._held: dict[int, int] = {}  # user id -> uploads held
+
+    def reserve(self, user_id: int) -> Slot:
+        if self._held.get(user_id, 0) >= self._per_user:
+            raise AppError("too_many_imports", "You already have {count} slide uploads being "
+                           "prepared. Wait until they are done.", status=429, count=self._per_user)
+        if sum(self._held.values()) >= self._total:
+            raise AppError("imports_busy", "The server is preparing other slide uploads. Try "
+                           "again in a minute.", status=429)
+        self._held[user_id] = self._held.get(user_id, 0) + 1
+        return Slot(self, user_id)
+
+    def _release(self, user_id: int) -> None:
+        left = self._held.get(user_id, 0) - 1
+        if left > 0:
+            self._held[user_id] = left
+        else:
+            self._held.pop(user_id, None)
 
     def submit(self, app: web.Application, class_id: int, title: str, filename: str,
-               data: bytes) -> asyncio.Task[Deck]:
+               data: bytes, slot: Optional[Slot] = None) -> asyncio.Task[Deck]:
+        """Queue the conversion; ``slot`` is released when it ends, however it ends."""
+        settings = app[SETTINGS]
+        limits = replace(DEFAULT_LIMITS, sandbox=settings.deck_sandbox)
+
         async def run() -> Deck:
             async with self._one_at_a_time:
-                return await import_deck(app[SESSIONS], app[SETTINGS].data_dir, class_id, title,
-                                         filename, data)
+                return await import_deck(app[SESSIONS], settings.data_dir, class_id, title,
+                                         filename, data, limits=limits)
 
         task = asyncio.create_task(run(), name=f"deck-import-{class_id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        if slot is not None:
+            task.add_done_callback(lambda _: slot.release())
         return task
 
     async def stop(self) -> None:
@@ -58,8 +105,10 @@ IMPORTS = web.AppKey("deck_imports", Imports)
 
 async def imports_ctx(app: web.Application) -> AsyncIterator[None]:
     """Deck conversions; at start, files a crash left half-made are swept away."""
-    await sweep(app[SESSIONS], app[SETTINGS].data_dir)
-    app[IMPORTS] = Imports()
+    settings = app[SETTINGS]
+    await sweep(app[SESSIONS], settings.data_dir)
+    await asyncio.to_thread(sandbox.check_at_start, settings.deck_sandbox)
+    app[IMPORTS] = Imports(settings.deck_imports_per_user, settings.deck_imports_total)
     yield
     await app[IMPORTS].stop()
 
@@ -120,16 +169,24 @@ def _deck_error(exc: DeckError) -> AppError:
 @endpoint("POST", "/api/classes/{class_id}/decks", summary="Upload a deck (PDF, PNG, JPEG; "
           "PPTX/ODP when LibreOffice is installed) as the raw request body", tag="slides",
           query=UploadQuery, response=DeckDetail, status=201, raw_body="application/octet-stream",
-          errors=(404, 409, 413, 415, 422))
+          errors=(404, 409, 413, 415, 422, 429))
 async def upload_deck(request: web.Request, query: UploadQuery) -> DeckDetail:
     class_id = path_id(request, "class_id", "class")
-    await _class_for_teaching(request, class_id)
-    data = await read_body(request, MAX_UPLOAD_BYTES)
-    if len(data) > MAX_UPLOAD_BYTES:
-        raise AppError("too_large", "The file is too large (at most {mb} MB).", status=413,
-                       mb=MAX_UPLOAD_BYTES // (1024 * 1024))
-    task = request.app[IMPORTS].submit(request.app, class_id, query.title.strip(),
-                                       query.filename, data)
+    v = require_viewer(await viewer(request))
+    async with request.app[SESSIONS]() as db:
+        await get_class(db, v, class_id)
+    imports = request.app[IMPORTS]
+    slot = imports.reserve(v.user.id)  # 429 before a byte of the body is read
+    try:
+        data = await read_body(request, MAX_UPLOAD_BYTES)
+        if len(data) > MAX_UPLOAD_BYTES:
+            raise AppError("too_large", "The file is too large (at most {mb} MB).", status=413,
+                           mb=MAX_UPLOAD_BYTES // (1024 * 1024))
+        task = imports.submit(request.app, class_id, query.title.strip(), query.filename, data,
+                              slot)
+    except BaseException:
+        slot.release()
+        raise
     try:
         deck = await asyncio.shield(task)
     except DeckError as exc:

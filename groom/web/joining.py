@@ -1,11 +1,27 @@
 """Joining: a typed code -> the class (or roster student) and the lesson to join.
 
 Students have no accounts. A class code (8 characters) lets anyone in the class join under a name
-they type; a personal card code (10 characters) also says who they are. Codes come from a
-23-character alphabet (``codes.py``), so guessing is hopeless as long as wrong attempts are
-limited: each client address may make ``settings.join_attempts_per_minute`` wrong attempts in
-any 60 seconds, after which every attempt from it is refused with 429 and ``Retry-After`` until
-the oldest wrong attempt is a minute old. Right codes never count.
+they type; a personal card code (10 characters) also says who they are. Codes are printed on
+cards, spoken aloud and shared in chat groups: they are public to whoever is near a class, and
+secret only from guessers. They come from a 23-character alphabet (``codes.py``), so guessing is
+hopeless as long as wrong attempts are limited.
+
+The limiter: each client address may make ``settings.join_attempts_per_minute`` wrong attempts
+in any 60 seconds. An address is one IPv4 address or one IPv6 /64 (one home or phone gets a
+whole /64, so limiting a /128 would give a guesser billions of addresses). Right codes never
+count. Over the limit, the address is refused (429 with ``Retry-After``) for every code except
+the codes already used successfully from that address in the last ``KNOWN_CODE_SECONDS``.
+
+Why that rule: a whole school shares one public address behind its NAT, so one pupil guessing
+codes must not lock the class out of its own lesson. A code that already let someone in from
+this address is one the people behind it demonstrably have (the first pupil of the class joined
+with it); letting it through teaches a guesser nothing new, since answering "known" for a code
+needs it to be one already in use at that address. A code never used there stays behind the
+limit, so guessing other classes' codes is exactly as slow as before. The alternatives were
+weaker: a budget per code (right attempts pass, budgeted per code) answers a locked-out guesser
+"yes" for any right code, i.e. is an oracle again; a device cookie misses the first pupil on a
+new phone. A student reconnecting with a valid ``resume`` token never reaches the limiter
+(``signaling.py``): the token is unguessable and already names their seat.
 
 The limiter lives in memory (one per application): a restart forgets it, which costs an attacker
 a restart per few guesses. The address is ``request.remote``: the TCP peer, or, when that peer is
@@ -16,6 +32,7 @@ from anyone else the header is ignored, since anyone can forge it).
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 import math
 import time
 import weakref
@@ -36,6 +53,8 @@ from .plumbing import SESSIONS, SETTINGS
 
 WINDOW_SECONDS = 60.0
 MAX_TRACKED_ADDRESSES = 50_000  # bounded memory under a spray from many addresses
+KNOWN_CODE_SECONDS = 12 * 3600.0  # a code used from an address still passes its lock-out a school day
+MAX_KNOWN_CODES = 200  # codes remembered per address (every class and card of a big school)
 
 
 class JoinLimiter:
@@ -45,6 +64,7 @@ class JoinLimiter:
         self.per_minute = max(1, per_minute)
         self._clock = clock
         self._failures: dict[str, deque[float]] = {}
+        self._known: dict[str, dict[str, float]] = {}  # address -> code -> last right use
 
     def _recent(self, address: str) -> Optional[deque[float]]:
         failures = self._failures.get(address)
@@ -65,6 +85,21 @@ class JoinLimiter:
             return None
         return max(1, math.ceil(failures[0] + WINDOW_SECONDS - self._clock()))
 
+    def succeeded(self, address: str, code: str) -> None:
+        """A right code from this address: it passes this address's lock-out for a while."""
+        known = self._known.pop(address, None) or {}
+        known.pop(code, None)
+        known[code] = self._clock()
+        while len(known) > MAX_KNOWN_CODES:
+            known.pop(next(iter(known)))
+        self._known[address] = known  # re-inserted: the most recently used address is last
+        while len(self._known) > MAX_TRACKED_ADDRESSES:
+            self._known.pop(next(iter(self._known)))
+
+    def known(self, address: str, code: str) -> bool:
+        used = self._known.get(address, {}).get(code)
+        return used is not None and self._clock() - used < KNOWN_CODE_SECONDS
+
     def failed(self, address: str) -> None:
         if len(self._failures) >= MAX_TRACKED_ADDRESSES:
             for key in list(self._failures)[:MAX_TRACKED_ADDRESSES // 10]:
@@ -82,6 +117,39 @@ def limiter(app: web.Application) -> JoinLimiter:
     found = _limiters.get(app)
     if found is None:
         found = _limiters[app] = JoinLimiter(app[SETTINGS].join_attempts_per_minute)
+    return found
+
+
+class OpenSockets:
+    """Live sockets (``/ws``) open per client address, counted from the upgrade (before hello)."""
+
+    def __init__(self, per_address: int) -> None:
+        self.per_address = max(1, per_address)
+        self.by_address: dict[str, int] = {}
+
+    def open(self, address: str) -> bool:
+        """Count one more socket from ``address``; False (nothing counted) when over budget."""
+        count = self.by_address.get(address, 0)
+        if count >= self.per_address:
+            return False
+        self.by_address[address] = count + 1
+        return True
+
+    def closed(self, address: str) -> None:
+        count = self.by_address.get(address, 0) - 1
+        if count > 0:
+            self.by_address[address] = count
+        else:
+            self.by_address.pop(address, None)
+
+
+_sockets: "weakref.WeakKeyDictionary[web.Application, OpenSockets]" = weakref.WeakKeyDictionary()
+
+
+def open_sockets(app: web.Application) -> OpenSockets:
+    found = _sockets.get(app)
+    if found is None:
+        found = _sockets[app] = OpenSockets(app[SETTINGS].sockets_per_address)
     return found
 
 
@@ -133,26 +201,41 @@ async def resolve(db: AsyncSession, raw_code: str) -> Optional[JoinTarget]:
     return JoinTarget(code, classroom, school, student, await live_or_next(db, classroom.id))
 
 
+def address_key(address: str) -> str:
+    """The unit budgets count: an IPv4 address, or an IPv6 /64 (IPv4-mapped: the IPv4)."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((int(ip) >> 64 << 64, 64)))
+    return str(ip)
+
+
 def client_address(request: web.Request) -> str:
-    return request.remote or "unknown"
+    return address_key(request.remote or "unknown")
 
 
 async def check_code(request: web.Request, raw_code: str) -> JoinTarget:
     """The rate-limited lookup every join goes through (API, pages and the live room).
 
     Raises 429 (with ``retry_after`` in the details, for the ``Retry-After`` header) when this
-    address made too many wrong attempts in the last minute, and 404 for a wrong code.
+    address made too many wrong attempts in the last minute and the code is not one already
+    used from it, and 404 for a wrong code.
     """
     limits = limiter(request.app)
     address = client_address(request)
     wait = limits.retry_after(address)
-    if wait is not None:
+    if wait is not None and not limits.known(address, codes.normalize(raw_code)):
         raise too_many(wait)
     async with request.app[SESSIONS]() as db:
         target = await resolve(db, raw_code)
     if target is None:
         limits.failed(address)
         raise AppError("bad_code", "This code is not known. Check it and try again.", status=404)
+    limits.succeeded(address, target.code)
     return target
 
 

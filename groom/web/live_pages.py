@@ -9,10 +9,11 @@ from __future__ import annotations
 from typing import Any, AsyncIterator, Optional
 
 from aiohttp import web
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from sqlalchemy import select
 
 from groom.core.auth import require_viewer
+from groom.core.db import MAX_ID
 from groom.core.errors import AppError
 from groom.core.models import LessonEvent
 from groom.live.rooms import ROOMS, Rooms
@@ -23,12 +24,25 @@ from groom.recordings.postprocess import job_handlers, recover_recordings
 from . import joining, proxy
 from .openapi import endpoint
 from .params import path_id
-from .plumbing import SESSIONS, SETTINGS, render, viewer
+from .plumbing import LIVE_PERMISSIONS, SESSIONS, SETTINGS, render, viewer
 
 JOBS = web.AppKey("jobs", JobWorker)
 
 
+EVENTS_PAGE = 500  # events per page when the caller does not say
+EVENTS_PAGE_MAX = 1000
+
+
+class EventsQuery(BaseModel):
+    limit: int = Field(default=EVENTS_PAGE, ge=1, le=EVENTS_PAGE_MAX,
+                       description="Events per page (at most 1000)")
+    after: int = Field(default=0, ge=0, le=MAX_ID,
+                       description="Cursor: the id of the last event of the previous page; 0 for "
+                                   "the first page. A page shorter than limit is the last one.")
+
+
 class EventOut(BaseModel):
+    id: int = Field(description="The event's id: pass the last one as `after` for the next page")
     at_ms: int
     kind: str
     data: dict[str, Any]
@@ -41,6 +55,7 @@ class LiveRoom(BaseModel):
     teacher_present: bool
     students_joined: int
     students_connected: int
+    receivers_decoding: int = 0  # remote tracks decoded: the teacher's, the floor student's
     floor: Optional[str]
     tiers: dict[str, dict[str, int]]
     packets_sent: int
@@ -60,15 +75,19 @@ async def live_now(request: web.Request) -> list[LiveRoom]:
 
 
 @endpoint("GET", "/api/lessons/{lesson_id}/events", summary="The lesson's timeline: slides, ink, "
-          "hands, chat, polls, in order", tag="lessons", response=list[EventOut], errors=(404,))
-async def lesson_events(request: web.Request) -> list[EventOut]:
+          "hands, chat, polls, in order, a page at a time (limit, after: the last id seen)",
+          tag="lessons", query=EventsQuery, response=list[EventOut], errors=(404,))
+async def lesson_events(request: web.Request, query: EventsQuery) -> list[EventOut]:
     lesson_id = path_id(request, "lesson_id", "lesson")
     v = require_viewer(await viewer(request))
     async with request.app[SESSIONS]() as db:
         await get_lesson(db, v, lesson_id)  # 404 unless this viewer may see the lesson
-        rows = (await db.execute(select(LessonEvent).where(LessonEvent.lesson_id == lesson_id)
-                                 .order_by(LessonEvent.at_ms, LessonEvent.id))).scalars().all()
-    return [EventOut(at_ms=r.at_ms, kind=r.kind, data=r.data) for r in rows]
+        # Keyset pages by id: rows are written in the order they happened, so id order is time
+        # order, and a page costs an index range, however long the lesson.
+        rows = (await db.execute(select(LessonEvent)
+                                 .where(LessonEvent.lesson_id == lesson_id, LessonEvent.id > query.after)
+                                 .order_by(LessonEvent.id).limit(query.limit))).scalars().all()
+    return [EventOut(id=r.id, at_ms=r.at_ms, kind=r.kind, data=r.data) for r in rows]
 
 
 def _ws_url(request: web.Request) -> str:
@@ -85,6 +104,7 @@ async def _student_page(request: web.Request, *, code: Optional[str],
     response = render(request, "student.html", lesson=lesson, join=join,
                       class_name=found.classroom.name, ws_url=_ws_url(request))
     response.headers["Cache-Control"] = "no-store"
+    response.headers["Permissions-Policy"] = LIVE_PERMISSIONS  # a student given the floor speaks
     return response
 
 
@@ -116,7 +136,9 @@ async def teach_page(request: web.Request) -> web.StreamResponse:
         info = {"id": lesson.id, "title": lesson.title or lesson.classroom.name,
                 "class_name": lesson.classroom.name, "state": lesson.state.value}
         class_id = lesson.classroom.id
-    return render(request, "teach.html", lesson=info, class_id=class_id, ws_url=_ws_url(request))
+    response = render(request, "teach.html", lesson=info, class_id=class_id, ws_url=_ws_url(request))
+    response.headers["Permissions-Policy"] = LIVE_PERMISSIONS  # the microphone, for this page only
+    return response
 
 
 async def listen(request: web.Request) -> web.StreamResponse:
@@ -125,7 +147,8 @@ async def listen(request: web.Request) -> web.StreamResponse:
     if found is None:
         raise AppError("not_found", "Not found: {what}", status=404, what="stream")
     room, participant = found
-    return await room.fallback(participant.controller.tier).serve(request)
+    response: web.StreamResponse = await room.listen(participant, request)
+    return response
 
 
 async def rooms_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -38,15 +38,21 @@ class Offer(_Msg):
     sdp: str = Field(max_length=MAX_MESSAGE)
 
 
+# Cumulative getStats counters: finite (no Infinity/NaN, which the room turns into ints) and
+# far above any lesson's (48 kHz samples for 10 hours are 1.7e9).
+MAX_COUNT = 1e12
+Count = Annotated[float, Field(ge=0, le=MAX_COUNT, allow_inf_nan=False)]
+
+
 class Stats(_Msg):
     type: Literal["stats"]
-    packets_received: float = Field(default=0, ge=0)
-    packets_lost: float = Field(default=0, ge=-1e9)
-    jitter: Optional[float] = Field(default=None, ge=0, le=60)
-    concealed_samples: float = Field(default=0, ge=0)
-    silent_concealed_samples: float = Field(default=0, ge=0)
-    total_samples: float = Field(default=0, ge=0)
-    bytes_received: float = Field(default=0, ge=0)
+    packets_received: Count = 0
+    packets_lost: Annotated[float, Field(ge=-1e9, le=MAX_COUNT, allow_inf_nan=False)] = 0
+    jitter: Optional[Annotated[float, Field(ge=0, le=60, allow_inf_nan=False)]] = None
+    concealed_samples: Count = 0
+    silent_concealed_samples: Count = 0
+    total_samples: Count = 0
+    bytes_received: Count = 0
 
 
 class DataSaver(_Msg):

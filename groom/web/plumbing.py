@@ -42,8 +42,20 @@ COMPRESSIBLE = ("text/html", "application/json", "text/calendar", "text/csv")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-# Unsafe requests that may come without a session (they create one, or need none).
-CSRF_EXEMPT = ("/login", "/api/login", "/api/join", "/join", "/lang/", "/api/rooms/", "/rooms/")
+# Unsafe requests that may come without a session (they create one, or need none): exact paths,
+# each a POST route (tests/test_attacks_accounts.py checks), never prefixes.
+CSRF_EXEMPT = frozenset({"/login", "/api/login", "/api/join", "/join"})
+
+# What pages may use: nothing but the microphone, and that only on the live pages (teacher and
+# student on the floor) that set ``LIVE_PERMISSIONS`` themselves.
+_FEATURES = ("camera", "geolocation", "payment", "usb", "serial", "bluetooth", "midi",
+             "display-capture", "interest-cohort")
+PERMISSIONS = ", ".join(["microphone=()", *(f"{f}=()" for f in _FEATURES)])
+LIVE_PERMISSIONS = ", ".join(["microphone=(self)", *(f"{f}=()" for f in _FEATURES)])
+
+# Request bodies: ``settings.max_body_kb`` for every route but these (route path -> bytes), set
+# by ``routes.py`` for the routes that take files.
+BODY_LIMITS = web.AppKey("body_limits", dict[str, int])
 
 CSP = ("default-src 'self'; img-src 'self' data: blob:; media-src 'self' blob:; "
        "style-src 'self'; script-src 'self'; connect-src 'self' ws: wss:; "
@@ -110,6 +122,12 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
     response.headers.setdefault("Content-Security-Policy", CSP)
     response.headers.setdefault("Referrer-Policy", "same-origin")
+    response.headers.setdefault("X-Frame-Options", "DENY")
+    response.headers.setdefault("Permissions-Policy", PERMISSIONS)
+    if response.content_type in ("text/html", "application/json"):
+        # Pages and answers carry class codes, card codes, feed tokens and CSRF tokens: never
+        # kept by a shared school computer's cache or a proxy. Files set their own caching.
+        response.headers.setdefault("Cache-Control", "no-store")
     log.info("request", extra={"request_id": rid, "method": request.method,
                                "client": request.remote,
                                "path": logs.redact(request.path_qs), "status": response.status,
@@ -147,16 +165,35 @@ def error_response(request: web.Request, exc: AppError) -> web.StreamResponse:
         lang = pick_language(request, default="en")
         body = exc.to_json()
         body["error"]["message"] = translator(request.app[CATALOGS], lang)(exc.template, **exc.params)
-        return web.json_response(body, status=exc.status)
-    _ = tr(request)
-    message = _(exc.template, **exc.params)
-    return render(request, "error.html", status=exc.status, message=message)
+        response: web.Response = web.json_response(body, status=exc.status)
+    else:
+        _ = tr(request)
+        message = _(exc.template, **exc.params)
+        response = render(request, "error.html", status=exc.status, message=message)
+    wait = exc.params.get("retry_after")
+    if wait is not None and exc.status in (429, 503):
+        response.headers["Retry-After"] = str(wait)
+    return response
+
+
+@web.middleware
+async def body_limit(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Each route reads at most its own body size: a larger ``Content-Length`` is refused before
+    a byte is read, and ``post()``/``read()`` stop a chunked body at the limit (413)."""
+    route = request.match_info.route.resource
+    path = route.canonical if route is not None else ""
+    limit = request.app[BODY_LIMITS].get(path, request.app[SETTINGS].max_body_kb * 1024)
+    if request.content_length is not None and request.content_length > limit:
+        raise AppError("too_large", "The request body is too large.", status=413)
+    if request.client_max_size != limit:
+        request = request.clone(client_max_size=limit)
+    return await handler(request)
 
 
 @web.middleware
 async def csrf(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Unsafe requests carrying a session cookie must echo the session's CSRF token."""
-    if request.method in ("GET", "HEAD", "OPTIONS") or request.path.startswith(CSRF_EXEMPT):
+    if request.method in ("GET", "HEAD", "OPTIONS") or request.path in CSRF_EXEMPT:
         return await handler(request)
     if COOKIE not in request.cookies:
         return await handler(request)  # no session: the handler's own auth check answers 401

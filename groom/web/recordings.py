@@ -22,6 +22,8 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import shutil
+import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import Literal, Optional, Sequence, Union
 
@@ -39,7 +41,7 @@ from groom.recordings.jobs import enqueue
 from groom.recordings.offline_pack import MP3, PACK, VIRTUAL
 from groom.recordings.playback import overlays, read_timeline, slide_changes
 from groom.recordings.postprocess import LISTEN
-from groom.recordings.recorder import recording_dir
+from groom.recordings.recorder import TIMELINE, recording_dir
 from groom.recordings.video import VIDEO
 
 from . import joining
@@ -244,7 +246,49 @@ async def ask_for_video(request: web.Request, v: Viewer, lesson_id: int) -> Reco
 
 # --- the playback manifest ---------------------------------------------------------------------
 
+# Built manifests, newest use last: a flood of manifest requests (or a class opening the replay
+# at once) reads the timeline once. An entry is valid while the timeline file keeps its mtime
+# and size (a repaired or re-run recording changes them).
+MANIFEST_CACHE_SIZE = 64
+ManifestKey = tuple[str, str, str, float]
+MANIFESTS: OrderedDict[ManifestKey, tuple[Optional[tuple[int, int]], Manifest]] = OrderedDict()
+_MANIFESTS_LOCK = threading.Lock()
+
+
+def _stamp(directory: Path) -> Optional[tuple[int, int]]:
+    try:
+        st = (directory / TIMELINE).stat()
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size
+
+
+def _cached_manifest(key: ManifestKey, stamp: Optional[tuple[int, int]]) -> Optional[Manifest]:
+    with _MANIFESTS_LOCK:
+        found = MANIFESTS.get(key)
+        if found is None or found[0] != stamp:
+            return None
+        MANIFESTS.move_to_end(key)
+        return found[1]
+
+
 def _manifest(directory: Path, title: str, audio_url: str, duration_s: float) -> Manifest:
+    """The manifest, from the cache while the timeline is unchanged. Blocking on a miss."""
+    key = (str(directory), title, audio_url, duration_s)
+    stamp = _stamp(directory)
+    cached = _cached_manifest(key, stamp)
+    if cached is not None:
+        return cached
+    manifest = _build_manifest(directory, title, audio_url, duration_s)
+    with _MANIFESTS_LOCK:
+        MANIFESTS[key] = (stamp, manifest)
+        MANIFESTS.move_to_end(key)
+        while len(MANIFESTS) > MANIFEST_CACHE_SIZE:
+            MANIFESTS.popitem(last=False)
+    return manifest
+
+
+def _build_manifest(directory: Path, title: str, audio_url: str, duration_s: float) -> Manifest:
     """Blocking (reads the timeline). Slide events carry the small image and the large one."""
     events = read_timeline(directory)
     large: dict[str, str] = {}
@@ -267,5 +311,8 @@ async def manifest_for(request: web.Request, lesson: Lesson, rec: Recording, bas
     if rec.state != RecordingState.ready or LISTEN not in (rec.outputs or {}):
         raise not_found("recording")
     directory = recording_dir(request.app[SETTINGS].data_dir, lesson.id)
-    return await asyncio.to_thread(_manifest, directory, lesson.title or lesson.classroom.name,
-                                   f"{base}/{LISTEN}", rec.duration_s or 0.0)
+    args = (directory, lesson.title or lesson.classroom.name, f"{base}/{LISTEN}", rec.duration_s or 0.0)
+    cached = _cached_manifest((str(directory), *args[1:]), _stamp(directory))  # one stat, no thread
+    if cached is not None:
+        return cached
+    return await asyncio.to_thread(_manifest, *args)

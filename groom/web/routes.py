@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from groom.board.deck_import import MAX_UPLOAD_BYTES
+from groom.office.schools import MAX_CSV_BYTES
+
 from . import (
     accounts,
     api,  # noqa: F401  (its handlers register themselves with @endpoint)
@@ -25,7 +28,7 @@ from . import (
 from . import admin_pages as office_pages
 from . import pages as views
 from .openapi import add_api_routes, document
-from .plumbing import STATIC, viewer
+from .plumbing import BODY_LIMITS, STATIC, viewer
 
 
 async def openapi_json(request: web.Request) -> web.Response:
@@ -39,9 +42,7 @@ async def index(request: web.Request) -> web.StreamResponse:
 
 async def set_language(request: web.Request) -> web.StreamResponse:
     lang = request.match_info["lang"]
-    target = request.query.get("next", "/")
-    if not target.startswith("/") or target.startswith("//"):
-        target = "/"
+    target = accounts.safe_next(request.query.get("next", "/")) or "/"  # never another site
     response = web.HTTPFound(target)
     if lang in ("lo", "en"):
         response.set_cookie("lang", lang, max_age=365 * 24 * 3600, samesite="Lax", path="/")
@@ -59,6 +60,7 @@ def setup_routes(app: web.Application) -> None:
     r.add_get("/login", accounts.login_page)
     r.add_post("/login", accounts.login_submit)
     r.add_post("/logout", accounts.logout_submit)
+    r.add_post("/logout-everywhere", accounts.logout_everywhere_submit)
     r.add_get("/password", accounts.password_page)
     r.add_post("/password", accounts.password_submit)
     r.add_get("/ws", signaling.websocket)
@@ -71,7 +73,16 @@ def setup_routes(app: web.Application) -> None:
     r.add_get("/calendar/teacher/{ident}/{token}.ics", calendar_feeds.teacher_feed)
     add_page_routes(r)
     recording_pages.add_routes(r)
+    app[BODY_LIMITS] = body_limits()
     r.add_get("/static/{name}", app[STATIC].serve)
+
+
+def body_limits() -> dict[str, int]:
+    """The routes that take files, and their body limits (every other route: max_body_kb)."""
+    form = 64 * 1024  # the form's other fields and the multipart framing
+    return {"/api/classes/{class_id}/decks": MAX_UPLOAD_BYTES + form,
+            "/api/classes/{class_id}/students/import": MAX_CSV_BYTES,
+            "/classes/{id}/import": MAX_CSV_BYTES + 4 * office_pages.MAX_PASTE_CHARS + form}
 
 
 def add_page_routes(r: web.UrlDispatcher) -> None:
@@ -100,5 +111,6 @@ def add_page_routes(r: web.UrlDispatcher) -> None:
     r.add_post(f"/lessons/{n}/reschedule", o.lesson_reschedule)
     r.add_post(f"/lessons/{n}/cancel", o.lesson_cancel)
     r.add_get("/teacher", teacher_pages.teacher_home)
+    r.add_post("/teacher/calendar/rotate", teacher_pages.calendar_rotate)
     r.add_get("/join", views.join_page)
     r.add_post("/join", views.join_submit)

@@ -10,6 +10,7 @@ before anything acts on them; a bad one gets an ``error`` message and changes no
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import secrets
@@ -19,11 +20,10 @@ from typing import Any, Optional
 from aiohttp import WSMsgType, web
 from pydantic import ValidationError
 
-from groom.core import logs
+from groom.core import logs, text
 from groom.core.errors import AppError
 from groom.live.room import Participant, Room
 from groom.live.rooms import ROOMS
-from groom.office import codes
 
 from . import joining, proxy
 from .live_pages import waiting_lesson
@@ -146,6 +146,20 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         raise AppError("forbidden", "You are not allowed to do this.", status=403)
     ws = web.WebSocketResponse(max_msg_size=MAX_MESSAGE, heartbeat=25)
     await ws.prepare(request)
+    sockets, address = joining.open_sockets(request.app), joining.client_address(request)
+    if not sockets.open(address):  # settings.sockets_per_address, counted before hello
+        error = AppError("too_many_connections", "Too many connections from this network.",
+                         status=429)
+        await ws.send_json(_error(error.code, tr(request)(error.template)))
+        await ws.close(code=4429, message=error.code.encode())
+        return ws
+    try:
+        return await _serve(request, ws)
+    finally:
+        sockets.closed(address)
+
+
+async def _serve(request: web.Request, ws: web.WebSocketResponse) -> web.WebSocketResponse:
     cid = secrets.token_hex(4)
     token = logs.request_id.set("ws-" + cid)
     conn = Connection(ws, cid)
@@ -170,6 +184,7 @@ class _Session:
         self.rooms = request.app[ROOMS]
         self.room: Optional[Room] = None
         self.me: Optional[Participant] = None
+        self.user_id: Optional[int] = None
         self._allowance = RATE_BURST
         self._last = time.monotonic()
 
@@ -178,6 +193,8 @@ class _Session:
         return _error(exc.code, tr(self.request)(exc.template, **exc.params))
 
     def leave(self) -> None:
+        if self.user_id is not None:
+            self.rooms.forget_user(self.user_id, self.conn)
         if self.room is not None and self.me is not None:
             self.room.detach(self.me, self.conn)
 
@@ -248,21 +265,39 @@ class _Session:
                 raise AppError("bad_message", "A teacher's hello needs lesson_id.", status=400)
             room = await self.rooms.open(hello.lesson_id, v)
             me = room.add_teacher(v.user.display_name, v.user.id, self.conn, hello.resume)
+            self.user_id = v.user.id  # closed when this login ends (logout, password, deactivation)
+            self.rooms.track_user(v.user.id, v.session.key, self.conn)
         else:
+            address = joining.client_address(self.request)
+            resumed = self.rooms.find_resume(hello.resume) if hello.resume else None
+            if resumed is not None:  # an unguessable token naming a seat: no code, no limiter
+                me = resumed.add_student("", "", None, self.conn, hello.resume, address)
+                room = resumed
+                self._welcome(room, me)
+                return
             found = await joining.check_code(self.request, hello.card or hello.code or "")
-            name = (found.student.name if found.student else (hello.name or "").strip())
+            name = (found.student.name if found.student else text.clean(hello.name or ""))
             if not name:
                 raise AppError("name_required", "Please enter your name.", status=400)
-            room = self.rooms.for_class(found.classroom.id)
+            room = self.rooms.for_student(found.classroom.id)  # lesson_over while ending
             if room is None:
-                self.conn.send({"type": "waiting", "lesson": waiting_lesson(found)})
-                room = await self._wait_for_start(found.classroom.id)
+                self.rooms.reserve_wait(found.classroom.id, address)
+                try:
+                    self.conn.send({"type": "waiting", "lesson": waiting_lesson(found)})
+                    room = await self._wait_for_start(found.classroom.id)
+                finally:
+                    self.rooms.release_wait(found.classroom.id, address)
                 if room is None:
                     return
-            key = (f"student:{found.student.id}" if found.student
-                   else f"guest:{codes.normalize(name)[:40]}:{secrets.token_hex(4)}")
+            # A guest is their name (as typed, cleaned) from their address: the same person
+            # coming back gets their seat, vote and kick back (``seats.py``).
+            person = hashlib.sha256(f"{name.casefold()}\0{address}".encode()).hexdigest()[:24]
+            key = f"student:{found.student.id}" if found.student else f"guest:{person}"
             me = room.add_student(name, key, found.student.id if found.student else None,
-                                  self.conn, hello.resume)
+                                  self.conn, hello.resume, address)
+        self._welcome(room, me)
+
+    def _welcome(self, room: Room, me: Participant) -> None:
         self.room, self.me = room, me
         self.conn.send({"type": "welcome", "participant_id": me.id, "resume": me.resume,
                         "listen_token": me.listen_token, "role": me.role,
@@ -312,7 +347,7 @@ class _Session:
         elif isinstance(message, DataSaver):
             room.set_data_saver(me, message.on)
         elif isinstance(message, Hand):
-            room.set_hand(me, message.up)
+            room.raise_hand(me, message.up)
         elif isinstance(message, Floor):
             await room.give_floor(message.participant_id)
         elif isinstance(message, Kick):

@@ -9,12 +9,12 @@ import datetime as dt
 
 from aiohttp import web
 
-from groom.core.models import LessonState
-from groom.office import lookup, scheduling
+from groom.core.models import LessonState, Role
+from groom.office import calendars, lookup, scheduling
 from groom.office import schools as office
 
 from .calendar_feeds import teacher_feed_url
-from .pages import Clock, page, page_viewer
+from .pages import Clock, done, page, page_viewer
 from .plumbing import SESSIONS
 
 AGENDA_DAYS = 14
@@ -37,4 +37,13 @@ async def teacher_home(request: web.Request) -> web.StreamResponse:
     now = dt.datetime.now(dt.timezone.utc)
     return page(request, "teacher.html", todays=todays, later=later, clocks=clocks, t=clock,
                 classes=classes, now=now, soon=dt.timedelta(minutes=15),
-                ics=teacher_feed_url(request, v.user), LessonState=LessonState)
+                ics=teacher_feed_url(request, v.user) if v.user.role == Role.teacher else "",
+                LessonState=LessonState)
+
+
+async def calendar_rotate(request: web.Request) -> web.StreamResponse:
+    """The teacher's own feed gets a new URL; the old one (shared too widely) stops working."""
+    v = await page_viewer(request)
+    async with request.app[SESSIONS]() as db:
+        await calendars.rotate_teacher_feed(db, v, v.user.id)
+    raise done("/teacher", "calendar_rotated")
