@@ -13,7 +13,9 @@ transaction after that (files moved for a deck whose rows then fail are removed 
 
 Its own module because importing (hostile input, child processes, limits) is a job apart from
 keeping the stored decks (``slides.py``: listing, serving, deleting, sweeping), which only
-shares the slide files' names and folder with it.
+shares the slide files' names and folder with it. It stays one module (about 440 lines) because
+every check on the way in (type, zip bomb, office format, sandbox, page limits) guards the same
+staging folder and must be read as one path from upload to stored images.
 """
 
 from __future__ import annotations

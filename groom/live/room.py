@@ -13,6 +13,10 @@ awaiting each as it closes. Signaling (``signaling.py``) turns WebSocket message
 on the room's public methods; the room talks back through each participant's ``Outbox`` (a
 bounded, non-blocking queue).
 
+Stays one module (about 440 lines): what is left here is the ordering between the parts (who is
+seated before media starts, what is saved before a kicked student's socket closes) and the tasks
+that carry it out; split further, each step would be read in two files.
+
 Participants outlive their WebSocket: a student whose socket drops keeps their place, tier and
 attendance, and comes back with the ``resume`` token; the teacher's drop starts a grace timer
 (``settings.grace_seconds``) before the lesson ends by itself.
