@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -42,15 +43,32 @@ class Unavailable(Exception):
     """``mode`` asks for the sandbox and ``bwrap`` is missing or cannot run here."""
 
 
+EMPTIED = (Path("/tmp"), Path("/run"))
+
+
+def _code_paths() -> list[Path]:
+    """What the boxed commands need of this installation that an emptied /tmp or /run would hide:
+    the interpreter and its virtualenv, and the package (the page worker is one of its files).
+    A checkout or virtualenv under /tmp (a CI clone) is the case this is for."""
+    package_root = Path(__file__).resolve().parents[2]  # a checkout, or site-packages
+    wanted = {Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve(),
+              Path(sys.executable).resolve().parent, package_root}
+    hidden = [p for p in wanted if any(p.is_relative_to(e) for e in EMPTIED)]
+    return sorted(p for p in hidden if not any(p != q and p.is_relative_to(q) for q in hidden))
+
+
 def _args(bwrap: str, data_dir: Path, workdir: Path) -> list[str]:
     data_dir, workdir = data_dir.resolve(), workdir.resolve()
+    code = [arg for path in _code_paths() for arg in ("--ro-bind", str(path), str(path))]
     # ``env -i`` first: bwrap's own process (pid 1 inside) would otherwise keep the server's
     # environment, readable in /proc/1/environ; --clearenv only clears the command's.
-    return ["/usr/bin/env", "-i", bwrap, "--unshare-all", "--die-with-parent", "--new-session", "--clearenv",
-            "--setenv", "PATH", PATH, "--setenv", "HOME", str(workdir),
+    # Mount order matters: the code comes back (read-only) after /tmp and /run are emptied, and the
+    # data folder is emptied after that, so a data folder inside the checkout stays hidden.
+    return ["/usr/bin/env", "-i", bwrap, "--unshare-all", "--die-with-parent", "--new-session",
+            "--clearenv", "--setenv", "PATH", PATH, "--setenv", "HOME", str(workdir),
             "--setenv", "LANG", "C.UTF-8",
             "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
-            "--tmpfs", "/tmp", "--tmpfs", "/run", "--tmpfs", str(data_dir),
+            "--tmpfs", "/tmp", "--tmpfs", "/run", *code, "--tmpfs", str(data_dir),
             "--bind", str(workdir), str(workdir), "--"]
 
 

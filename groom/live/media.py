@@ -21,7 +21,7 @@ from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSession
 
 from groom.core.errors import AppError
 
-from . import sdp
+from . import consent, sdp
 from .fallback import FallbackStream
 from .latency import Latency
 from .mixer import Mixer
@@ -119,12 +119,14 @@ class RoomMedia:
                     receiver_track = transceiver.receiver.track
                     await self.mixer.set_teacher(receiver_track)
                     break
+            consent.install_on(pc)
             await pc.setLocalDescription(await pc.createAnswer())
             self._watch(p, pc)
             return sdp.teacher_answer(pc.localDescription.sdp)
         await pc.setRemoteDescription(offer)
         p.sender = add_student_audio(pc)
         p.sender.latency = self.latency
+        consent.install_on(pc)  # consent checks that survive a 2G round trip
         await pc.setLocalDescription(await pc.createAnswer())
         self._watch(p, pc)
         return sdp.student_answer(pc.localDescription.sdp)

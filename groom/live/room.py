@@ -57,6 +57,7 @@ log = logging.getLogger("groom.live.room")
 
 TICK_SECONDS = 2.0  # participants list, RTCP-driven adaptation
 USAGE_TICKS = 5  # "data used" every 10 s: the figure shown changes slowly
+REPORT_TICKS = 2  # an RTCP sender report every 4 s per student: receiver reports then carry RTT
 LIST_SECONDS = 1.0  # the teacher's participant list is rebuilt at most this often
 DETACHED_PC_SECONDS = 45.0  # a student's media outlives a dropped socket this long
 
@@ -314,6 +315,8 @@ class Room:
                 if p.sender is None or not p.sender.ready:
                     continue
                 self.media.server_report(p)
+                if ticks % REPORT_TICKS == 1:
+                    p.sender.send_report()
                 if ticks % USAGE_TICKS == 1:
                     self.send_usage(p)
             self.send_participants()

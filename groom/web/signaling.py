@@ -170,6 +170,7 @@ async def _serve(request: web.Request, ws: web.WebSocketResponse) -> web.WebSock
         log.exception("websocket handler failed", extra={"conn": cid})
     finally:
         session.leave()
+        await session.stop_reading()
         await conn.stop()
         logs.request_id.reset(token)
     return ws
@@ -187,6 +188,7 @@ class _Session:
         self.user_id: Optional[int] = None
         self._allowance = RATE_BURST
         self._last = time.monotonic()
+        self._pending: Optional[asyncio.Task[Optional[Any]]] = None  # a read begun while waiting
 
     def _error(self, exc: AppError) -> dict[str, Any]:
         """An ``error`` message in the participant's language (their page's cookie/header)."""
@@ -247,7 +249,8 @@ class _Session:
         if self.room is None or self.me is None:
             return
         while True:
-            message = await self._next()
+            pending, self._pending = self._pending, None  # the read the wait started, if any
+            message = await (pending if pending is not None else self._next())
             if message is None:
                 return
             try:
@@ -313,19 +316,33 @@ class _Session:
         waiter = asyncio.create_task(self.rooms.wait_for_class(class_id))
         try:
             while not waiter.done():
-                reader = asyncio.create_task(self._next())
+                # One reader per socket: a read still pending when the lesson starts is kept and
+                # awaited by ``run`` (cancelling it leaves aiohttp mid-receive: the next call
+                # raises "Concurrent call to receive()" and the student is dropped).
+                if self._pending is None:
+                    self._pending = asyncio.create_task(self._next())
+                reader = self._pending
                 done, _ = await asyncio.wait({waiter, reader}, return_when=asyncio.FIRST_COMPLETED)
                 if reader in done:
+                    self._pending = None
                     message = reader.result()
                     if message is None:
                         return None
                     if isinstance(message, Ping):
                         self.conn.send({"type": "pong"})
-                else:
-                    reader.cancel()
             return waiter.result()
         finally:
             waiter.cancel()
+
+    async def stop_reading(self) -> None:
+        """Cancel a read left pending by the wait (the session ended before taking it over)."""
+        pending, self._pending = self._pending, None
+        if pending is not None and not pending.done():
+            pending.cancel()
+            try:
+                await pending
+            except (asyncio.CancelledError, Exception):
+                pass
 
     async def _handle(self, message: Any) -> None:
         room, me = self.room, self.me
