@@ -1,9 +1,15 @@
 """Benchmark deck import: convert a deck through the real pipeline and print one JSON object.
 
-Usage: ``python scripts/bench_slides.py [DECK.pdf] [--repeat N]`` (default: media/sample-deck.pdf,
-made first when missing). Runs ``groom.board.deck_import.import_deck`` against a throw-away SQLite database
-and data folder, so the numbers include the worker process start, the database writes and the
-file moves, as a teacher's upload would.
+Usage: ``python scripts/bench_slides.py [DECK.pdf | --text] [--repeat N]`` (default:
+media/sample-deck.pdf, made first when missing; ``--text`` makes a worksheet deck of dense
+portrait text pages, scripts/make_text_deck.py). Runs ``groom.board.deck_import.import_deck``
+against a throw-away SQLite database and data folder, so the numbers include the worker process
+start, the database writes and the file moves, as a teacher's upload would.
+
+Readability: each page's small and large image is read back by tesseract OCR (Debian
+``tesseract-ocr``), and ``ocr_recall_small``/``ocr_recall_large`` are the share of the PDF's own
+words (pypdfium2's text layer) that OCR finds, the worst page of the deck (null without tesseract
+or without a text layer).
 """
 
 from __future__ import annotations
@@ -12,11 +18,17 @@ import argparse
 import asyncio
 import json
 import os
+import re
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+import pypdfium2 as pdfium
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -24,9 +36,63 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from groom.board import deck_import, slides  # noqa: E402
 from groom.core import db  # noqa: E402
-from groom.core.models import Classroom, School  # noqa: E402
+from groom.core.models import Classroom, School, Slide  # noqa: E402
 from make_sample_deck import OUT as SAMPLE  # noqa: E402
 from make_sample_deck import make_deck  # noqa: E402
+from make_text_deck import make_text_deck  # noqa: E402
+
+WORD = re.compile(r"[a-z0-9]+")
+
+
+def words(text: str) -> list[str]:
+    return WORD.findall(text.lower())
+
+
+def ocr_words(image: Path) -> list[str]:
+    """The words tesseract reads in one slide image (converted to PNG first: any format)."""
+    png = image.with_suffix(".ocr.png")
+    with Image.open(image) as im:
+        im.convert("L").save(png)
+    try:
+        out = subprocess.run(["tesseract", str(png), "stdout", "-l", "eng"], capture_output=True,
+                             text=True, check=True, timeout=120).stdout
+    finally:
+        png.unlink()
+    return words(out)
+
+
+def recall(reference: list[str], found: list[str]) -> float:
+    """Share of the reference words (counted with repeats) that OCR found."""
+    left: dict[str, int] = {}
+    for w in found:
+        left[w] = left.get(w, 0) + 1
+    hits = 0
+    for w in reference:
+        if left.get(w, 0) > 0:
+            left[w] -= 1
+            hits += 1
+    return hits / len(reference)
+
+
+def pdf_words(deck: Path) -> list[list[str]]:
+    """Each page's words from the PDF's text layer (empty for a non-PDF)."""
+    if deck.suffix.lower() != ".pdf":
+        return []
+    pdf = pdfium.PdfDocument(deck)
+    return [words(pdf[i].get_textpage().get_text_range()) for i in range(len(pdf))]
+
+
+def ocr_recalls(deck: Path, folder: Path, rows: list[Slide]) -> dict[str, float | None]:
+    """Worst page's recall for the small and the large image, over pages with >= 20 words."""
+    pages = pdf_words(deck)
+    result: dict[str, float | None] = {"ocr_recall_small": None, "ocr_recall_large": None}
+    if not shutil.which("tesseract"):
+        return result
+    for key, attr in (("ocr_recall_small", "small"), ("ocr_recall_large", "large")):
+        scores = [recall(pages[r.index], ocr_words(folder / getattr(r, attr)))
+                  for r in rows if r.index < len(pages) and len(pages[r.index]) >= 20]
+        result[key] = round(min(scores), 3) if scores else None
+    return result
 
 
 async def bench(deck: Path, repeat: int) -> dict[str, object]:
@@ -50,6 +116,7 @@ async def bench(deck: Path, repeat: int) -> dict[str, object]:
             timings.append(time.perf_counter() - started)
         rows = await slides.deck_slides(session_maker, classroom.id, imported.id) or []
         await engine.dispose()
+        ocr = ocr_recalls(deck, Path(tmp) / "data" / slides.SLIDES_DIR, list(rows))
     small = sorted(r.small_bytes for r in rows)
     large = sorted(r.large_bytes for r in rows)
     best = min(timings)
@@ -67,6 +134,8 @@ async def bench(deck: Path, repeat: int) -> dict[str, object]:
         "jpeg_bytes_median": int(statistics.median(r.jpeg_bytes for r in rows)),
         "deck_bytes_small": imported.small_bytes,
         "deck_bytes_large": sum(large),
+        "large_height_min": min(r.height for r in rows),
+        **ocr,
         "cpus": os.cpu_count(),
         "repeat": repeat,
     }
@@ -75,8 +144,14 @@ async def bench(deck: Path, repeat: int) -> dict[str, object]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("deck", nargs="?", type=Path, default=SAMPLE)
+    parser.add_argument("--text", action="store_true", help="bench a made worksheet deck (3 A4 text pages)")
     parser.add_argument("--repeat", type=int, default=3, help="imports to run; the fastest counts")
     args = parser.parse_args()
+    if args.text:
+        with tempfile.TemporaryDirectory() as tmp:
+            deck = make_text_deck(Path(tmp) / "worksheet.pdf")
+            print(json.dumps(asyncio.run(bench(deck, max(1, args.repeat)))))
+        return
     if args.deck == SAMPLE and not SAMPLE.exists():
         make_deck(SAMPLE)
     print(json.dumps(asyncio.run(bench(args.deck.resolve(), max(1, args.repeat)))))

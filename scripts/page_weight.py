@@ -49,9 +49,12 @@ def from_server(url: str) -> list[dict[str, Any]]:
 
 def from_files() -> list[dict[str, Any]]:
     sys.path.insert(0, str(ROOT))
+    from groom.core.config import WEB_DIR
     from groom.web.plumbing import make_jinja
+    from groom.web.static import StaticFiles
 
-    html = make_jinja().get_template("student.html").render(
+    static = StaticFiles(WEB_DIR / "static")
+    html = make_jinja(static).get_template("student.html").render(
         _=lambda message, **params: message.format(**params) if params else message,
         lang="lo", languages={"lo": "ລາວ", "en": "English"}, viewer=None, csrf_token="",
         csrf_field="csrf", path_qs="/join/ABCD2345",
@@ -60,8 +63,8 @@ def from_files() -> list[dict[str, Any]]:
         join={"code": "ABCD2345"}, class_name="ປ.4 ກ", ws_url="ws://127.0.0.1:8080/ws").encode()
     files = [weigh("student.html (rendered from files)", html)]
     for ref in ASSETS.findall(html.decode("utf-8")):
-        path = ROOT / "web" / ref.lstrip("/").split("?")[0]
-        files.append(weigh(ref, path.read_bytes()))
+        name = ref.split("?")[0].rsplit("/", 1)[-1]
+        files.append(weigh(ref, (WEB_DIR / "static" / name).read_bytes()))
     return files
 
 

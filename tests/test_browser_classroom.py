@@ -209,6 +209,9 @@ async def test_slides_ink_poll_and_chat(live: tuple[GroomServer, dict[str, Any]]
     # Clearing ink empties the students' canvas.
     await teacher.click("#clear-ink")
     await wait_board(a, "/slides/" + slides[1]["small"], 0)
+    # A tap on the slide shows the saver student the sharper image (a worksheet to read closely).
+    await a.click("#slide")
+    await wait_board(a, "/slides/" + slides[1]["large"], 0)
 
     assert not errors, errors
     for context in (b_context, a_context, t_context):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import io
 import struct
+import sys
 import time
 import zipfile
 import zlib
@@ -27,6 +28,10 @@ from groom.core import db
 from groom.core.models import Classroom, Deck, School, Slide
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+from bench_slides import ocr_words, pdf_words, recall  # noqa: E402
+from make_text_deck import make_text_deck  # noqa: E402
+
 SAMPLE = ROOT / "media" / "sample-deck.pdf"
 FONT = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"
 LAO_FONT = "/usr/share/fonts/truetype/noto/NotoSansLao-Regular.ttf"
@@ -195,15 +200,62 @@ async def test_sample_deck_becomes_slides_within_budget(store: Store) -> None:
     assert await slides.deck_slides(store.session_maker, store.other_class_id, deck.id) is None
 
 
+TEXT_PAGE_BUDGET = 40 * 1024
+
+
+async def test_text_pages_are_readable_on_a_phone(store: Store, tmp_path: Path) -> None:
+    """A dense A4 worksheet page is drawn to a phone's width, not fitted into the 16:9 box (it was
+    340x480, OCR word recall 1 %): the large image is at least 960 px high, both within 40 KB,
+    and tesseract reads >= 90 % of the PDF's own words in the small image a low-tier phone gets."""
+    pdf = make_text_deck(tmp_path / "worksheet.pdf", pages=2)
+    deck = await store.import_(pdf.read_bytes(), "worksheet.pdf")
+    rows = await slides.deck_slides(store.session_maker, store.class_id, deck.id)
+    assert rows is not None and len(rows) == 2
+    for row in rows:
+        assert row.height >= 960 and row.width < row.height, (row.width, row.height)
+        assert row.small_bytes <= TEXT_PAGE_BUDGET and row.large_bytes <= TEXT_PAGE_BUDGET, row.index
+        found = slides.slide_file(store.data_dir, row.small)
+        assert found is not None
+        with Image.open(found[0]) as image:
+            assert image.width >= 600, image.size
+    reference = pdf_words(pdf)[0]
+    assert len(reference) > 400
+    small = slides.slide_file(store.data_dir, rows[0].small)
+    assert small is not None
+    assert recall(reference, ocr_words(small[0])) >= 0.9
+
+
+async def test_portrait_pictures_keep_the_picture_sizes(store: Store) -> None:
+    """A portrait page that is a photo (grey or colour) is no text page: lossy WebP in the 16:9
+    boxes as before, so pictures stay within the 25 KB small budget."""
+    pages = []
+    for colour in (False, True):
+        page = Image.new("RGB", (827, 1169), "white")
+        photo = Image.blend(Image.linear_gradient("L").resize((760, 1100)).convert("RGB"),
+                            Image.effect_noise((760, 1100), 40).convert("RGB"), 0.25)
+        if colour:
+            photo = Image.blend(photo, Image.new("RGB", photo.size, (40, 160, 60)), 0.5)
+        page.paste(photo, (33, 34))
+        pages.append(page)
+    out = io.BytesIO()
+    pages[0].save(out, "PDF", save_all=True, append_images=pages[1:], resolution=96)
+    deck = await store.import_(out.getvalue(), "photos.pdf")
+    rows = await slides.deck_slides(store.session_maker, store.class_id, deck.id)
+    assert rows is not None and len(rows) == 2
+    for row in rows:
+        assert row.height == 720 and row.small_bytes <= SMALL_BUDGET, (row.height, row.small_bytes)
+
+
 async def test_scanned_deck_keeps_each_page_shape(store: Store) -> None:
     deck = await store.import_(scanned_deck(), "maths.pdf")
     rows = await slides.deck_slides(store.session_maker, store.class_id, deck.id)
     assert rows is not None
     assert [(r.width, r.height) for r in rows[:2]] == [(1280, 720), (1280, 720)]
-    assert rows[2].height == 720 and abs(rows[2].width - 720 * 827 / 1169) <= 1  # A4 stays A4
+    # A4 stays A4; a worksheet is a text page, drawn to a phone's width (see the test above)
+    assert abs(rows[2].width - 720) <= 1 and abs(rows[2].height - 720 * 1169 / 827) <= 2
     assert rows[0].small_bytes <= SMALL_BUDGET
     with Image.open(store.data_dir / "slides" / rows[2].small) as portrait:
-        assert portrait.height == 480 and abs(portrait.width - 480 * 827 / 1169) <= 1
+        assert abs(portrait.width - 600) <= 1 and abs(portrait.height - 600 * 1169 / 827) <= 2
 
 
 async def test_pictures_are_single_slides(store: Store) -> None:

@@ -13,8 +13,10 @@ per page; on a refusal ``{"error": code, "message": template, "params": {...}}``
 status 2 (the template is English with ``{name}`` placeholders; the server translates it).
 
 Each page is drawn at the size it is shown (not drawn big and shrunk): pdfium's text
-anti-aliasing at the target size is both sharper and smaller to encode. Files are named by the
-sha256 of their bytes, so equal slides in two decks share one file and can be cached forever.
+anti-aliasing at the target size is both sharper and smaller to encode. A portrait page that is
+mostly text (a worksheet) is sized by width for a phone instead (``TEXT_SMALL``, ``TEXT_LARGE``).
+Files are named by the sha256 of their bytes, so equal slides in two decks share one file and
+can be cached forever.
 
 This file imports nothing from ``groom`` so that it runs by path in a bare interpreter.
 """
@@ -33,7 +35,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pypdfium2 as pdfium
-from PIL import Image, ImageChops, ImageOps
+from PIL import Image, ImageChops, ImageOps, ImageStat
 
 LARGE = (1280, 720)
 SMALL = (854, 480)
@@ -44,6 +46,16 @@ WEBP_QUALITY = 75
 THUMB_QUALITY = 60
 JPEG_QUALITY = 70
 FLAT_COLOURS = 4096  # at most this many colours: a drawn slide, worth trying lossless
+# A portrait page that is mostly text (a worksheet, a textbook page) is sized by width to fill a
+# 360-px phone rather than fitted into the 16:9 boxes (an A4 page became 340x480: OCR word
+# recall 1 %), and stored as grey in TEXT_LEVELS levels, lossless: lossy WebP smears small text
+# and costs 3-4x the bytes. Measured on scripts/make_text_deck.py pages (bench_slides.py --text):
+# 600 px wide ~26 KB (recall ~0.95), 720 px wide (A4: 1019 px high) ~35 KB (recall ~0.99).
+TEXT_SMALL = (600, 1200)
+TEXT_LARGE = (720, 1440)
+TEXT_LEVELS = 5
+TEXT_MAX_COLOUR = 4.0  # mean |colour - grey| at most this: a black-and-white page
+TEXT_MAX_ERROR = 6.0  # mean |grey - levels| at most this: text (dense text ~3.5, a photo ~16)
 NAME_HEX = 32  # sha256 prefix length in file names (128 bits)
 PDFIUM_PASSWORD_ERROR = 4
 
@@ -102,21 +114,55 @@ def encode_webp(image: Image.Image, quality: int) -> bytes:
 
 def encode_jpeg(image: Image.Image) -> bytes:
     """A JPEG twin for browsers without WebP; grey pages are stored as one channel."""
-    diff = ImageChops.difference(image, image.convert("L").convert("RGB"))
-    if diff.getbbox() is None:
-        image = image.convert("L")
+    if image.mode != "L":
+        diff = ImageChops.difference(image, image.convert("L").convert("RGB"))
+        if diff.getbbox() is None:
+            image = image.convert("L")
     out = io.BytesIO()
     image.save(out, "JPEG", quality=JPEG_QUALITY, optimize=True, progressive=True)
     return out.getvalue()
 
 
-def encode_slide(large: Image.Image, small: Image.Image, out_dir: Path) -> dict[str, Any]:
-    thumb = small.resize(fit_px(small.size, THUMB), Image.Resampling.LANCZOS)
+def text_levels(image: Image.Image) -> Image.Image | None:
+    """The page as grey in TEXT_LEVELS levels when it is mostly text (little colour, little lost
+    to the levels), else None: pictures and colour pages keep lossy WebP."""
+    grey = image.convert("L")
+    colour = ImageChops.difference(image, grey.convert("RGB")).convert("L")
+    if ImageStat.Stat(colour).mean[0] > TEXT_MAX_COLOUR:
+        return None
+    step = 255 / (TEXT_LEVELS - 1)
+    levels = grey.point([round(round(v / step) * step) for v in range(256)])
+    if ImageStat.Stat(ImageChops.difference(grey, levels)).mean[0] > TEXT_MAX_ERROR:
+        return None
+    return levels
+
+
+def encode_lossless(image: Image.Image) -> bytes:
+    out = io.BytesIO()
+    image.save(out, "WEBP", lossless=True, quality=100, method=4)  # method 6: same bytes, 5x slower
+    return out.getvalue()
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page drawn twice; ``text`` when both are grey text-page images (lossless levels).
+    ``jpeg``: the picture for the JPEG twin when not ``small`` (a text page keeps today's
+    16:9-box size there: JPEG at the text size costs ~3x the bytes)."""
+    large: Image.Image
+    small: Image.Image
+    text: bool = False
+    jpeg: Image.Image | None = None
+
+
+def encode_slide(page: Page, out_dir: Path) -> dict[str, Any]:
+    large, small = page.large, page.small
+    thumb = small.convert("RGB").resize(fit_px(small.size, THUMB), Image.Resampling.LANCZOS)
+    encode = encode_lossless if page.text else lambda image: encode_webp(image, WEBP_QUALITY)
     files = {
-        "small": store(encode_webp(small, WEBP_QUALITY), "webp", out_dir),
-        "large": store(encode_webp(large, WEBP_QUALITY), "webp", out_dir),
+        "small": store(encode(small), "webp", out_dir),
+        "large": store(encode(large), "webp", out_dir),
         "thumb": store(encode_webp(thumb, THUMB_QUALITY), "webp", out_dir),
-        "jpeg": store(encode_jpeg(small), "jpg", out_dir),
+        "jpeg": store(encode_jpeg(small if page.jpeg is None else page.jpeg), "jpg", out_dir),
     }
     return {"width": large.width, "height": large.height,
             "files": {k: {"name": v.name, "bytes": v.bytes} for k, v in files.items()}}
@@ -130,8 +176,19 @@ def draw(page: pdfium.PdfPage, size: tuple[float, float], box: tuple[int, int]) 
     return image.convert("RGB")
 
 
-def pdf_pages(path: Path, max_pages: int) -> tuple[int, Iterator[tuple[Image.Image, Image.Image]]]:
-    """Open a PDF, check it, and return its page count and a generator of (large, small) images."""
+def draw_text_page(page: pdfium.PdfPage, size: tuple[float, float]) -> Page | None:
+    """A portrait page that is mostly text, drawn to fill a phone's width; None otherwise."""
+    if size[1] <= size[0]:
+        return None
+    small = text_levels(draw(page, size, TEXT_SMALL))
+    if small is None:
+        return None
+    large = text_levels(draw(page, size, TEXT_LARGE))
+    return None if large is None else Page(large, small, text=True, jpeg=draw(page, size, SMALL))
+
+
+def pdf_pages(path: Path, max_pages: int) -> tuple[int, Iterator[Page]]:
+    """Open a PDF, check it, and return its page count and a generator of drawn pages."""
     try:
         pdf = pdfium.PdfDocument(path)
     except pdfium.PdfiumError as exc:
@@ -146,19 +203,19 @@ def pdf_pages(path: Path, max_pages: int) -> tuple[int, Iterator[tuple[Image.Ima
         raise Refusal("too_many_pages", "This PDF has {pages} pages; a deck may have at most "
                       "{limit}. Split it into smaller decks.", pages=count, limit=max_pages)
 
-    def render() -> Iterator[tuple[Image.Image, Image.Image]]:
+    def render() -> Iterator[Page]:
         for index in range(count):
             page = pdf[index]
             size = page.get_size()
             if min(size) <= 0:
                 raise Refusal("damaged", "Page {page} has no area.", page=index + 1)
-            yield draw(page, size, LARGE), draw(page, size, SMALL)
+            yield draw_text_page(page, size) or Page(draw(page, size, LARGE), draw(page, size, SMALL))
             page.close()
 
     return count, render()
 
 
-def image_pages(path: Path, max_pixels: int) -> tuple[int, Iterator[tuple[Image.Image, Image.Image]]]:
+def image_pages(path: Path, max_pixels: int) -> tuple[int, Iterator[Page]]:
     """A PNG or JPEG is one slide; its header size is checked before any pixel is decoded."""
     Image.MAX_IMAGE_PIXELS = None  # Pillow's own check raises at open; ours has a clear message
     try:
@@ -171,7 +228,7 @@ def image_pages(path: Path, max_pixels: int) -> tuple[int, Iterator[tuple[Image.
                       "{megapixels} megapixels are allowed.", width=width, height=height,
                       megapixels=max_pixels // 1_000_000)
 
-    def render() -> Iterator[tuple[Image.Image, Image.Image]]:
+    def render() -> Iterator[Page]:
         # Few full-size copies: a 48 MP photo is 144 MB per copy. JPEGs decode at a reduced
         # scale straight away (draft); the large size is made first and the small one from it.
         image.draft("RGB", LARGE)
@@ -190,7 +247,7 @@ def image_pages(path: Path, max_pixels: int) -> tuple[int, Iterator[tuple[Image.
             raise Refusal("damaged", "This picture is damaged and cannot be read.") from exc
         del flat
         image.close()
-        yield large, large.resize(fit_px(large.size, SMALL, upscale=False), Image.Resampling.LANCZOS)
+        yield Page(large, large.resize(fit_px(large.size, SMALL, upscale=False), Image.Resampling.LANCZOS))
 
     return 1, render()
 
@@ -218,8 +275,8 @@ def run(args: argparse.Namespace) -> int:
         else:
             count, pages = image_pages(source, args.max_pixels)
         emit({"pages": count})
-        for large, small in pages:
-            emit({"page": done, **encode_slide(large, small, out_dir)})
+        for page in pages:
+            emit({"page": done, **encode_slide(page, out_dir)})
             done += 1
     except Refusal as exc:
         emit(exc.to_json())

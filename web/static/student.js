@@ -22,7 +22,7 @@
   var slide = null;
   /** @type {any} */
   var poll = null;
-  var tier = "", prefetched = {}, prefetchTimer = 0, chatOn = true, resultShown = false;
+  var tier = "", prefetched = {}, sharp = {}, prefetchTimer = 0, chatOn = true, resultShown = false;
   /** Browsers without WebP (KaiOS) get the JPEG copy of the small image; asked once. */
   var webp = (function () {
     try { return document.createElement("canvas").toDataURL("image/webp").indexOf("data:image/webp") === 0; }
@@ -78,9 +78,10 @@
     return e;
   }
 
-  /** The image this phone should fetch for a slide: small on the low tier or data saver. */
+  /** The image this phone should fetch for a slide: small on the low tier or data saver, unless
+   *  the student tapped that slide for the sharper one (a worksheet page to read closely). */
   function imageUrl(s) {
-    var name = !webp ? s.jpeg : (tier === "low" || saver.checked) ? s.small : s.large;
+    var name = !webp ? s.jpeg : (tier === "low" || saver.checked) && !sharp[s.large] ? s.small : s.large;
     return "/slides/" + encodeURIComponent(name);
   }
 
@@ -265,6 +266,9 @@
   });
 
   $("slide").addEventListener("load", prefetch);
+  $("slide").addEventListener("click", function () {
+    if (slide && webp && !sharp[slide.large]) { sharp[slide.large] = 1; showSlide(slide); }
+  });
   $("chat-form").addEventListener("submit", function (ev) {
     ev.preventDefault();
     var text = $("chat-text").value.trim();
