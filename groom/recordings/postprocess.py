@@ -223,15 +223,6 @@ async def recover_recordings(session_maker: async_sessionmaker[AsyncSession], da
     return repaired
 
 
-async def request_video(session_maker: async_sessionmaker[AsyncSession], lesson_id: int,
-                        worker: Optional[JobWorker] = None) -> None:
-    """Queue (re)making ``video.webm`` for a ready recording."""
-    async with session_maker.begin() as session:
-        await enqueue(session, "video", lesson_id)
-    if worker is not None:
-        worker.wake()
-
-
 def job_handlers(session_maker: async_sessionmaker[AsyncSession], data_dir: Path, *,
                  exe: Optional[str] = None, keep_original: bool = False) -> dict[str, Handler]:
     """The ``JobWorker`` handlers for recordings: ``recording`` and ``video`` jobs."""

@@ -1,8 +1,8 @@
 """``video.webm``: the slides at 1 fps (VP9) with the lesson's Opus audio copied.
 
 Its own module because the video is made apart from the rest: not by default, only when a
-``video`` job asks for it (``postprocess.request_video``), and from what is kept, so it can be
-made again in seconds (>= 100x real time) whenever it is wanted.
+``video`` job asks for it (queued by an admin: ``web/recordings.py`` ``ask_for_video``), and
+from what is kept, so it can be made again in seconds (>= 100x real time) whenever it is wanted.
 """
 
 from __future__ import annotations
