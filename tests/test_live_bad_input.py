@@ -162,7 +162,13 @@ async def test_floods_and_rapid_reconnects_leave_the_room_alone(
         assert listener.pc is not None
         inbound = next(s for s in (await listener.pc.getStats()).values() if s.type == "inbound-rtp")
         assert inbound.packetsLost <= 2
+        # The teacher's inbox still holds listings sent during the churn; the newest one counts.
         listing = await teacher.expect("participants")
+        while len(listing["list"]) >= 10:
+            try:
+                listing = await teacher.expect("participants", timeout=10)
+            except TimeoutError:
+                break
         assert len(listing["list"]) < 10, "gone sockets are not listed"
         assert teacher.closed_code is None, (teacher.closed_code, teacher.messages[-3:])
     finally:
