@@ -16,18 +16,25 @@ import asyncio
 import getpass
 import json
 import logging
+import os
 import signal
+import socket
 import ssl
 import sys
 from typing import Any, Optional
 
 from aiohttp import web
 
-from groom.core import backup, db, logs
+from groom.core import backup, db, logs, node
 from groom.core.config import SettingError, Settings, add_arguments, settings_from_args
 from groom.core.errors import AppError
 from groom.core.models import Role
+from groom.live.placement import Node, RegistryPlacement
+from groom.live.rooms import ROOMS, Rooms
 from groom.office.users import create_user
+from groom.recordings.jobs import requeue_host_jobs
+from groom.recordings.postprocess import recover_recordings
+from groom.supervisor import Supervisor
 from groom.web.app import create_app
 from groom.web.plumbing import SESSIONS
 from groom.web.tls import ensure_self_signed
@@ -85,7 +92,14 @@ def main(argv: Optional[list[str]] = None) -> None:
     if args.command == "admin":
         sys.exit(asyncio.run(_admin_create(settings, args)))
     demo = args.command == "demo" or getattr(args, "demo", False)
-    asyncio.run(_serve(settings, demo=demo, as_json=getattr(args, "json", False)))
+    as_json = getattr(args, "json", False)
+    if node.supervisor_url():  # a worker of ``--workers N``: the supervisor did the demo
+        asyncio.run(_serve(settings, demo=False, as_json=False))
+    elif settings.worker_count > 1:
+        asyncio.run(_supervise(settings, list(sys.argv[1:] if argv is None else argv),
+                               demo=demo, as_json=as_json))
+    else:
+        asyncio.run(_serve(settings, demo=demo, as_json=as_json))
 
 
 async def _admin_create(settings: Settings, args: argparse.Namespace) -> int:
@@ -120,17 +134,61 @@ def _ssl_context(settings: Settings) -> Optional[ssl.SSLContext]:
     return context
 
 
+async def _supervise(settings: Settings, argv: list[str], *, demo: bool, as_json: bool) -> None:
+    """``--workers N``: what must happen once, then the supervisor and its workers."""
+    settings.prepare()  # the secret file, made once: every worker reads the same one
+    ssl_context = _ssl_context(settings)  # a self-signed certificate, made once
+    port = settings.port or _free_port(settings.host)  # every worker on the same port
+    scheme = "https" if ssl_context else "http"
+    base = settings.public_url.rstrip("/") or f"{scheme}://{settings.host}:{port}"
+    engine = db.make_engine(settings.resolved_database_url())
+    try:
+        await db.migrate(engine)
+        sessions = db.make_sessionmaker(engine)
+        await Rooms(sessions, settings).end_orphans()
+        await recover_recordings(sessions, settings.data_dir)  # queued: a worker runs them
+        await requeue_host_jobs(sessions)
+        info: Optional[dict[str, Any]] = None
+        if demo:
+            from groom.office.demo import seed_demo
+
+            info = await seed_demo(sessions, base)
+    finally:
+        await engine.dispose()
+    await Supervisor(settings.worker_count, argv, port, node.relay_token(settings.secret),
+                     on_ready=lambda: _print_demo(info, as_json) if info else None).run()
+
+
+def _free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.bind((host, 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
 async def _serve(settings: Settings, *, demo: bool, as_json: bool) -> None:
-    app = create_app(settings)
+    settings.prepare()
+    registry = node.supervisor_url()
+    placement: Optional[RegistryPlacement] = None
+    private: Optional[socket.socket] = None
+    if registry:  # a worker: a private loopback port for the others, and the shared registry
+        private = socket.create_server(("127.0.0.1", 0))
+        me = Node(node.worker_id(), f"http://127.0.0.1:{private.getsockname()[1]}", os.getpid())
+        placement = RegistryPlacement(me, registry, node.relay_token(settings.secret))
+    app = create_app(settings, placement)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=5)
     await runner.setup()
     ssl_context = _ssl_context(settings)
-    site = web.TCPSite(runner, settings.host, settings.port, ssl_context=ssl_context)
+    site = web.TCPSite(runner, settings.host, settings.port, ssl_context=ssl_context,
+                       reuse_port=placement is not None)
     await site.start()
+    if private is not None:
+        await web.SockSite(runner, private).start()
     port = runner.addresses[0][1]
     scheme = "https" if ssl_context else "http"
     base = settings.public_url.rstrip("/") or f"{scheme}://{settings.host}:{port}"
-    log.info("listening", extra={"url": base, "port": port})
+    log.info("listening", extra={"url": base, "port": port,
+                                 **({"worker": placement.me.id} if placement else {})})
     if demo:
         from groom.office.demo import seed_demo
 
@@ -141,9 +199,13 @@ async def _serve(settings: Settings, *, demo: bool, as_json: bool) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
+        if placement is not None:  # from now on classes may be placed here
+            await placement.start(app[ROOMS].load, stop.set)
         await stop.wait()
         log.info("stopping")
     finally:
+        if placement is not None:
+            await placement.stop()
         await runner.cleanup()
 
 

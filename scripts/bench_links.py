@@ -9,9 +9,11 @@ temporary folder), an aiortc teacher on loopback (``media/speech.wav`` looped) w
 ``media/sample-deck.pdf``, shows it and turns a slide every ``--slide-every`` seconds, and ONE
 aiortc student running inside a network namespace behind the profile's link (this script again,
 ``--student``, under ``ip netns exec``). The student joins with the class code at
-``ws://<host end of the veth>:<port>/ws``, negotiates, decodes what it hears, fetches each slide
-image its tier would (over the same shaped link), sends honest ``stats`` every 2 s, and after
-``--seconds`` prints what it measured. One JSON line per profile on stdout; progress on stderr.
+``ws://<host end of the veth>:<port>/ws``, negotiates as a browser would (RED offered over Opus,
+consent checks that retransmit), decodes what it hears (undoing RED, counting what it recovers),
+fetches each slide image as the student page would (over the same shaped link, named with its
+listen token so the server paces it), sends honest ``stats`` every 2 s, and after ``--seconds``
+prints what it measured. One JSON line per profile on stdout; progress on stderr.
 docs/netlab.md says what each key means and what is not measured yet (null).
 
 Needs root (namespaces, tc, nftables) and the Debian packages iproute2 and nftables.
@@ -36,11 +38,15 @@ import aiohttp
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from bench_relay import Server, Teacher, log, login  # noqa: E402
+from bench_relay import Server, Teacher, log, login, speech_packets  # noqa: E402
+from groom.live import consent  # noqa: E402
 from netlab import PROFILES, Link, NetLab, UdpDelayRelay  # noqa: E402
 
 DECK = ROOT / "media" / "sample-deck.pdf"
 STUDENT_NAME = "Link student"
+TIERS = ("low", "standard", "high")
+RED_PT = 63  # RFC 2198 RED offered over Opus, as Chromium offers it
+UP_REVERTED_SECONDS = 15.0  # a step up followed by a step down this soon failed
 SILENCE_RMS = 200.0  # decoded int16 RMS below this is silence (speech.wav talks at ~2000-4000)
 GAP_SECONDS = 1.0
 
@@ -58,7 +64,16 @@ class LinkStudent:
         self.first_audio_at: Optional[float] = None
         self.tiers: list[tuple[float, str]] = []
         self.arrivals: list[tuple[float, int, int, int]] = []  # (t, extended seq, rtp ts, bytes)
+        self.covered: set[int] = set()  # extended seqs whose packet carried the previous one (RED)
+        self.opus_pt = 0
+        self.listen_token = ""
+        self.measured = False  # the page's rule: small first image until the link is measured
+        self.slide: Optional[dict[str, Any]] = None
+        self._last_ext: Optional[int] = None
         self.downloads: list[tuple[float, float, int]] = []  # (start, end, bytes) of slide images
+        self.loading: dict[int, float] = {}  # downloads still running: id -> start
+        self.unfinished: list[tuple[float, float]] = []  # (start, the end of the run) of those
+        self.slide_kbps = 0.0  # the last image's rate, for the next stats (as the page sends it)
         self.slide_errors: list[str] = []
         self.pending: set[asyncio.Task[Any]] = set()
         self.ws: Optional[aiohttp.ClientWebSocketResponse] = None
@@ -69,7 +84,8 @@ class LinkStudent:
         self.stage = "start"
         self.relay: Optional[UdpDelayRelay] = None
         self.jitter = 0.0  # RFC 3550 interarrival jitter, seconds
-        self._transit: Optional[float] = None
+        self._transit: Optional[tuple[float, int]] = None
+        self.ts_jumps = 0
         self._highest: Optional[int] = None
 
     def now(self) -> float:
@@ -91,10 +107,12 @@ class LinkStudent:
         welcome = await asyncio.wait_for(self.welcome, 60)
         self.stage = "offer"
         self.tiers.append((self.now(), welcome.get("tier", "")))
+        self.listen_token = str(welcome.get("listen_token", ""))
         if welcome.get("slide"):
             self._fetch_slide(welcome["slide"])
         pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         pc.addTransceiver("audio", direction="recvonly")
+        consent.install_on(pc)  # a browser's consent checks retransmit (RFC 7675), aioice's not
 
         @pc.on("track")
         def on_track(track: Any) -> None:
@@ -102,7 +120,7 @@ class LinkStudent:
 
         await pc.setLocalDescription(await pc.createOffer())
         self._tap(pc)
-        await self.send({"type": "offer", "sdp": pc.localDescription.sdp})
+        await self.send({"type": "offer", "sdp": self._offer_red(pc.localDescription.sdp)})
         self.stage = "answer"
         answer = await asyncio.wait_for(self.answer, 60)
         self.stage = "media"
@@ -115,6 +133,7 @@ class LinkStudent:
         while self.now() < deadline and pc.connectionState not in ("failed", "closed"):
             await asyncio.sleep(0.2)
         connection = pc.connectionState
+        self.unfinished = [(start, self.now()) for start in self.loading.values()]
         for task in (*tasks, *self.pending):
             task.cancel()
         try:
@@ -155,8 +174,15 @@ class LinkStudent:
             elif kind == "answer" and not self.answer.done():
                 self.answer.set_result(data)
             elif kind == "tier":
+                before = self.tiers[-1][1] if self.tiers else ""
                 self.tiers.append((self.now(), data["tier"]))
+                up = TIERS.index(data["tier"]) > TIERS.index(before) if before in TIERS else False
+                first = not self.measured and data["tier"] != "low"
+                self.measured = True
+                if (up or first) and self.slide is not None:
+                    self._fetch_slide(self.slide)  # the page sharpens the image on a step up
             elif kind == "slide" and data.get("slide"):
+                self.measured = True
                 self._fetch_slide(data["slide"])
             elif kind in ("error", "ended"):
                 self.error = self.error or json.dumps(data)[:200]
@@ -167,26 +193,38 @@ class LinkStudent:
     # ---- slides -------------------------------------------------------------------------------
 
     def _fetch_slide(self, slide: dict[str, Any]) -> None:
+        """The student page's rule (web/static/student.js): the small image on the low tier and
+        until the link is measured, the large one otherwise; named with the listen token so the
+        server paces and times it."""
+        self.slide = slide
         tier = self.tiers[-1][1] if self.tiers else ""
-        name = slide.get("small") if tier == "low" else slide.get("large") or slide.get("small")
+        small = tier == "low" or not self.measured
+        name = slide.get("small") if small else slide.get("large") or slide.get("small")
         if name:
-            task = asyncio.create_task(self._download(str(name)))
+            task = asyncio.create_task(self._download(f"{name}?t={self.listen_token}"))
             self.pending.add(task)
             task.add_done_callback(self.pending.discard)
 
     async def _download(self, name: str) -> None:
         assert self.http is not None
         started = self.now()
+        self.loading[id(asyncio.current_task())] = started
         try:
             async with self.http.get(f"{self.url}/slides/{name}") as resp:
+                first_byte = self.now()  # the headers are in
                 body = await resp.read()
+                seconds = self.now() - first_byte
                 if resp.status != 200:
                     self.slide_errors.append(f"{resp.status} {name}")
                     return
         except aiohttp.ClientError as exc:
             self.slide_errors.append(repr(exc)[:100])
             return
+        finally:
+            self.loading.pop(id(asyncio.current_task()), None)
         self.downloads.append((started, self.now(), len(body)))
+        if len(body) > 2000 and seconds > 0.02:  # as the page's Resource Timing figure
+            self.slide_kbps = len(body) * 8 / seconds / 1000
 
     # ---- audio --------------------------------------------------------------------------------
 
@@ -198,9 +236,36 @@ class LinkStudent:
 
         async def handle(data: bytes, arrival_time_ms: int) -> None:
             self._count(data)
-            await original(data, arrival_time_ms)
+            await original(self._unred(data), arrival_time_ms)
 
         dtls._handle_rtp_data = handle
+
+    def _offer_red(self, sdp: str) -> str:
+        """The offer with RED over Opus added, as Chromium offers it (aiortc knows no RED)."""
+        lines = sdp.splitlines()
+        for i, line in enumerate(lines):
+            if line.startswith("a=rtpmap:") and " opus/48000" in line:
+                self.opus_pt = int(line.split(":", 1)[1].split()[0])
+                lines[i + 1:i + 1] = [f"a=rtpmap:{RED_PT} red/48000/2",
+                                      f"a=fmtp:{RED_PT} {self.opus_pt}/{self.opus_pt}"]
+                break
+        lines = [f"{line} {RED_PT}" if line.startswith("m=audio") else line for line in lines]
+        return "\r\n".join(lines) + "\r\n"
+
+    def _unred(self, data: bytes) -> bytes:
+        """A RED packet (RFC 2198) as the primary Opus packet aiortc can decode; a packet that
+        carried a redundant block makes the previous one recoverable (``covered``)."""
+        if len(data) < 13 or data[1] & 0x7F != RED_PT:
+            return data
+        head = 12 + 4 * (data[0] & 0x0F)
+        i, blocks = head, 0
+        while i < len(data) and data[i] & 0x80:
+            blocks += int.from_bytes(data[i + 2:i + 4], "big") & 0x3FF
+            i += 4
+        primary = i + 1 + blocks
+        if blocks and self._last_ext is not None:
+            self.covered.add(self._last_ext)  # _count ran first: this packet's extended seq
+        return data[:1] + bytes(((data[1] & 0x80) | self.opus_pt,)) + data[2:head] + data[primary:]
 
     def _count(self, data: bytes) -> None:
         t = self.now()
@@ -213,10 +278,15 @@ class LinkStudent:
             ext = self._highest + delta if delta < 0x8000 else self._highest - ((-delta) & 0xFFFF)
         if self._highest is None or ext > self._highest:
             self._highest = ext
-        transit = t - ts / 48000
-        if self._transit is not None:
-            self.jitter += (abs(transit - self._transit) - self.jitter) / 16
-        self._transit = transit
+        if self._transit is not None:  # (arrival, rtp ts) of the previous packet
+            moved = ((ts - self._transit[1] + (1 << 31)) & 0xFFFFFFFF) - (1 << 31)  # wraps
+            if abs(moved) > 10 * 48000:
+                self.ts_jumps += 1  # the sender's clock jumped: not jitter
+            else:
+                d = abs((t - self._transit[0]) - moved / 48000)
+                self.jitter += (d - self.jitter) / 16
+        self._transit = (t, ts)
+        self._last_ext = ext
         self.arrivals.append((t, ext, ts, len(data)))
 
     async def _listen(self, track: Any) -> None:
@@ -235,15 +305,21 @@ class LinkStudent:
 
     async def _stats(self) -> None:
         """Like the student page, every 2 s: cumulative figures this client really measured.
-        aiortc conceals nothing, so ``concealed_samples`` is the lost packets' samples."""
+        aiortc conceals nothing, so ``concealed_samples`` is the samples of the lost packets that
+        RED did not bring back (as a browser's concealedSamples); ``packets_lost`` counts them all."""
         while True:
             await asyncio.sleep(2.0)
             received, lost, _ = self._loss(self.arrivals)
+            unrecovered = self._unrecovered(self.arrivals)
             samples = 2880 if self.tiers and self.tiers[-1][1] != "high" else 960
-            await self.send({"type": "stats", "packets_received": received, "packets_lost": lost,
-                             "jitter": round(self.jitter, 4), "concealed_samples": lost * samples,
-                             "total_samples": (received + lost) * samples,
-                             "bytes_received": sum(a[3] for a in self.arrivals)})
+            stats = {"type": "stats", "packets_received": received, "packets_lost": lost,
+                     "jitter": round(self.jitter, 4), "concealed_samples": unrecovered * samples,
+                     "total_samples": (received + lost) * samples,
+                     "bytes_received": sum(a[3] for a in self.arrivals)}
+            if self.slide_kbps:
+                stats["slide_kbps"] = round(self.slide_kbps, 1)
+                self.slide_kbps = 0.0
+            await self.send(stats)
 
     async def _through_relay(self, sdp: str) -> str:
         """Send the media through a UDP relay in this namespace that holds each datagram
@@ -278,23 +354,53 @@ class LinkStudent:
         expected = max(seqs) - min(seqs) + 1
         return len(seqs), expected - len(seqs), expected
 
+    def _unrecovered(self, arrivals: list[tuple[float, int, int, int]]) -> int:
+        """Lost packets that no later packet carried a copy of (RED): what must be concealed."""
+        if not arrivals:
+            return 0
+        seqs = {a[1] for a in arrivals}
+        return sum(1 for n in range(min(seqs), max(seqs)) if n not in seqs and n + 1 not in self.covered)
+
+    def _failed_step_ups(self) -> int:
+        """Step ups that a step down followed within UP_REVERTED_SECONDS."""
+        rank = [(t, TIERS.index(tier)) for t, tier in self.tiers if tier in TIERS]
+        failed = 0
+        for (t, r), (_, before) in zip(rank[1:], rank):
+            if r > before and any(t2 > t and t2 - t <= UP_REVERTED_SECONDS and r2 < r
+                                  for t2, r2 in rank):
+                failed += 1
+        return failed
+
     def report(self, tcp_rtt: Optional[float], connection: str) -> dict[str, Any]:
         arrivals = sorted(self.arrivals)
         received, lost, expected = self._loss(arrivals)
+        unrecovered = self._unrecovered(arrivals)
         # Gaps: > 1 s between packets while the teacher talked: packets were sent in between (a
         # sequence jump) or the RTP clock moved less than the wall clock (a stalled queue). A
         # pause in speech (DTX: nothing sent, consecutive sequence numbers) is not a gap.
         gaps = 0
-        slide_expected = slide_lost = 0
+        slide_expected = slide_lost = other_expected = other_lost = 0
+        # images still loading when the student left count as loading until then
+        slide_spans = [(start, end) for start, end, _ in self.downloads] + self.unfinished
         for prev, cur in zip(arrivals, arrivals[1:]):
             dt, dseq = cur[0] - prev[0], cur[1] - prev[1]
             dclock = ((cur[2] - prev[2]) & 0xFFFFFFFF) / 48000
             if dt > GAP_SECONDS and (dseq > 1 or dt - dclock > GAP_SECONDS):
                 gaps += 1
-            if dseq > 0 and any(start <= cur[0] <= end for start, end, _ in self.downloads):
+            if dseq <= 0:
+                continue
+            missing = sum(1 for n in range(prev[1] + 1, cur[1]) if n + 1 not in self.covered)
+            if any(start <= cur[0] <= end for start, end in slide_spans):
                 slide_expected += dseq
-                slide_lost += dseq - 1
+                slide_lost += missing
+            else:
+                other_expected += dseq
+                other_lost += missing
         window = (arrivals[-1][0] - arrivals[0][0]) if len(arrivals) > 1 else 0.0
+        # after the last tier message (the tier, or its protection, settled): the steady state
+        settled = self.tiers[-1][0] if len(self.tiers) > 1 else 0.0
+        after = [a for a in arrivals if a[0] >= settled]
+        _, lost_after, expected_after = self._loss(after)
         changes = [t for (t, tier), (_, before) in zip(self.tiers[1:], self.tiers) if tier != before]
         return {
             "connection": connection,
@@ -304,7 +410,16 @@ class LinkStudent:
             "tiers": [tier for _, tier in self.tiers],
             "seconds_to_fit_tier": round(changes[-1] - self.hello_at, 1) if changes else 0.0,
             "packets_received": received, "packets_lost": lost,
-            "concealment_pct": round(100 * lost / expected, 2) if expected else None,
+            "loss_before_recovery_pct": round(100 * lost / expected, 2) if expected else None,
+            "recovered_by_red": lost - unrecovered,
+            "concealment_pct": round(100 * unrecovered / expected, 2) if expected else None,
+            "concealment_outside_slides_pct": (round(100 * other_lost / other_expected, 2)
+                                               if other_expected else None),
+            "concealment_after_last_tier_message_pct": (
+                round(100 * self._unrecovered(after) / expected_after, 2) if expected_after else None),
+            "loss_after_last_tier_message_pct": (round(100 * lost_after / expected_after, 2)
+                                                 if expected_after else None),
+            "failed_step_ups": self._failed_step_ups(),
             "concealment_during_slides_pct": (round(100 * slide_lost / slide_expected, 2)
                                               if slide_expected else None),
             "audio_gaps": gaps,
@@ -315,6 +430,7 @@ class LinkStudent:
             "slide_errors": self.slide_errors[:3],
             "kbps": round(sum(a[3] for a in arrivals) * 8 / window / 1000, 2) if window else None,
             "jitter_ms": round(1000 * self.jitter, 1),
+            "rtp_ts_jumps": self.ts_jumps,
             "tcp_connect_rtt_ms": tcp_rtt,
             "relay_forwarded": self.relay.forwarded if self.relay else None,
             "error": self.error,
@@ -345,6 +461,7 @@ class SlideTeacher(Teacher):
     async def _read(self) -> None:
         assert self.ws is not None
         self.rtts = []
+        self.last_seen: dict[str, Any] = {}
         async for msg in self.ws:
             if msg.type == aiohttp.WSMsgType.TEXT:
                 data = json.loads(msg.data)
@@ -352,7 +469,11 @@ class SlideTeacher(Teacher):
                     await self.inbox.put(data)
                 elif data.get("type") == "participants":
                     for p in data["list"]:
-                        if p.get("name") == STUDENT_NAME and p.get("rtt_ms") is not None:
+                        if p.get("name") != STUDENT_NAME:
+                            continue
+                        self.last_seen = {k: p.get(k) for k in (
+                            "tier", "quality", "protected", "capacity_kbps", "failed_step_ups")}
+                        if p.get("rtt_ms") is not None:
                             self.rtts.append(float(p["rtt_ms"]))
 
     async def send(self, message: dict[str, Any]) -> None:
@@ -391,7 +512,7 @@ async def measure(link: Link, args: argparse.Namespace) -> dict[str, Any]:
         teacher_http = await login(server.url, demo["teacher_login"])
         deck_id, pages = await upload_deck(teacher_http, server.url, int(demo["class_id"]),
                                            demo["teacher_login"])
-        teacher = SlideTeacher(server.url, teacher_http)
+        teacher = SlideTeacher(server.url, teacher_http, speech_packets())
         await teacher.start(int(demo["lesson_id"]))
         await teacher.send({"type": "deck", "deck_id": deck_id})
         log(f"{link.name}: server {server.url}, teacher live with a {pages}-page deck")
@@ -431,18 +552,21 @@ async def measure(link: Link, args: argparse.Namespace) -> dict[str, Any]:
             "join_to_audio_s": student.get("join_to_audio_s"),
             "seconds_to_fit_tier": student.get("seconds_to_fit_tier"),
             "final_tier": student.get("final_tier"),
+            "failed_step_ups": student.get("failed_step_ups"),
             "concealment_pct": student.get("concealment_pct"),
             "concealment_during_slides_pct": student.get("concealment_during_slides_pct"),
             "audio_gaps": student.get("audio_gaps"),
             "slide_first_s": student.get("slide_first_s"),
             "kbps": student.get("kbps"),
             "detail": {k: v for k, v in student.items() if k not in (
-                "join_to_audio_s", "seconds_to_fit_tier", "final_tier", "concealment_pct",
+                "join_to_audio_s", "seconds_to_fit_tier", "final_tier", "failed_step_ups",
+                "concealment_pct",
                 "concealment_during_slides_pct", "audio_gaps", "slide_first_s", "kbps")}
             | {"rtt_source": rtt_source, "up_kbps": link.up_kbps, "loss_up_pct": link.loss_up_pct,
                "queue_ms": link.queue_ms,
                "extra_rtt_ms": link.extra_rtt_ms, "seconds": args.seconds,
-               "server_errors": server.errors()[:3]},
+               "server_errors": server.errors()[:3],
+               "server_view": getattr(teacher, "last_seen", {})},
         }
     finally:
         if turner is not None:

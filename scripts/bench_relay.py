@@ -7,7 +7,9 @@ For each N, a fresh ``python -m groom serve --demo --json`` (SQLite in a new tem
 ``--tier-up-seconds 1``, join limits lifted) is started, and then:
 
 1. an aiortc teacher (in this process) logs in with the demo teacher's login, says ``hello`` for
-   the demo lesson (it starts now) and publishes ``media/speech.wav`` looped (``MediaPlayer``);
+   the demo lesson (it starts now) and publishes ``media/speech.wav`` looped, as 20 ms Opus
+   packets encoded once (``PacketTrack``). With ``--rooms R``, R-1 more classes, teachers and
+   lessons are made through the admin API, each with its own teacher and ``--n`` students;
 2. a short baseline window with the teacher talking and no student: the room's fixed cost (mixer,
    one encoder per tier, the recorder);
 3. N students join as aiortc peers in processes of their own (``scripts/bench_students.py``,
@@ -39,6 +41,14 @@ Measured, all over the window:
   ``others_cpu_pct``: CPU (in % of one core) of processes that are not this benchmark, to show
   contention. ``saturated`` is true when the machine was >= 90 % busy: then figures are
   pessimistic (the server waited for a core).
+- with ``--quality``: speech quality of what the students received. One student per student
+  process keeps the window's Opus payloads and decodes them with libopus as received and with
+  5 % / 15 % of the RTP packets dropped at random (seeded), concealing what is missing (FEC or
+  RED where the tier has it), then scores each against media/speech.wav with PESQ wideband
+  (``scripts/speech_quality.py``): ``pesq_wb_clean``, ``pesq_wb_loss5``, ``pesq_wb_loss15``
+  (median over those students), ``quality_tiers`` (what they were on during the window) and
+  ``quality`` (per process). Needs ``pesq``: ``scripts/install --extras bench``. ``--tier``
+  ``low-red`` / ``standard-red`` puts students on a protected (RED) variant.
 
 One JSON object per line per N on stdout; progress on stderr.
 """
@@ -57,19 +67,21 @@ import subprocess
 import sys
 import tempfile
 import time
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, Optional
 
 import aiohttp
+import av
 import psutil
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
-from aiortc.contrib.media import MediaPlayer
-from aiortc.mediastreams import AudioStreamTrack, MediaStreamError
+from aiortc.mediastreams import AudioStreamTrack, MediaStreamError, MediaStreamTrack
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEECH = ROOT / "media" / "speech.wav"
 STUDENTS_SCRIPT = Path(__file__).resolve().parent / "bench_students.py"
-FRAME_MS = {"low": 60, "standard": 60, "high": 20}  # groom.live.tiers.DEFAULT_TIERS
+FRAME_MS = {"low": 60, "standard": 60, "high": 20,  # groom.live.tiers.ROOM_TIERS
+            "low-red": 60, "standard-red": 60}
 LATENCY_EVERY, LATENCY_KEEP = 8, 4096  # groom.live.latency.EVERY / KEEP
 
 
@@ -114,17 +126,34 @@ class Server:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError("server exited: " + self.log_path.read_text()[-3000:])
-            for line in self.log_path.read_text(errors="replace").splitlines():
-                if line.startswith("{") and '"class_code"' in line:
-                    self.demo = json.loads(line)
-                    return self
+            if not self.demo:
+                for line in self.log_path.read_text(errors="replace").splitlines():
+                    if line.startswith("{") and '"class_code"' in line:
+                        self.demo = json.loads(line)
+            if self.demo and self._healthy():  # with --workers the links come before the workers
+                return self
             time.sleep(0.1)
-        raise RuntimeError("no demo JSON from the server: " + self.log_path.read_text()[-3000:])
+        raise RuntimeError("the server did not come up: " + self.log_path.read_text()[-3000:])
+
+    def _healthy(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+                sock.sendall(b"GET /healthz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+                return sock.recv(64).split(b"\r\n")[0].split(b" ")[1:2] == [b"200"]
+        except OSError:
+            return False
 
     @property
     def pid(self) -> int:
         assert self.proc is not None
         return self.proc.pid
+
+    def pids(self) -> list[int]:
+        """The server's processes: with ``--workers N``, the supervisor and its workers."""
+        try:
+            return [self.pid, *(p.pid for p in psutil.Process(self.pid).children(recursive=True))]
+        except psutil.NoSuchProcess:
+            return [self.pid]
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -163,15 +192,58 @@ async def live_room(admin: aiohttp.ClientSession, url: str, lesson_id: int) -> d
 
 # --- the teacher ----------------------------------------------------------------------------
 
+def speech_packets() -> list[bytes]:
+    """``media/speech.wav`` as 20 ms Opus packets (32 kbps mono, no DTX), as a browser sends.
+
+    Encoded once per run: twenty teachers encoding live would cost the driver a core and
+    starve the server it measures.
+    """
+    encoder = av.CodecContext.create("libopus", "w")
+    encoder.sample_rate, encoder.layout, encoder.format = 48000, "mono", "s16"  # type: ignore[attr-defined]
+    encoder.bit_rate = 32000
+    encoder.options = {"frame_duration": "20", "application": "voip"}
+    resampler = av.AudioResampler(format="s16", layout="mono", rate=48000)
+    packets: list[bytes] = []
+    with av.open(str(SPEECH)) as container:
+        for frame in container.decode(audio=0):
+            for out in resampler.resample(frame):
+                packets += [bytes(p) for p in encoder.encode(out)]  # type: ignore[attr-defined]
+    packets += [bytes(p) for p in encoder.encode(None)]  # type: ignore[attr-defined]
+    return packets
+
+
+class PacketTrack(MediaStreamTrack):
+    """A looped list of Opus packets, one every 20 ms: aiortc sends them without re-encoding."""
+
+    kind = "audio"
+
+    def __init__(self, packets: list[bytes]) -> None:
+        super().__init__()
+        self._packets = packets
+        self._index = 0
+        self._start: Optional[float] = None
+
+    async def recv(self) -> av.Packet:
+        if self._start is None:
+            self._start = time.monotonic()
+        due = self._start + self._index * 0.020
+        await asyncio.sleep(max(due - time.monotonic(), 0.0))
+        packet = av.Packet(self._packets[self._index % len(self._packets)])
+        packet.pts = self._index * 960
+        packet.time_base = Fraction(1, 48000)
+        self._index += 1
+        return packet
+
+
 class Teacher:
     """An aiortc teacher speaking the protocol: hello, offer (sendrecv, speech.wav looped)."""
 
-    def __init__(self, url: str, http: aiohttp.ClientSession) -> None:
+    def __init__(self, url: str, http: aiohttp.ClientSession, packets: list[bytes]) -> None:
         self.url = url
         self.http = http
+        self.packets = packets
         self.ws: Optional[aiohttp.ClientWebSocketResponse] = None
         self.pc: Optional[RTCPeerConnection] = None
-        self.player: Optional[MediaPlayer] = None
         self.inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self.tasks: list[asyncio.Task[Any]] = []
 
@@ -187,8 +259,7 @@ class Teacher:
         if silent:  # digital silence: the tiers go DTX, students get (almost) no packets
             pc.addTransceiver(AudioStreamTrack(), direction="sendrecv")
         else:
-            self.player = MediaPlayer(str(SPEECH), loop=True)
-            pc.addTransceiver(self.player.audio, direction="sendrecv")
+            pc.addTransceiver(PacketTrack(self.packets), direction="sendrecv")
 
         @pc.on("track")
         def on_track(track: Any) -> None:  # what the teacher hears (the floor): drain it
@@ -233,8 +304,6 @@ class Teacher:
             task.cancel()
         if self.pc is not None:
             await self.pc.close()
-        if self.player is not None and self.player.audio is not None:
-            self.player.audio.stop()
         if self.ws is not None:
             await self.ws.close()
 
@@ -246,14 +315,15 @@ class Workers:
         self.procs: list[subprocess.Popen[str]] = []
 
     def spawn(self, url: str, code: str, n: int, per_process: int, tier: str,
-              concurrency: int, stats_interval: float) -> None:
+              concurrency: int, stats_interval: float, extra: tuple[str, ...] = ()) -> None:
         first = 0
         while first < n:
             count = min(per_process, n - first)
             self.procs.append(subprocess.Popen(
                 [sys.executable, str(STUDENTS_SCRIPT), "--url", url, "--code", code,
                  "--count", str(count), "--first", str(first), "--tier", tier,
-                 "--concurrency", str(concurrency), "--stats-interval", str(stats_interval)],
+                 "--concurrency", str(concurrency), "--stats-interval", str(stats_interval),
+                 *extra],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1, cwd=ROOT))
             first += count
 
@@ -321,13 +391,13 @@ def machine_busy() -> float:
 class Window:
     """CPU of the server, the students, this process and the machine between two snapshots."""
 
-    def __init__(self, server_pid: int, student_pids: list[int]) -> None:
-        self.server_pid = server_pid
+    def __init__(self, server_pids: list[int], student_pids: list[int]) -> None:
+        self.server_pids = server_pids
         self.student_pids = student_pids
         self.start = self._snap()
 
     def _snap(self) -> dict[str, float]:
-        return {"wall": time.monotonic(), "server": cpu_seconds([self.server_pid]),
+        return {"wall": time.monotonic(), "server": cpu_seconds(self.server_pids),
                 "students": cpu_seconds(self.student_pids), "me": cpu_seconds([os.getpid()]),
                 "machine": machine_busy()}
 
@@ -389,6 +459,70 @@ class Scraper:
                 "scrape_bytes": self.bytes, "scrape_errors": self.errors[:3]}
 
 
+# --- more rooms -----------------------------------------------------------------------------
+
+class Room:
+    """One lesson of the run: its id, class code and the teacher speaking in it."""
+
+    def __init__(self, lesson_id: int, code: str, http: aiohttp.ClientSession) -> None:
+        self.lesson_id = lesson_id
+        self.code = code
+        self.http = http
+        self.teacher: Optional[Teacher] = None
+
+
+async def _api(http: aiohttp.ClientSession, method: str, url: str, csrf: str,
+               body: dict[str, Any]) -> dict[str, Any]:
+    async with http.request(method, url, json=body, headers={"X-CSRF-Token": csrf}) as resp:
+        if resp.status >= 300:
+            raise RuntimeError(f"{method} {url}: {resp.status} {await resp.text()}")
+        data: dict[str, Any] = await resp.json()
+        return data
+
+
+async def extra_rooms(url: str, admin: aiohttp.ClientSession, count: int) -> list[Room]:
+    """``count`` more lessons, live now, each in a class of its own with a teacher of its own.
+
+    Made through the admin API as a school would (a teacher cannot teach two lessons at once).
+    """
+    async with admin.get(url + "/api/me") as resp:
+        csrf = (await resp.json())["csrf_token"]
+    async with admin.get(url + "/api/schools") as resp:
+        school_id = (await resp.json())[0]["id"]
+    rooms = []
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    for i in range(count):
+        creds = {"username": f"bench-teacher-{i}", "password": secrets.token_urlsafe(12)}
+        teacher = await _api(admin, "POST", f"{url}/api/schools/{school_id}/teachers", csrf,
+                             {**creds, "display_name": f"Bench teacher {i}"})
+        klass = await _api(admin, "POST", f"{url}/api/schools/{school_id}/classes", csrf,
+                           {"name": f"Bench class {i}", "teacher_id": teacher["id"]})
+        lesson = await _api(admin, "POST", f"{url}/api/classes/{klass['id']}/lessons", csrf,
+                            {"starts_at": now, "duration_minutes": 120})
+        rooms.append(Room(lesson["id"], klass["join_code"], await login(url, creds)))
+    return rooms
+
+
+def _sum_rooms(rooms: list[dict[str, Any]], tier: str) -> dict[str, Any]:
+    """The figures of several ``/api/live`` rooms added up (latency: the worst room's)."""
+    out: dict[str, Any] = {"packets_sent": 0, "packets_dropped": 0, "wire_bytes": 0,
+                           "students_connected": 0, "frames_skipped": 0,
+                           "tier_students": 0, "tier_encoded": 0}
+    for room in rooms:
+        for key in ("packets_sent", "packets_dropped", "wire_bytes", "students_connected"):
+            out[key] += room[key]
+        out["frames_skipped"] += room["mixer"]["frames_skipped"]
+        out["tier_students"] += room["tiers"][tier]["students"]
+        out["tier_encoded"] += room["tiers"][tier]["packets_encoded"]
+    latencies = [r["latency"] for r in rooms if r["latency"]["samples"]]
+    out["latency"] = {
+        "p50_ms": max((lat["p50_ms"] for lat in latencies), default=None),
+        "p95_ms": max((lat["p95_ms"] for lat in latencies), default=None),
+        "samples": min((lat["samples"] for lat in latencies), default=0),
+    }
+    return out
+
+
 # --- one N ----------------------------------------------------------------------------------
 
 async def wait_on_tier(admin: aiohttp.ClientSession, url: str, lesson_id: int, tier: str, n: int,
@@ -404,68 +538,79 @@ async def wait_on_tier(admin: aiohttp.ClientSession, url: str, lesson_id: int, t
         await asyncio.sleep(0.5)
 
 
+async def live_rooms(admin: aiohttp.ClientSession, url: str, rooms: list[Room]) -> list[dict[str, Any]]:
+    return [await live_room(admin, url, room.lesson_id) for room in rooms]
+
+
 async def measure(n: int, args: argparse.Namespace) -> dict[str, Any]:
-    tier = args.tier
+    tier, r = args.tier, args.rooms
     data_dir = Path(tempfile.mkdtemp(prefix=f"bench-relay-{n}-"))
     profile = data_dir / "server.prof" if args.profile else None
     token = secrets.token_urlsafe(16)
-    server_args = [*(args.server_arg or []), *(["--metrics-token", token] if args.scrape else [])]
+    server_args = [*(args.server_arg or []), *(["--metrics-token", token] if args.scrape else []),
+                   "--workers", str(args.workers)]
     server = Server(data_dir, server_args, profile).start()
     demo = server.demo
-    url, lesson_id = server.url, int(demo["lesson_id"])
-    admin = teacher_http = None
-    teacher: Optional[Teacher] = None
+    url = server.url
+    admin: Optional[aiohttp.ClientSession] = None
+    rooms: list[Room] = []
     workers = Workers()
     try:
         admin = await login(url, demo["admin_login"])
-        teacher_http = await login(url, demo["teacher_login"])
-        teacher = Teacher(url, teacher_http)
-        await teacher.start(lesson_id, silent=args.silent)
-        log(f"n={n}: server pid {server.pid} on {url}, teacher connected to lesson {lesson_id}")
+        packets = speech_packets()
+        rooms = [Room(int(demo["lesson_id"]), demo["class_code"], await login(url, demo["teacher_login"]))]
+        rooms += await extra_rooms(url, admin, r - 1)
+        for room in rooms:
+            room.teacher = Teacher(url, room.http, packets)
+            await room.teacher.start(room.lesson_id, silent=args.silent)
+        log(f"n={n} rooms={r}: server pid {server.pid} on {url}, {r} teacher(s) connected")
         await asyncio.sleep(1.0)
         baseline: Optional[dict[str, float]] = None
         if args.baseline_seconds > 0:
-            w = Window(server.pid, [])
+            w = Window(server.pids(), [])
             await asyncio.sleep(args.baseline_seconds)
             baseline = w.stop()
-            log(f"n={n}: baseline (teacher, no students) {baseline['server_pct']:.2f} % of a core")
+            log(f"n={n}: baseline ({r} teacher(s), no students) {baseline['server_pct']:.2f} % of a core")
 
         joined_at = time.monotonic()
-        workers.spawn(url, demo["class_code"], n, args.per_process, tier, args.concurrency,
-                      args.stats_interval)
+        for room in rooms:
+            workers.spawn(url, room.code, n, args.per_process, tier, args.concurrency,
+                          args.stats_interval,
+                          ("--quality", str(len(packets) * 960)) if args.quality else ())
         ready = await workers.read_all()
-        failed = sum(r["failed"] for r in ready)
-        log(f"n={n}: {n - failed} students joined in {time.monotonic() - joined_at:.1f} s "
+        failed = sum(x["failed"] for x in ready)
+        log(f"n={n}: {n * r - failed} students joined in {time.monotonic() - joined_at:.1f} s "
             f"({len(workers.procs)} processes)" + (f", {failed} failed: {ready}" if failed else ""))
         if failed:
-            raise RuntimeError(f"{failed} students failed to join: {[r['errors'] for r in ready]}")
-        room = await wait_on_tier(admin, url, lesson_id, tier, n, 60)
+            raise RuntimeError(f"{failed} students failed to join: {[x['errors'] for x in ready]}")
+        for room in rooms:
+            await wait_on_tier(admin, url, room.lesson_id, tier, n, 60)
         join_seconds = time.monotonic() - joined_at
 
         # Settle, then stretch it so the latency samples read after the window postdate the joins.
         await asyncio.sleep(args.settle)
-        before = room
+        before = await live_room(admin, url, rooms[0].lesson_id)
         t0 = time.monotonic()
         await asyncio.sleep(2.0)
-        room = await live_room(admin, url, lesson_id)
-        rate = (room["packets_sent"] - before["packets_sent"]) / (time.monotonic() - t0)
+        after = await live_room(admin, url, rooms[0].lesson_id)
+        rate = (after["packets_sent"] - before["packets_sent"]) / (time.monotonic() - t0)
         covers = LATENCY_KEEP * LATENCY_EVERY / max(rate, 1.0)
         extra = min(max(covers - args.seconds, 0.0), args.max_extra_settle)
         if extra > 0:
-            log(f"n={n}: {rate:.0f} packets/s: settling {extra:.0f} s more so latency samples "
-                "postdate the joins")
+            log(f"n={n}: {rate:.0f} packets/s a room: settling {extra:.0f} s more so latency "
+                "samples postdate the joins")
             await asyncio.sleep(extra)
 
         # The window.
-        live0 = await live_room(admin, url, lesson_id)
-        w = Window(server.pid, workers.pids())
+        live0 = await live_rooms(admin, url, rooms)
+        w = Window(server.pids(), workers.pids())
         scraper = Scraper(url, token, args.scrape) if args.scrape else None
         if scraper is not None:
             scraper.start()
         workers.tell("mark")
         await workers.read_all(30)
         await asyncio.sleep(args.seconds)
-        live1 = await live_room(admin, url, lesson_id)
+        live1 = await live_rooms(admin, url, rooms)
         cpu = w.stop()
         scraped = await scraper.stop() if scraper is not None else {}
         workers.tell("report")
@@ -473,44 +618,48 @@ async def measure(n: int, args: argparse.Namespace) -> dict[str, Any]:
         workers.tell("tiers")
         tiers_seen = await workers.read_all(30)
 
-        on_tier = live1["tiers"][tier]["students"]
-        encoded = live1["tiers"][tier]["packets_encoded"] - live0["tiers"][tier]["packets_encoded"]
-        sent = live1["packets_sent"] - live0["packets_sent"]
-        dropped = live1["packets_dropped"] - live0["packets_dropped"]
-        wire = live1["wire_bytes"] - live0["wire_bytes"]
-        received = sum(r["received"] for r in reports)
-        lost = sum(r["lost"] for r in reports)
-        bad = sum(r["bad"] for r in reports)
+        expected = sum((b["tiers"][tier]["packets_encoded"] - a["tiers"][tier]["packets_encoded"])
+                       * b["tiers"][tier]["students"] for a, b in zip(live0, live1))
+        sum0, sum1 = _sum_rooms(live0, tier), _sum_rooms(live1, tier)
+        on_tier = sum1["tier_students"]
+        encoded = (sum1["tier_encoded"] - sum0["tier_encoded"]) / r  # per room
+        sent = sum1["packets_sent"] - sum0["packets_sent"]
+        wire = sum1["wire_bytes"] - sum0["wire_bytes"]
+        received = sum(x["received"] for x in reports)
         wall = cpu["wall"]
-        per_student = cpu["server_pct"] / n
-        latency = live1["latency"]
+        students = n * r
+        per_student = cpu["server_pct"] / students
+        latency = sum1["latency"]
         send_rate = sent / wall
         result: dict[str, Any] = {
-            "n": n, "tier": tier, "frame_ms": FRAME_MS[tier], "seconds": round(wall, 1),
+            "n": n, "rooms": r, "workers": args.workers, "nodes": 1,
+            "tier": tier, "frame_ms": FRAME_MS[tier], "seconds": round(wall, 1),
             **({"teacher": "silent"} if args.silent else {}),
             **({"stats_interval": args.stats_interval} if args.stats_interval != 2.0 else {}),
             **({"profiled": True} if args.profile else {}),
+            "cpu_per_room_pct": round(cpu["server_pct"] / r, 3),
             "cpu_per_student_pct": round(per_student, 4),
             "students_per_core": int(100 / per_student) if per_student > 0 else None,
             "server_cpu_pct": round(cpu["server_pct"], 2),
             "server_cpu_baseline_pct": round(baseline["server_pct"], 2) if baseline else None,
-            "cpu_marginal_per_student_pct": (round((cpu["server_pct"] - baseline["server_pct"]) / n, 4)
+            "cpu_room_baseline_pct": round(baseline["server_pct"] / r, 3) if baseline else None,
+            "cpu_marginal_per_student_pct": (round((cpu["server_pct"] - baseline["server_pct"]) / students, 4)
                                              if baseline else None),
-            "packets_expected": encoded * on_tier,
+            "packets_expected": expected,
             "packets_sent": sent,
             "packets_received": received,
-            "packets_lost": lost,
-            "packets_bad": bad,
-            "packets_dropped_server": dropped,
-            "delivered_pct": round(100 * received / max(encoded * on_tier, 1), 2),
+            "packets_lost": sum(x["lost"] for x in reports),
+            "packets_bad": sum(x["bad"] for x in reports),
+            "packets_dropped_server": sum1["packets_dropped"] - sum0["packets_dropped"],
+            "delivered_pct": round(100 * received / max(expected, 1), 2),
             "students_on_tier": on_tier,
-            "students_without_packets": sum(r["students_without_packets"] for r in reports),
+            "students_without_packets": sum(x["students_without_packets"] for x in reports),
             "tier_packets_per_s": round(encoded / wall, 2),
             "talk_share": round(encoded / wall / (1000 / FRAME_MS[tier]), 3),
             "server_us_per_packet_sent": round(1e4 * cpu["server_pct"] / max(send_rate, 1), 1),
             "latency_ms_p50": latency["p50_ms"], "latency_ms_p95": latency["p95_ms"],
             "latency_samples": int(latency["samples"] or 0),
-            "latency_covers_s": round(latency["samples"] * LATENCY_EVERY / max(send_rate, 1), 1),
+            "latency_covers_s": round((latency["samples"] or 0) * LATENCY_EVERY * r / max(send_rate, 1), 1),
             "wire_bytes_per_student_hour": int(wire / max(on_tier, 1) / wall * 3600),
             "wire_kbps_per_student": round(wire * 8 / max(on_tier, 1) / wall / 1000, 2),
             "machine_cpu_pct": round(cpu["machine_pct"], 1),
@@ -521,9 +670,10 @@ async def measure(n: int, args: argparse.Namespace) -> dict[str, Any]:
             "driver_cpu_pct": round(cpu["driver_pct"], 1),
             "saturated": cpu["machine_pct"] >= 90.0,
             "join_seconds": round(join_seconds, 1),
-            "mixer_frames_skipped": live1["mixer"]["frames_skipped"] - live0["mixer"]["frames_skipped"],
-            "decoded_rms": [x for r in reports for x in r["decoded_rms"]],
+            "mixer_frames_skipped": sum1["frames_skipped"] - sum0["frames_skipped"],
+            "decoded_rms": [x for rep in reports for x in rep["decoded_rms"]],
             "client_tiers": _merge(t["tiers"] for t in tiers_seen),
+            **(_quality(reports) if args.quality else {}),
             "server_errors": server.errors()[:3],
             **scraped,
         }
@@ -534,16 +684,29 @@ async def measure(n: int, args: argparse.Namespace) -> dict[str, Any]:
         return result
     finally:
         workers.stop()
-        if teacher is not None:
-            await teacher.close()
-        for http in (admin, teacher_http):
-            if http is not None:
-                await http.close()
+        for room in rooms:
+            if room.teacher is not None:
+                await room.teacher.close()
+            await room.http.close()
+        if admin is not None:
+            await admin.close()
         server.stop()
         if profile is not None and profile.exists():
             import pstats
             print(f"--- cProfile of the server (main thread, whole run), n={n} ---", file=sys.stderr)
             pstats.Stats(str(profile), stream=sys.stderr).sort_stats("tottime").print_stats(30)
+
+
+def _quality(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """PESQ figures of the decoding students: the median of each, the tiers they were on."""
+    scored = [q for rep in reports for q in rep.get("quality", [])]
+    out: dict[str, Any] = {}
+    for key in ("pesq_wb_clean", "pesq_wb_loss5", "pesq_wb_loss15"):
+        values = [q[key] for q in scored if q.get(key) is not None]
+        out[key] = round(statistics.median(values), 3) if values else None
+    out["quality_tiers"] = sorted({t for q in scored for t in q["tiers"]})
+    out["quality"] = scored
+    return out
 
 
 def _merge(dicts: Any) -> dict[str, int]:
@@ -560,7 +723,12 @@ def main() -> None:
     )
     parser.add_argument("--n", default="50,100,200", help="comma-separated student counts")
     parser.add_argument("--seconds", type=float, default=20.0, help="steady measuring window")
-    parser.add_argument("--tier", default="standard", choices=["low", "standard", "high"])
+    parser.add_argument("--workers", type=int, default=1,
+                        help="server processes (groom serve --workers); CPU is summed over all")
+    parser.add_argument("--rooms", type=int, default=1,
+                        help="lessons at once, each with its own teacher and --n students")
+    parser.add_argument("--tier", default="standard",
+                        choices=["low", "standard", "high", "low-red", "standard-red"])
     parser.add_argument("--per-process", type=int, default=50, help="student peers per process")
     parser.add_argument("--concurrency", type=int, default=10,
                         help="students joining at once in each student process")
@@ -583,7 +751,14 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true",
                         help="run the server under cProfile (slows it: CPU figures are then not "
                              "comparable) and print its top functions to stderr")
+    parser.add_argument("--quality", action="store_true",
+                        help="score what the students decode with PESQ (needs the bench extra)")
     args = parser.parse_args()
+    if args.quality:
+        try:
+            import pesq  # noqa: F401
+        except ImportError:
+            sys.exit("--quality needs the pesq package: run scripts/install --extras bench")
     if not SPEECH.exists():
         sys.exit(f"missing {SPEECH}")
     for n in (int(x) for x in args.n.split(",")):

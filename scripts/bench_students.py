@@ -7,9 +7,11 @@
 Each student speaks docs/protocol.md like the student page: opens ``/ws``, ``hello`` with the
 class code and a name, a recvonly offer with ICE gathered, applies the answer, sends ``stats``
 every 2 s. The tier is reached from outside, as a phone would: ``data_saver`` for low; good
-``stats`` (every 0.5 s until the server says ``tier: high``) for high, with the server started
-with a short ``--tier-up-seconds``; for standard the stats carry a "fair" jitter (80 ms) so the
-server keeps the student where it is.
+``stats`` (every 0.5 s until the server says ``tier: high``) and a ``slide_kbps`` with room for
+it (a step up needs proven capacity) for high, with the server started with a short
+``--tier-up-seconds``; for standard, as the page does after a slide download, a ``slide_kbps``
+that shows room for standard but not for high (without a capacity figure the server would try
+the tier above after a good run).
 
 Packets are counted right off the ICE socket: SRTP-unprotected with the student's own DTLS keys
 (so each one counted is authenticated, i.e. intact), sequence gaps counted as lost, the Opus TOC
@@ -17,7 +19,16 @@ checked against the tier's frame size. aiortc's receive path (jitter buffer, dec
 sees the RTP: that keeps a load client cheap enough to run hundreds on two cores, and it also means
 aiortc sends receiver reports without report blocks, so the server's RTCP-driven adaptation has
 nothing to act on and tiers stay where the bench put them. One student per process also decodes
-every packet with PyAV and measures the RMS, to show the audio is speech, not silence.
+every packet with PyAV and measures the RMS, to show the audio is speech, not silence. With
+``--quality LOOP`` that student also keeps the window's Opus payloads and, at ``report``, scores
+them with PESQ against media/speech.wav (``speech_quality.py``; LOOP: the teacher's loop length
+in 48 kHz samples).
+
+The protected variants (``--tier low-red`` / ``standard-red``, RFC 2198 RED) are reached as a
+lossy phone reaches them: RED offered as Chromium offers it, stats reporting 4 % loss (the real
+link loses nothing: the bench measures the server, and the quality score simulates loss) and,
+as the page does after a slide download, a ``slide_kbps`` that shows the link has room for the
+variant but not for the tier above.
 
 Talks to the driver by lines: prints ``{"ready": ...}`` when every student is connected (or
 failed); then reads ``mark`` (start of the window), ``report`` (prints the window's counts) and
@@ -41,9 +52,19 @@ import numpy as np
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.rtp import is_rtcp
 
-TIER_FRAME_SAMPLES = {"low": 2880, "standard": 2880, "high": 960}  # groom.live.tiers.DEFAULT_TIERS
+from speech_quality import Window, parse_red, score
+
+TIER_FRAME_SAMPLES = {"low": 2880, "standard": 2880, "high": 960,  # groom.live.tiers.ROOM_TIERS
+                      "low-red": 2880, "standard-red": 2880}
 # What each tier's stats say about the link (jitter, s): good moves a student up, fair holds it.
-STATS_JITTER = {"low": 0.005, "standard": 0.08, "high": 0.005}
+STATS_JITTER = {"low": 0.005, "standard": 0.08, "high": 0.005, "low-red": 0.005,
+                "standard-red": 0.08}
+RED_PT = 63  # RFC 2198 RED offered over Opus, as Chromium offers it
+RED_LOSS = 0.04  # the loss the protected variants' stats report (protection starts at 2.5 %)
+# slide_kbps in the stats, the link's capacity as the page measures it (groom.live.adaptation:
+# a tier fits at 1.5x its TIER_KBPS / PROTECTED_KBPS): room for the tier or variant, not for the
+# tier above.
+SLIDE_KBPS = {"standard": 45.0, "high": 100.0, "low-red": 30.0, "standard-red": 50.0}
 
 
 def toc_samples(payload: bytes) -> int:
@@ -63,7 +84,8 @@ def emit(obj: dict[str, Any]) -> None:
 
 
 class Student:
-    def __init__(self, index: int, tier: str, decode: bool, stats_interval: float = 2.0) -> None:
+    def __init__(self, index: int, tier: str, decode: bool, stats_interval: float = 2.0,
+                 quality: bool = False) -> None:
         self.index = index
         self.stats_interval = stats_interval
         self.target = tier
@@ -89,6 +111,12 @@ class Student:
         self.square_sum = 0.0
         self.samples = 0
         self.in_window = False
+        self.red = tier.endswith("-red")
+        self.kept: Optional[Window] = Window() if decode and quality else None
+        # What the stats report, like the page's getStats: every Opus packet, whatever its tier
+        # (a student still climbing to high gets none of high's 20 ms packets yet).
+        self.arrived = 0
+        self.arrived_samples = 0
 
     # ---- joining ------------------------------------------------------------------------------
 
@@ -99,14 +127,15 @@ class Student:
                          "name": f"Bench student {self.index}"})
         welcome = await asyncio.wait_for(self.welcome, 60)
         self.tier = welcome.get("tier", "")
-        if self.target == "low":
+        if self.target == "low":  # not low-red: data saver never serves a protected variant
             await self.send({"type": "data_saver", "on": True})
         self.tasks.append(asyncio.create_task(self._stats()))
         self.pc = pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         pc.addTransceiver("audio", direction="recvonly")
         await pc.setLocalDescription(await pc.createOffer())  # gathers ICE
         self._tap_socket()
-        await self.send({"type": "offer", "sdp": pc.localDescription.sdp})
+        offer = pc.localDescription.sdp
+        await self.send({"type": "offer", "sdp": self._offer_red(offer) if self.red else offer})
         answer = await asyncio.wait_for(self.answer, 60)
         await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
         for _ in range(1200):
@@ -116,6 +145,18 @@ class Student:
                 break
             await asyncio.sleep(0.05)
         raise RuntimeError(f"connection state {pc.connectionState}")
+
+    def _offer_red(self, sdp: str) -> str:
+        """The offer with RED over Opus added, as Chromium offers it (aiortc knows no RED)."""
+        lines = sdp.splitlines()
+        for i, line in enumerate(lines):
+            if line.startswith("a=rtpmap:") and " opus/48000" in line:
+                opus_pt = int(line.split(":", 1)[1].split()[0])
+                lines[i + 1:i + 1] = [f"a=rtpmap:{RED_PT} red/48000/2",
+                                      f"a=fmtp:{RED_PT} {opus_pt}/{opus_pt}"]
+                break
+        lines = [f"{line} {RED_PT}" if line.startswith("m=audio") else line for line in lines]
+        return "\r\n".join(lines) + "\r\n"
 
     async def send(self, message: dict[str, Any]) -> None:
         assert self.ws is not None
@@ -133,7 +174,7 @@ class Student:
             elif kind == "answer" and not self.answer.done():
                 self.answer.set_result(data)
             elif kind == "tier":
-                self.tier = data["tier"]
+                self.tier = data["tier"] + ("-red" if data.get("protected") else "")
             elif kind in ("error", "ended"):
                 self.error = self.error or json.dumps(data)[:200]
                 for fut in (self.welcome, self.answer):
@@ -152,11 +193,16 @@ class Student:
                     await asyncio.sleep(1.0)
                     continue
                 await asyncio.sleep(0.5 if climbing else self.stats_interval)
-                await self.send({"type": "stats", "packets_received": self.received,
-                                 "packets_lost": self._lost_total(),
-                                 "jitter": STATS_JITTER[self.target], "concealed_samples": 0,
-                                 "total_samples": self.received * self.frame_samples,
-                                 "bytes_received": self.rtp_bytes})
+                stats: dict[str, Any] = {
+                    "type": "stats", "packets_received": self.arrived,
+                    "packets_lost": self._lost_total(), "jitter": STATS_JITTER[self.target],
+                    "concealed_samples": 0, "total_samples": self.arrived_samples,
+                    "bytes_received": self.rtp_bytes}
+                if self.red:  # see the module's docstring
+                    stats["packets_lost"] += round(self.received * RED_LOSS)
+                if self.target in SLIDE_KBPS:
+                    stats["slide_kbps"] = SLIDE_KBPS[self.target]
+                await self.send(stats)
         except (ConnectionError, RuntimeError):
             pass
 
@@ -192,7 +238,22 @@ class Student:
             if delta < 0x8000:
                 self.highest += delta
         payload = plain[12:]
-        if toc_samples(payload) != self.frame_samples:
+        redundant: tuple[tuple[int, bytes], ...] = ()
+        if plain[1] & 0x7F == RED_PT and self.red:
+            parsed = parse_red(payload)
+            if parsed is None:
+                self.bad += 1
+                return
+            payload, redundant = parsed
+        samples = toc_samples(payload)
+        if samples:
+            self.arrived += 1
+            self.arrived_samples += samples
+        if self.kept is not None and self.in_window and samples:
+            # Whatever tier it came from (labelled with the tier the server said): the quality
+            # of what the student heard, even if adaptation moved it off the bench's tier.
+            self.kept.add(seq, int.from_bytes(plain[4:8], "big"), payload, redundant, self.tier)
+        if samples != self.frame_samples:
             self.bad += 1
             return
         self.received += 1
@@ -236,7 +297,8 @@ class Student:
 
 
 async def run(args: argparse.Namespace) -> None:
-    students = [Student(args.first + i, args.tier, decode=(i == 0), stats_interval=args.stats_interval)
+    students = [Student(args.first + i, args.tier, decode=(i == 0), stats_interval=args.stats_interval,
+                        quality=args.quality > 0)
                 for i in range(args.count)]
     gate = asyncio.Semaphore(args.concurrency)
     loop = asyncio.get_running_loop()
@@ -269,13 +331,19 @@ async def run(args: argparse.Namespace) -> None:
         elif line == "report":
             windows = [s.window() for s in students if not s.error]
             rms = [math.sqrt(s.square_sum / s.samples) for s in students if s.samples]
+            for s in students:
+                s.in_window = False
+            # PESQ takes seconds of CPU: off the event loop, so the students stay connected.
+            quality = [await loop.run_in_executor(None, score, s.kept, args.quality)
+                       for s in students if s.kept is not None]
             emit({"received": sum(w["received"] for w in windows),
                   "bad": sum(w["bad"] for w in windows),
                   "lost": sum(w["lost"] for w in windows),
                   "bytes": sum(w["bytes"] for w in windows),
                   "students_without_packets": sum(1 for w in windows if w["received"] == 0),
                   "errors_since": sorted({s.error for s in students if s.error})[:3],
-                  "decoded_rms": [round(r) for r in rms]})
+                  "decoded_rms": [round(r) for r in rms],
+                  **({"quality": quality} if args.quality else {})})
         else:  # "quit" or EOF
             break
     try:
@@ -299,6 +367,9 @@ def main() -> None:
     parser.add_argument("--stats-interval", type=float, default=2.0,
                         help="seconds between stats messages once on the tier (0: none)")
     parser.add_argument("--concurrency", type=int, default=10, help="students joining at once")
+    parser.add_argument("--quality", type=int, default=0, metavar="LOOP",
+                        help="score the decoding student's window with PESQ; LOOP: the teacher's "
+                             "loop length in 48 kHz samples (0: no scoring)")
     asyncio.run(run(parser.parse_args()))
 
 

@@ -17,6 +17,7 @@ and loss are not built in):
   namespace's prerouting for the downlink, the host's prerouting (``iifname`` the host end) for the
   uplink. Dropping in the sender's output hook would make ``sendto()`` fail with EPERM, which real
   loss never does;
+- firewalls: ``NetLab.block`` drops what an nftables match names, on the receiving side too;
 - extra round-trip time: ``UdpDelayRelay`` (user space) holds each UDP datagram ``extra_rtt_ms / 2``
   each way between a student and one server address. Only what is sent through the relay is
   delayed (the bench's student sends its WebRTC media through it); TCP (WebSocket, slides) is not.
@@ -327,6 +328,22 @@ class NetLab:
     def _tbf(prefix: list[str], dev: str, kbps: float, queue_ms: int) -> None:
         sh(*prefix, "tc", "qdisc", "replace", "dev", dev, "root", "tbf", "rate", f"{kbps:g}kbit",
            "burst", str(_burst_bytes(kbps)), "latency", f"{queue_ms}ms")
+
+    def block(self, ns: Namespace, uplink: str, downlink: str) -> None:
+        """Drop what a firewall between ``ns`` and the server would: ``uplink`` is an nftables
+        match (``udp dport != 3478``, ``meta l4proto udp``) for what the student sends, checked
+        on the host as it arrives; ``downlink`` one for what the host sends, checked inside the
+        namespace as it arrives. On the receiving side, as loss is: a firewall drops in the
+        network, the sender's ``sendto()`` never fails. Removed with the lab."""
+        sh(*ns.prefix(), "nft", "-f", "-", input=(
+            f"table inet {TABLE_PREFIX}block {{ chain pre {{ type filter hook prerouting "
+            f"priority -300; policy accept; iifname \"{ns.ns_if}\" {downlink} counter drop\n}}\n}}\n"))
+        sh("nft", "-f", "-", input=(
+            f"table inet {self.table} {{ chain block {{ type filter hook prerouting priority -300; "
+            f"policy accept; }}\n}}\n"
+            f"add rule inet {self.table} block iifname \"{ns.host_if}\" {uplink} counter drop\n"))
+        if self.table not in self._made:
+            self._made.append(self.table)
 
     def _host_loss(self) -> None:
         rules = [f"iifname \"{ns.host_if}\" numgen random mod 1000 < {_per_mille(ns.link.loss_up_pct)} "

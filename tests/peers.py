@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 import aiohttp
 import numpy as np
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 from aiortc.contrib.media import MediaPlayer
 from aiortc.mediastreams import AudioStreamTrack, MediaStreamError, MediaStreamTrack
 from av import AudioFrame
@@ -73,10 +73,14 @@ class Peer:
         return await asyncio.wait_for(wait(), timeout)
 
     async def negotiate(self, *, send_audio: bool, receive_audio: bool) -> None:
-        """Full offer (ICE gathered) -> answer; waits for the connection to be up."""
+        """Full offer (ICE gathered) -> answer; waits for the connection to be up.
+
+        Like a page, the peer uses the STUN/TURN servers of its ``welcome`` (none unless the
+        server has ``--ice-servers``; TURN ones come with credentials)."""
         if self.pc is not None:
             await self.pc.close()
-        self.pc = pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        servers = [RTCIceServer(**s) for s in self.welcome.get("ice_servers", [])]
+        self.pc = pc = RTCPeerConnection(RTCConfiguration(iceServers=servers))
         if send_audio:
             self.player = MediaPlayer(str(SPEECH), loop=True)
             audio = self.player.audio

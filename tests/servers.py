@@ -92,7 +92,7 @@ class GroomServer:
     def start(self, *extra: str) -> "GroomServer":
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "groom", "serve", "--port", str(self.port),
+            [sys.executable, "-m", "groom", "serve", "--port", str(self.port), "--workers", "1",
              *self.common_args(), *self.args, *extra],
             stdout=log, stderr=log, env={**os.environ, "GROOM_LOG_LEVEL": "INFO"})
         deadline = time.monotonic() + 30

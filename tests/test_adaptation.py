@@ -1,4 +1,6 @@
-"""Tier choice: fast down, slow up, no flapping, data saver, link summary."""
+"""Tier choice: fast down, up only into proven room (or a trial reverted on the first bad sign),
+queue growth rather than a long idle round trip, protection for lossy links, slide pacing, no
+flapping, data saver, link summary."""
 
 from __future__ import annotations
 
@@ -21,10 +23,14 @@ GOOD_RTCP = {"fraction_lost": 0, "jitter": 480, "rtt": 0.15}  # 0 %, 10 ms, 150 
 BAD_RTCP = {"fraction_lost": 40, "jitter": 480, "rtt": 0.15}  # 15.6 % loss
 FAIR_RTCP = {"fraction_lost": 10, "jitter": 480, "rtt": 0.15}  # 3.9 % loss
 SEVERE_RTCP = {"fraction_lost": 128, "jitter": 480, "rtt": 0.15}  # 50 % loss
+QUEUED_RTCP = {"fraction_lost": 0, "jitter": 480, "rtt": 0.6}  # no loss, 450 ms of queue
 
 
 def make(**kw: object) -> tuple[TierController, Clock]:
+    """A controller on the standard tier unless ``start`` says otherwise (a new student starts
+    on low: see the first test)."""
     clock = Clock()
+    kw.setdefault("start", "standard")
     return TierController(clock=clock, **kw), clock  # type: ignore[arg-type]
 
 
@@ -40,10 +46,12 @@ def feed(ctl: TierController, clock: Clock, figures: dict[str, float], times: in
     return changes
 
 
-def test_new_student_starts_on_standard() -> None:
-    ctl, _ = make()
-    assert ctl.tier == "standard"
+def test_new_student_starts_on_the_lowest_tier() -> None:
+    """Never step into a link that cannot carry it: nothing above low before it showed room."""
+    ctl = TierController(clock=Clock())
+    assert ctl.tier == "low"
     assert ctl.link_quality().grade is Grade.unknown
+    assert ctl.slide_kbps() is None  # capacity unknown: the first slide measures it
 
 
 def test_one_bad_report_does_not_move_two_do() -> None:
@@ -104,21 +112,127 @@ def test_no_flapping_on_alternating_figures(pattern: tuple[str, ...]) -> None:
     assert ctl.tier == "standard"
 
 
-def test_failed_probe_doubles_the_wait_before_the_next_try() -> None:
+def test_failed_trial_is_reverted_on_the_first_bad_report_and_the_wait_doubles() -> None:
     ctl, clock = make(start="low")
-    assert feed(ctl, clock, GOOD_RTCP, 5) == ["standard"]  # 20 s after the first good report
-    assert feed(ctl, clock, BAD_RTCP, 2) == ["low"]  # the higher tier hurt: probe failed
+    assert feed(ctl, clock, GOOD_RTCP, 5) == ["standard"]  # a trial, 20 s after the first good
+    assert feed(ctl, clock, QUEUED_RTCP, 1) == ["low"]  # the first sign of a queue: back at once
+    assert ctl.failed_step_ups == 1 and ctl.link_quality().failed_step_ups == 1
     # now 40 s of good are needed, not 20
     assert feed(ctl, clock, GOOD_RTCP, 8) == []  # 35 s
     assert feed(ctl, clock, GOOD_RTCP, 1) == ["standard"]  # 40 s
-    assert feed(ctl, clock, GOOD_RTCP, 8) == []  # still the 40 s wait
-    assert feed(ctl, clock, GOOD_RTCP, 1) == ["high"]
-    # a step up that survives the probe window resets the wait to 20 s
-    clock.now += 61
-    feed(ctl, clock, GOOD_RTCP, 1)
-    assert feed(ctl, clock, BAD_RTCP, 2) == ["standard"]  # an old step up: not a failed probe
+    # a step up that held through the probe window (12 s) was right: the wait is 20 s again,
+    # and a bad report after it is an ordinary one (two needed, not a failed trial)
+    assert feed(ctl, clock, GOOD_RTCP, 3) == []
+    assert feed(ctl, clock, BAD_RTCP, 1) == []
+    assert feed(ctl, clock, BAD_RTCP, 1) == ["low"]
+    assert ctl.failed_step_ups == 1
     assert feed(ctl, clock, GOOD_RTCP, 4) == []
-    assert feed(ctl, clock, GOOD_RTCP, 1) == ["high"]
+    assert feed(ctl, clock, GOOD_RTCP, 1) == ["standard"]
+
+
+def test_measured_capacity_goes_straight_to_the_tier_that_fits_within_seconds() -> None:
+    """A slide download proves the link's room: two good reports (4 s) later the student is on
+    the highest tier that fits with a margin, not 20 s later one tier at a time."""
+    ctl, clock = make(start="low")
+    clock.now += 1
+    assert ctl.delivery_report(900.0) is None  # no report yet: nothing to judge the link by
+    assert feed(ctl, clock, GOOD_RTCP, 1, every=2) == []
+    assert feed(ctl, clock, GOOD_RTCP, 1, every=2) == ["high"]
+    assert ctl.link_quality().capacity_kbps == 914.0  # the download plus the low tier's audio
+
+    # one report's random loss (a 3 % link losing 4 of 30 packets once) is not the new tier's
+    # fault: the step holds; a queue building up behind it is, at once
+    ctl, clock = make(start="low")
+    ctl.delivery_report(30.0)
+    feed(ctl, clock, FAIR_RTCP, 2, every=2)
+    assert ctl.tier == "standard"
+    assert feed(ctl, clock, {"fraction_lost": 25, "jitter": 480, "rtt": 0.15}, 1, every=2) == []
+    assert feed(ctl, clock, QUEUED_RTCP, 1, every=2) == ["low"]
+    assert ctl.failed_step_ups == 1
+
+    thin, clock = make(start="low")
+    clock.now += 1
+    thin.delivery_report(20.0)  # 20 + 14 kbit/s: standard (21 x 1.5) fits, high does not
+    assert feed(thin, clock, GOOD_RTCP, 2, every=2) == ["standard"]
+    assert feed(thin, clock, GOOD_RTCP, 60, every=2) == []  # no trial of high, ever
+
+
+def test_no_step_up_into_a_link_shown_too_thin() -> None:
+    """A 24 kbit/s link: the slide showed 10 kbit/s beside the low tier's 14. Two minutes of good
+    reports earn no trial of standard (21 kbit/s would fill it)."""
+    ctl, clock = make(start="low")
+    clock.now += 1
+    ctl.delivery_report(10.0)
+    assert feed(ctl, clock, GOOD_RTCP, 60, every=2) == []
+    assert ctl.tier == "low" and ctl.failed_step_ups == 0
+    # slides get what the link has left beside the voice: 90 % of 24 less 14
+    assert ctl.slide_kbps() == pytest.approx(0.9 * 24 - 14)
+
+
+def test_queue_growth_steps_down_but_a_long_idle_round_trip_does_not() -> None:
+    """800 ms of idle round trip (a satellite hop) is no fault; 400 ms more (a queue filling
+    behind a download) is, as is jitter growing by 100 ms."""
+    ctl, clock = make()
+    far = {"fraction_lost": 0, "jitter": 480, "rtt": 0.8}
+    assert feed(ctl, clock, far, 3) == []
+    assert ctl.link_quality().grade is Grade.good and ctl.tier == "standard"
+    queued = {"fraction_lost": 0, "jitter": 480, "rtt": 1.2}
+    assert feed(ctl, clock, queued, 1) == []
+    assert feed(ctl, clock, queued, 1) == ["low"]
+
+    ctl, clock = make()
+    feed(ctl, clock, {"fraction_lost": 0, "jitter": 960, "rtt": 0.1}, 3)  # 20 ms of jitter
+    jumpy = {"fraction_lost": 0, "jitter": 960 * 6, "rtt": 0.1}  # 120 ms
+    assert feed(ctl, clock, jumpy, 2) == ["low"]
+
+
+def test_sustained_loss_turns_protection_on_where_there_is_room() -> None:
+    lossy = {"fraction_lost": 38, "jitter": 480, "rtt": 0.1}  # 15 %
+    ctl, clock = make(start="low")
+    feed(ctl, clock, lossy, 1)
+    assert not ctl.protect  # one report is not sustained loss
+    feed(ctl, clock, lossy, 1)
+    assert ctl.protect and ctl.tier == "low"
+    assert ctl.tier_kbps() == 18.5  # the protected variant's rate counts from now on
+    assert ctl.link_quality().protect
+    # loss while the queue grows is the link overflowing: protection off at once
+    feed(ctl, clock, {"fraction_lost": 38, "jitter": 480, "rtt": 0.6}, 1)
+    assert not ctl.protect
+    # a clean link again: protection stays off
+    feed(ctl, clock, GOOD_RTCP, 6)
+    assert not ctl.protect
+    # room measured: loss without a queue turns it on again, and it stays while loss lasts
+    ctl.delivery_report(300.0)
+    feed(ctl, clock, lossy, 3)
+    assert ctl.protect and ctl.tier == "low"  # 15 % loss: no step up, whatever the room
+    # 4 % loss (a 2G cell): protected, and, once the 15 % is history (~10 reports, long-run
+    # loss under 5 %), up only as far as protection reaches (standard, not high)
+    cell = {"fraction_lost": 10, "jitter": 480, "rtt": 0.1}
+    feed(ctl, clock, cell, 8, every=2)
+    assert ctl.tier == "low"  # a few better reports do not undo a lossy history yet
+    feed(ctl, clock, cell, 20, every=2)
+    assert ctl.protect and ctl.tier == "standard"
+
+    tight, clock = make(start="low")
+    tight.delivery_report(10.0)  # 24 kbit/s: no room for 18.5 x 1.5
+    feed(tight, clock, lossy, 6)
+    assert not tight.protect
+
+
+def test_slide_rate_follows_the_capacity() -> None:
+    ctl, clock = make(start="low")
+    assert ctl.slide_kbps() is None
+    ctl.delivery_report(10.0)  # 24 kbit/s in all
+    assert ctl.slide_kbps() == pytest.approx(0.9 * 24 - 14)
+    feed(ctl, clock, GOOD_RTCP, 1, every=2)
+    ctl.delivery_report(21.0, paced=True)  # our pacing held it, the link stayed good: probe up
+    assert ctl.capacity_kbps() == pytest.approx(21.0 * 1.25 + 14)
+    ctl.delivery_report(60.0, whole_link=True)  # the page's figure: the link's own rate
+    assert ctl.capacity_kbps() == 60.0
+    ctl.delivery_report(5000.0)
+    assert ctl.slide_kbps() == float("inf")  # plenty of room: sent at once
+    clock.now += 301
+    assert ctl.capacity_kbps() is None  # old evidence expires
 
 
 def test_slow_oscillating_link_is_probed_less_and_less() -> None:
@@ -187,8 +301,11 @@ def test_link_quality_summary_is_smoothed() -> None:
 def test_classify_and_configuration() -> None:
     th = Thresholds()
     assert classify(LinkSample(at=0, source="x"), th) == (Grade.unknown, False)
-    assert classify(LinkSample(at=0, source="x", jitter_ms=200), th) == (Grade.poor, False)
-    assert classify(LinkSample(at=0, source="x", rtt_ms=900), th) == (Grade.fair, False)
+    # the round trip and jitter themselves are not graded, only their growth
+    assert classify(LinkSample(at=0, source="x", jitter_ms=200), th) == (Grade.unknown, False)
+    assert classify(LinkSample(at=0, source="x", jitter_growth_ms=100), th) == (Grade.poor, False)
+    assert classify(LinkSample(at=0, source="x", rtt_growth_ms=200), th) == (Grade.fair, False)
+    assert classify(LinkSample(at=0, source="x", rtt_growth_ms=1000), th) == (Grade.poor, True)
     assert classify(LinkSample(at=0, source="x", loss=0.5), th) == (Grade.poor, True)
     with pytest.raises(ValueError):
         TierController(start="ultra")
@@ -197,3 +314,14 @@ def test_classify_and_configuration() -> None:
     clock = ctl._clock  # the same hand clock
     assert isinstance(clock, Clock)
     assert feed(ctl, clock, BAD_RTCP, 2) == [] and feed(ctl, clock, BAD_RTCP, 1) == ["8k"]
+
+
+def test_a_link_that_carried_nothing_yet_earns_no_step_up() -> None:
+    """The page's stats before the media flows (or in a long pause): a jitter figure over three
+    packets is no evidence the link is good, even with the capacity measured."""
+    ctl, clock = make(start="low")
+    ctl.delivery_report(500.0)
+    for _ in range(5):
+        clock.now += 2
+        assert ctl.client_report(0, 3, 0.001) is None
+    assert ctl.tier == "low" and ctl.link_quality().grade is Grade.unknown

@@ -17,7 +17,7 @@ from typing import Any, AsyncIterator, Callable
 import pytest
 from playwright.async_api import Browser, BrowserContext, Error, Page
 
-from browser import available, chromium_browser
+from browser import INBOUND, available, chromium_browser, pages_hear_audio
 from servers import GroomServer
 
 pytestmark = [pytest.mark.browser,
@@ -25,15 +25,6 @@ pytestmark = [pytest.mark.browser,
 
 SPEECH = Path(__file__).resolve().parent.parent / "media" / "speech.wav"
 
-INBOUND = """async () => {
-  const live = window.groom;
-  if (!live || !live.pc) return null;
-  const report = await live.pc.getStats();
-  let found = null;
-  report.forEach((s) => { if (s.type === "inbound-rtp" && s.kind === "audio") found = s; });
-  return found && {packets: found.packetsReceived || 0, energy: found.totalAudioEnergy || 0,
-                   lost: found.packetsLost || 0, state: live.pc.connectionState};
-}"""
 
 
 @pytest.fixture
@@ -114,16 +105,8 @@ async def test_teacher_and_three_students_hear_the_lesson(demo: Any, browser: Br
             timeout=15000)
 
     # Audio arrives at every student, with energy (the speech, not silence).
-    first = [await page.evaluate(INBOUND) for _, page in students]
-    deadline = time.monotonic() + 20
-    while True:
-        await asyncio.sleep(1)
-        later = [await page.evaluate(INBOUND) for _, page in students]
-        ok = [b is not None and b["packets"] > (a["packets"] if a else 0) + 10 and b["energy"] > 0
-              for a, b in zip(first, later)]
-        if all(ok) or time.monotonic() > deadline:
-            break
-    assert all(ok), f"audio did not reach every student: before {first}, after {later}"
+    heard, first, later = await pages_hear_audio([page for _, page in students])
+    assert heard, f"audio did not reach every student: before {first}, after {later}"
 
     # The teacher's page lists the three students; the students see their data use.
     await teacher.wait_for_function(
@@ -255,3 +238,27 @@ async def test_waiting_fallback_floor_data_saver_and_reconnects(demo: Any, brows
     assert not errors, errors
     for context in (a_context, b_context, t_context):
         await context.close()
+
+
+async def test_the_teacher_page_fits_a_phone(demo: Any, browser: Browser) -> None:
+    """A phone is many teachers' only device: at 360 px nothing may need sideways scrolling,
+    in English and in Lao (the longer strings), before and during the lesson."""
+    srv, info = demo
+    widths = {}
+    for lang in ("en", "lo"):
+        context = await browser.new_context(viewport={"width": 360, "height": 740}, is_mobile=True,
+                                            has_touch=True)
+        response = await context.request.post(srv.base_url + "/api/login", data=info["teacher_login"])
+        assert response.ok
+        page = await context.new_page()
+        page.on("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))  # "End the lesson?"
+        await page.goto(f"{srv.base_url}/lessons/{info['lesson_id']}/teach?lang={lang}")
+        widths[lang] = await page.evaluate("document.documentElement.scrollWidth")
+        if lang == "lo":  # the live page shows more: levels, poll, chat, the students' table
+            await page.click("#start")
+            await wait_state(page, "live")
+            widths["lo live"] = await page.evaluate("document.documentElement.scrollWidth")
+            await page.click("#end")
+            await wait_state(page, "ended")
+        await context.close()
+    assert max(widths.values()) <= 360, widths

@@ -27,7 +27,7 @@ import aiohttp
 import pytest
 from playwright.async_api import Browser, BrowserContext, Page, async_playwright
 
-from browser import CHROMIUM, available, launch_args
+from browser import CHROMIUM, available, launch_args, pages_hear_audio
 from groom.web.tls import ensure_self_signed
 from servers import GroomServer, free_port
 
@@ -37,14 +37,6 @@ NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 SPEECH = ROOT / "media" / "speech.wav"
 DECK = ROOT / "media" / "sample-deck.pdf"
 
-INBOUND = """async () => {
-  const live = window.groom;
-  if (!live || !live.pc) return null;
-  const report = await live.pc.getStats();
-  let found = null;
-  report.forEach((s) => { if (s.type === "inbound-rtp" && s.kind === "audio") found = s; });
-  return found && {packets: found.packetsReceived || 0, energy: found.totalAudioEnergy || 0};
-}"""
 
 SLIDE = """() => {
   const img = document.querySelector('#board img'), box = document.getElementById('board');
@@ -206,15 +198,7 @@ async def test_a_lesson_through_nginx(proxied: Any) -> None:
         await student.fill("#name", "Through Nginx")
         await student.click("#go")
         await connected(student)
-        first = await student.evaluate(INBOUND)
-        deadline = time.monotonic() + 15
-        while True:
-            await asyncio.sleep(1)
-            later = await student.evaluate(INBOUND)
-            heard = (later is not None and later["energy"] > 0
-                     and later["packets"] > (first["packets"] if first else 0) + 10)
-            if heard or time.monotonic() > deadline:
-                break
+        heard, first, later = await pages_hear_audio([student], timeout=15)
         assert heard, f"no audio reached the student: {first} -> {later}"
 
         # A deck uploaded through nginx, shown; the student's phone loads the slide image.

@@ -290,7 +290,10 @@ async def test_claim_is_exclusive_and_restart_requeues(db: async_sessionmaker[As
     async with db.begin() as session:
         for _ in range(5):
             await enqueue(session, "noop", lesson_id)
-    a, b = JobWorker(db, {}, name="a"), JobWorker(db, {}, name="b")
+    async def noop(job: Job) -> None:
+        """Never run: the workers here only claim."""
+
+    a, b = JobWorker(db, {"noop": noop}, name="a"), JobWorker(db, {"noop": noop}, name="b")
     claimed = await asyncio.gather(*[w.claim() for w in (a, b) * 5], a.claim())
     ids = [job.id for job in claimed if job is not None]
     assert len(ids) == len(set(ids)) == 5  # every job once, none twice

@@ -38,7 +38,7 @@ from groom.live.floor import Floor
 from groom.live.participant import Participant
 from groom.live.recording_link import RecordingLink
 from groom.live.seats import Seats
-from groom.live.tiers import TierSet
+from groom.live.tiers import RECORDING_TIER, TierSet
 from groom.recordings.recorder import TIMELINE, recording_dir
 
 
@@ -309,7 +309,8 @@ async def test_recording_link_records_the_timeline_and_closes(
     link = RecordingLink(lesson_id, time.monotonic(), tiers, sessions,
                          tmp_path / "data", None)
     await link.start()
-    assert link.recorder is not None and tiers.tier_of(link.recorder) == tiers.specs[-1].name
+    assert link.recorder is not None and tiers.tier_of(link.recorder) == RECORDING_TIER
+    assert tiers.running == (RECORDING_TIER,)  # nobody else listens: one encoder runs
     link.add("slide", {"deck_id": 5, "page": 0})
     await link.stop()
     assert tiers.tier_of(link.recorder) is None

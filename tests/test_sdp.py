@@ -12,10 +12,14 @@ from groom.live.sdp import (
     STUDENT_LINK,
     TEACHER_UPLOAD,
     has_audio,
+    offered_red,
     set_opus_params,
     student_answer,
     teacher_answer,
+    with_red,
 )
+from groom.live.sender import _red_for
+from groom.live.tiers import red_payload
 
 CHROME_AUDIO = """v=0\r
 o=- 1 2 IN IP4 127.0.0.1\r
@@ -131,3 +135,56 @@ async def test_has_audio_accepts_real_offers_and_refuses_the_rest() -> None:
     finally:
         for peer in (with_audio, video_only, data_only):
             await peer.close()
+
+
+def test_red_offered_by_chromium_is_found_and_nothing_else_passes() -> None:
+    assert offered_red(CHROME_AUDIO) == (63, 111)
+    assert offered_red(CHROME_AUDIO.replace("a=fmtp:63 111/111", "a=fmtp:63 0/0")) is None  # not Opus
+    assert offered_red(CHROME_AUDIO.replace("a=fmtp:63 111/111", "a=fmtp:63 111/0")) is None
+    assert offered_red(CHROME_AUDIO.replace("a=rtpmap:63 red/48000/2\r\n", "")) is None
+
+
+async def test_answer_accepts_red_after_opus_and_the_browser_takes_it() -> None:
+    """aiortc drops RED from its answer; ``with_red`` puts it back after Opus (so the browser
+    keeps sending plain Opus), and a peer applies that answer."""
+    browser = pc()
+    browser.addTransceiver("audio", direction="recvonly")
+    await browser.setLocalDescription(await browser.createOffer())
+    offer = browser.localDescription.sdp
+    opus_pt = next(line.split(":", 1)[1].split()[0] for line in offer.splitlines()
+                   if " opus/48000" in line)
+    lines = offer.splitlines()
+    lines = [f"{line} 63" if line.startswith("m=audio") else line for line in lines]
+    at = next(i for i, line in enumerate(lines) if " opus/48000" in line) + 1
+    lines[at:at] = ["a=rtpmap:63 red/48000/2", f"a=fmtp:63 {opus_pt}/{opus_pt}"]
+    offer = "\r\n".join(lines) + "\r\n"
+    red = offered_red(offer)
+    assert red == (63, int(opus_pt))
+    server = pc()
+    await server.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
+    server.addTrack(AudioStreamTrack())
+    await server.setLocalDescription(await server.createAnswer())
+    assert "red/48000" not in server.localDescription.sdp  # aiortc knows no RED
+    answer, accepted = with_red(student_answer(server.localDescription.sdp), red)
+    assert accepted
+    m_line = next(line for line in answer.splitlines() if line.startswith("m=audio"))
+    formats = m_line.split()[3:]
+    assert formats[0] == opus_pt and formats[-1] == "63"  # Opus first: what the browser sends
+    assert f"a=fmtp:63 {opus_pt}/{opus_pt}" in answer
+    await browser.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+    # an answer that changed the Opus payload type gets no RED
+    assert with_red(answer, (63, 5))[1] is False
+    await asyncio.gather(browser.close(), server.close())
+
+
+def test_red_payload_carries_the_previous_packet_with_each_students_opus_type() -> None:
+    first = red_payload(b"A" * 40, None, 2880)
+    second = red_payload(b"B" * 50, b"A" * 40, 2880)
+    assert first == b"\x00" + b"A" * 40  # nothing to repeat yet: one header byte
+    mine = _red_for(second, 111)
+    assert mine[0] == 0x80 | 111 and mine[4] == 111  # the block headers name Opus 111
+    header = int.from_bytes(mine[:4], "big")
+    assert (header >> 10) & 0x3FFF == 2880 and header & 0x3FF == 40  # offset and length
+    assert mine[5:45] == b"A" * 40 and mine[45:] == b"B" * 50  # previous, then primary
+    assert _red_for(first, 109) == bytes([109]) + b"A" * 40
+    assert red_payload(b"C", b"B" * 50, 1 << 14)[0] == 0  # too old to repeat

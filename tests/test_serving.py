@@ -15,7 +15,7 @@ from typing import Any
 
 import aiohttp
 
-from groom.live.ice import ice_servers_for
+from groom.live.ice import for_server, ice_servers_for
 from servers import GroomServer
 
 
@@ -82,3 +82,13 @@ async def test_student_page_first_load_is_small_compressed_and_cached(
             async with http.get(srv.base_url + asset.split("?")[0], headers=headers) as resp:
                 assert resp.headers["Cache-Control"] == "no-cache"  # unversioned: revalidate
     assert total < 30 * 1024, total
+
+
+def test_the_server_itself_uses_stun_only() -> None:
+    configured: list[dict[str, Any]] = [
+        {"urls": ["stun:stun.example.la:3478", "turn:turn.example.la:3478?transport=udp"]},
+        {"urls": "turns:turn.example.la:5349?transport=tcp", "username": "u", "credential": "c"},
+        {"urls": "stun:stun2.example.la"}]
+    assert for_server(configured) == [{"urls": ["stun:stun.example.la:3478"]},
+                                      {"urls": ["stun:stun2.example.la"]}]
+    assert for_server([{"urls": "turn:turn.example.la"}]) == []

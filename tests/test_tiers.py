@@ -336,3 +336,25 @@ def test_tier_spec_validation() -> None:
         TierSpec("x", 16000, "wideband", 30)
     with pytest.raises(ValueError):
         TierSet((TierSpec("a", 8000, "narrowband", 60), TierSpec("a", 8000, "narrowband", 60)))
+
+
+def test_only_the_tiers_someone_hears_are_encoded() -> None:
+    frames = frames_of(speech_pcm(tone=True))[:150]
+    tiers = TierSet()
+    everyone, late = Collector(), Collector()
+    tiers.subscribe(everyone, "standard")
+    for frame in frames[:31]:
+        tiers.feed(frame)
+    assert tiers.running == ("standard",)
+    assert all(e.packets == 0 for name, e in tiers.encoders.items() if name != "standard")
+    tiers.subscribe(late, "low")  # wakes the low tier between two of the grid's boundaries
+    for frame in frames[31:100]:
+        tiers.feed(frame)
+    assert late.packets and late.packets[0].timestamp % tiers.encoders["low"].spec.frame_samples == 0
+    tiers.unsubscribe(late)
+    low_packets = tiers.encoders["low"].packets
+    for frame in frames[100:]:
+        tiers.feed(frame)
+    assert tiers.running == ("standard",) and tiers.encoders["low"].packets == low_packets
+    stamps = [p.timestamp for p in everyone.packets]
+    assert stamps == list(range(0, len(stamps) * 2880, 2880))  # the listened tier never skipped

@@ -20,6 +20,7 @@ class EncodedPacket:
     timestamp: int  # RTP clock (48 kHz), shared by all tiers so a student can switch tiers
     duration: int  # samples at 48 kHz covered by this packet
     created: float  # time.monotonic() when the source audio entered the server (latency)
+    red: bool = False  # an RFC 2198 payload (tiers.red_payload) wrapping Opus, not Opus itself
 
 
 class PacketSink(Protocol):

@@ -20,7 +20,7 @@ import secrets
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, TypeVar
+from typing import Any, Callable, Optional, Protocol, TypeVar
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -204,6 +204,27 @@ class Viewer:
     def require_class(self, classroom: Classroom) -> None:
         if not self.can_see_class(classroom):
             # Same answer as a missing id: another school's ids must not be confirmed to exist.
+            raise AppError("not_found", "Not found: {what}", status=404, what="class")
+
+
+class ClassAccess(Protocol):
+    """Who may open a class's lesson: a logged-in ``Viewer``, or a ``LessonPass``."""
+
+    def require_class(self, classroom: Classroom) -> None: ...
+
+
+@dataclass(frozen=True)
+class LessonPass:
+    """A moderator without an account (the BigBlueButton-compatible API's ``join``): a signed
+    pass lets them teach the one lesson it names, and reach nothing else, since no session
+    cookie or user is ever made for them."""
+
+    lesson_id: int
+    class_id: int
+    name: str
+
+    def require_class(self, classroom: Classroom) -> None:
+        if classroom.id != self.class_id:
             raise AppError("not_found", "Not found: {what}", status=404, what="class")
 
 

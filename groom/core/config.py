@@ -67,6 +67,13 @@ def _networks(value: str) -> str:
     return value
 
 
+def _workers(value: str) -> int:
+    count = int(value)
+    if count < 0:
+        raise ValueError("must be 0 (one per CPU core) or more")
+    return count
+
+
 def _sandbox_mode(value: str) -> str:
     value = value.strip().lower()
     if value not in {"bwrap", "off"}:
@@ -74,8 +81,59 @@ def _sandbox_mode(value: str) -> str:
     return value
 
 
+CHECKSUM_ALGORITHMS = ("sha1", "sha256", "sha384", "sha512")
+
+
+@dataclass(frozen=True)
+class ApiClientSpec:
+    """One program allowed to drive G-Room through the BigBlueButton-compatible API: its name,
+    its shared secret(s) (several while a secret is being rotated), the school its meetings
+    live in, and the checksum algorithms it may use."""
+
+    name: str
+    secrets: tuple[str, ...]
+    school: str
+    algorithms: tuple[str, ...] = CHECKSUM_ALGORITHMS
+
+
+def _api_clients(value: str) -> list[ApiClientSpec]:
+    """``[{"name": "moodle", "secret": "...", "school": "Moodle", "checksums": ["sha256"]}]``;
+    ``secret`` may be a list (old and new during a rotation). Checked at start: a client whose
+    secret is short, or two clients sharing a secret or a name, stop the server with a message
+    instead of answering some requests with the wrong client."""
+    value = value.strip()
+    if not value:
+        return []
+    raw = json.loads(value)
+    if not isinstance(raw, list):
+        raise ValueError("must be a JSON list of clients")
+    clients: list[ApiClientSpec] = []
+    seen_secrets: set[str] = set()
+    for item in raw:
+        if not isinstance(item, dict):
+            raise ValueError("each client must be a JSON object")
+        name, school = str(item.get("name", "")).strip(), str(item.get("school", "")).strip()
+        secret = item.get("secret", [])
+        found = tuple(secret if isinstance(secret, list) else [secret])
+        algorithms = tuple(str(a).lower() for a in item.get("checksums", CHECKSUM_ALGORITHMS))
+        if not name or len(name) > 64 or not school or len(school) > 200:
+            raise ValueError("each client needs a name (at most 64 characters) and a school")
+        if not found or any(not isinstance(s, str) or len(s) < 16 for s in found):
+            raise ValueError(f"client {name!r}: each secret needs at least 16 characters")
+        if not algorithms or any(a not in CHECKSUM_ALGORITHMS for a in algorithms):
+            raise ValueError(f"client {name!r}: checksums must be among {', '.join(CHECKSUM_ALGORITHMS)}")
+        if name in {c.name for c in clients} or seen_secrets & set(found):
+            raise ValueError(f"client {name!r}: names and secrets must be unique")
+        seen_secrets.update(found)
+        clients.append(ApiClientSpec(name, found, school, algorithms))
+    return clients
+
+
 OPTIONS: list[Option] = [
     Option("host", str, "127.0.0.1", "Address to listen on (0.0.0.0 for a school LAN)."),
+    Option("workers", _workers, 0, "Processes that serve (groom serve): each takes a share of "
+           "the connections on the same port and runs its own live lessons; 0 means one per CPU "
+           "core, 1 means a single process with no supervisor."),
     Option("port", int, 8080, "TCP port to listen on (0 picks a free one)."),
     Option("data_dir", Path, Path("data"), "Folder for the SQLite database, uploads and recordings."),
     Option("database_url", str, "", "SQLAlchemy URL; empty means SQLite in the data folder. "
@@ -88,8 +146,10 @@ OPTIONS: list[Option] = [
     Option("trusted_proxies", _networks, "", "Comma-separated addresses/networks (IPv4, IPv6) of "
            "reverse proxies whose X-Forwarded-For/-Proto or Forwarded headers name the real "
            "client and scheme. Empty trusts nobody."),
-    Option("ice_servers", _ice, [], "STUN/TURN servers for server and pages: JSON list of "
-           "RTCIceServer objects or comma-separated URLs. Empty means host candidates only."),
+    Option("ice_servers", _ice, [], "STUN/TURN servers: JSON list of RTCIceServer objects or "
+           "comma-separated URLs. Pages get them all (TURN with credentials when turn_secret is "
+           "set); the server's own connections use the STUN ones only. Empty means host "
+           "candidates only."),
     Option("turn_secret", str, "", "Shared secret of a coturn server (use-auth-secret): pages get "
            "time-limited TURN credentials derived from it."),
     Option("ice_link_local", _bool, False, "Let participants' offers name link-local addresses "
@@ -104,7 +164,8 @@ OPTIONS: list[Option] = [
     Option("grace_seconds", float, 60.0, "How long a live room waits for a teacher whose "
            "connection dropped before it ends the lesson."),
     Option("tier_up_seconds", float, 20.0, "How long a student's link must stay good before "
-           "they move up one audio tier (down-steps are fast; up-steps are patient)."),
+           "they are tried one audio tier up, when no slide download has measured its capacity "
+           "(a measured link moves up within seconds; down-steps are fast)."),
     Option("join_attempts_per_minute", int, 10, "Wrong join codes allowed per client address per "
            "minute before further attempts are refused."),
     Option("students_per_lesson", int, 300, "Students one live lesson seats (its design size), "
@@ -150,12 +211,23 @@ OPTIONS: list[Option] = [
     Option("deck_sandbox", _sandbox_mode, "bwrap", "How LibreOffice and the page worker are isolated: "
            "'bwrap' (bubblewrap: no network, the data folder hidden; PPTX/ODP refused without "
            "it) or 'off' (no sandbox: only for trusted uploaders)."),
+    Option("bbb_clients", _api_clients, [], "Programs that may use the BigBlueButton-compatible "
+           "API at /bigbluebutton/api/ (Moodle, Greenlight, a portal): JSON list of {name, secret "
+           "(or a list of secrets while rotating), school, checksums}. Empty: the API is off."),
+    Option("bbb_private_hosts", _networks, "", "Comma-separated addresses/networks that slide "
+           "URLs and webhook callbacks of the API may reach although they are loopback, private "
+           "or link-local (a Moodle on the school LAN). Empty: only public addresses."),
+    Option("bbb_hook_attempts", int, 5, "Times a webhook callback is tried before it is given "
+           "up (the waits between tries double)."),
+    Option("bbb_hook_retry_seconds", float, 10.0, "Wait before the second try of a webhook "
+           "callback that failed; each further wait doubles."),
 ]
 
 
 @dataclass
 class Settings:
     host: str = "127.0.0.1"
+    workers: int = 0
     port: int = 8080
     data_dir: Path = Path("data")
     database_url: str = ""
@@ -189,6 +261,15 @@ class Settings:
     deck_imports_per_user: int = 2
     deck_imports_total: int = 4
     deck_sandbox: str = "bwrap"
+    bbb_clients: list[ApiClientSpec] = field(default_factory=list)
+    bbb_private_hosts: str = ""
+    bbb_hook_attempts: int = 5
+    bbb_hook_retry_seconds: float = 10.0
+
+    @property
+    def worker_count(self) -> int:
+        """How many processes ``groom serve`` runs: ``workers``, or one per CPU core."""
+        return self.workers or os.cpu_count() or 1
 
     @property
     def tls(self) -> bool:

@@ -246,6 +246,8 @@ class Job(Base):
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     started_at: Mapped[Optional[dt.datetime]] = mapped_column(UTCDateTime)
     finished_at: Mapped[Optional[dt.datetime]] = mapped_column(UTCDateTime)
+    # What a job needs beyond its lesson (a webhook's URL and body); None for recording jobs.
+    payload: Mapped[Optional[dict[str, Any]]] = mapped_column(JSON)
 
 
 class RecordingState(str, enum.Enum):
@@ -322,3 +324,48 @@ class Slide(Base):
     thumb_bytes: Mapped[int] = mapped_column(Integer)
     jpeg: Mapped[str] = mapped_column(String(40))
     jpeg_bytes: Mapped[int] = mapped_column(Integer)
+
+
+class ApiMeeting(Base):
+    """One meeting created through the BigBlueButton-compatible API: one lesson of the API
+    client's class for that ``meeting_id`` (``office/api_clients.py``).
+
+    A client reuses its meeting ids (a Moodle activity creates the same id every session), so a
+    row is one *session*: ``internal_id`` (BBB's internalMeetingID, also the recordID) is unique,
+    ``(client, meeting_id)`` is not."""
+
+    __tablename__ = "api_meetings"
+    __table_args__ = (Index("ix_api_meetings_client_meeting", "client", "meeting_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    client: Mapped[str] = mapped_column(String(64))
+    meeting_id: Mapped[str] = mapped_column(String(256))
+    internal_id: Mapped[str] = mapped_column(String(80), unique=True)
+    lesson_id: Mapped[int] = mapped_column(ForeignKey("lessons.id", ondelete="CASCADE"), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    attendee_pw: Mapped[str] = mapped_column(String(128), default="")
+    moderator_pw: Mapped[str] = mapped_column(String(128), default="")
+    welcome: Mapped[str] = mapped_column(Text, default="")
+    logout_url: Mapped[str] = mapped_column(String(1000), default="")
+    record: Mapped[bool] = mapped_column(default=False)
+    meta: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    deck_id: Mapped[Optional[int]] = mapped_column(ForeignKey("decks.id", ondelete="SET NULL"))
+    published: Mapped[bool] = mapped_column(default=True)  # the recording's, as BBB's publish
+    forcibly_ended: Mapped[bool] = mapped_column(default=False)  # ended by the ``end`` call
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    lesson: Mapped[Lesson] = relationship(lazy="joined")
+
+
+class ApiHook(Base):
+    """A webhook an API client registered (``hooks/create``): events of its meetings (or of one
+    ``meeting_id``) are POSTed, signed, to ``callback_url`` from the job queue."""
+
+    __tablename__ = "api_hooks"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    client: Mapped[str] = mapped_column(String(64), index=True)
+    callback_url: Mapped[str] = mapped_column(String(1000))
+    meeting_id: Mapped[Optional[str]] = mapped_column(String(256))
+    raw: Mapped[bool] = mapped_column(default=False)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -1,28 +1,45 @@
-"""Which tier a student should hear, from measured link quality, with hysteresis.
+"""Which tier a student should hear, from measured link quality: fit fast, never step into a link
+that cannot carry it, protect a lossy link.
 
 Feedback is coarse (docs/design.md, "What aiortc gives us": Chromium sends one RTCP receiver report
-every ~4-5 s), so the controller reacts to *runs* of reports, not to single figures: it steps down
-fast when the link is bad for two reports in a row (or at once when it is collapsing), and steps up
-slowly, one tier at a time, after the link has been good for a while. A step up that is punished by
-a step down soon after doubles the wait before the next try, so a link that cannot carry the higher
-tier is not probed every 20 s. "Data saver" pins the lowest tier without stopping the measurements,
-so turning it off lands on the tier the link deserves at once.
+every ~4-5 s; the page adds its own ``getStats`` every 2 s), so the controller reacts to *runs* of
+reports: it steps down when the link is bad for two reports in a row, or at once when it is
+collapsing. "Bad" is loss, audible concealment, or a queue building up: the round trip or the
+jitter *grown* above the lowest this student has shown (a satellite or 2G link's long idle round
+trip is no fault; a cell queue filling behind a slide download is).
 
-Pure logic: no I/O, no tasks, an injectable clock. The room feeds it figures and calls
-``TierSet.move`` when ``tier`` changes.
+Stepping up needs proof that the link has room. A slide download (``delivery_report``: its
+measured delivery rate plus the audio sent meanwhile) shows the link's capacity; with that, two
+good reports are enough to go straight to the highest tier that fits with a margin. Without one,
+a long good run earns a *trial* of the next tier. Every step up is watched for ``probe_window``
+and reverted on the first bad report; a reverted step (``failed_step_ups``) doubles the wait
+before the next try and bars capacity-proven steps as long. Sustained loss turns ``protect`` on:
+the room then serves the tier's protected variant (RED) when the student can decode it. "Data
+saver" pins the lowest tier without stopping the measurements, so turning it off lands on the
+tier the link deserves at once.
+
+Pure logic: no I/O, no tasks, an injectable clock. The room feeds it figures and moves the
+student's sender when ``tier`` (or ``protect``) changes.
 """
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from enum import Enum
 from typing import Any
 
 DEFAULT_TIERS: tuple[str, ...] = ("low", "standard", "high")  # lowest bitrate first
-START_TIER = "standard"
+START_TIER = "low"  # no tier above the lowest before the link has shown room for it
 RTP_CLOCK = 48_000
+# Each tier's rate on the wire (Opus + RTP/SRTP/UDP/IP headers) in kbit/s, and the same for its
+# protected variant: measured on media/speech.wav (pauses included) with groom.live.tiers'
+# ROOM_TIERS. What a link must carry to hold the tier.
+TIER_KBPS: dict[str, float] = {"low": 14.0, "standard": 21.0, "high": 46.0}
+PROTECTED_KBPS: dict[str, float] = {"low": 18.5, "standard": 27.5}
 
 
 class Grade(str, Enum):
@@ -37,31 +54,48 @@ class Thresholds:
     """Limits per figure: at or below ``*_good`` is good, at or above ``*_bad`` is bad.
 
     Loss and concealment are fractions (0-1). Opus with FEC hides a few percent of loss, and a
-    2G link's jitter is routinely tens of milliseconds, hence the generous "good" limits.
+    2G link's jitter is routinely tens of milliseconds, hence the generous "good" limits. The
+    round trip and jitter count by how much they grew above the student's lowest.
     """
 
     loss_good: float = 0.02
     loss_bad: float = 0.08
     loss_severe: float = 0.20
-    jitter_good_ms: float = 50.0
-    jitter_bad_ms: float = 150.0
-    rtt_good_ms: float = 600.0
-    rtt_bad_ms: float = 1500.0
+    jitter_growth_good_ms: float = 30.0
+    jitter_growth_bad_ms: float = 80.0
+    rtt_growth_good_ms: float = 150.0
+    rtt_growth_bad_ms: float = 350.0
+    rtt_growth_severe_ms: float = 900.0
     concealed_good: float = 0.02
     concealed_bad: float = 0.08
     concealed_severe: float = 0.20
     # Deltas this small say nothing (DTX sends few packets during silence): ignore the figure.
     min_packets: int = 20
     min_samples: int = RTP_CLOCK // 2
+    # Sustained loss (smoothed) at or above this turns protection on; below ``unprotect_loss`` off.
+    protect_loss: float = 0.025
+    unprotect_loss: float = 0.01
+    # A tier fits when the measured capacity is this many times its rate (room for slides).
+    capacity_margin: float = 1.5
+    # No step up while the loss (smoothed, and over the last ~10 reports) is this high, whatever
+    # the room: a 15 % link's loss over a second's few dozen packets is often 0-5 %, and a step
+    # taken on such a dip is reverted.
+    step_up_loss: float = 0.05
+    free_kbps: float = 2000.0  # slides go unpaced on a link shown to carry this much
+    min_slide_kbps: float = 4.0  # and never slower than this (the slide must arrive)
 
 
 @dataclass(frozen=True)
 class Timing:
     bad_reports_to_step_down: int = 2
-    good_seconds_to_step_up: float = 20.0
+    good_seconds_to_step_up: float = 20.0  # a trial without a capacity measurement
     good_reports_to_step_up: int = 3
-    probe_window: float = 60.0  # a step down this soon after a step up means the probe failed
+    capacity_good_reports: int = 2  # reports in a row not poor before a capacity-proven step up
+    hold_seconds: float = 4.0  # at least this long on a tier before stepping up from it
+    probe_window: float = 12.0  # a bad report this soon after a step up reverts it at once
     max_good_seconds: float = 160.0  # cap of the doubled wait
+    floor_seconds: float = 120.0  # the round trip / jitter floor is the lowest of this long
+    capacity_seconds: float = 300.0  # a delivery measurement counts this long
 
 
 @dataclass(frozen=True)
@@ -74,6 +108,9 @@ class LinkSample:
     jitter_ms: float | None = None
     rtt_ms: float | None = None
     concealed: float | None = None
+    # How far the round trip / jitter rose above the student's floor (the controller sets them).
+    rtt_growth_ms: float | None = None
+    jitter_growth_ms: float | None = None
 
 
 @dataclass(frozen=True)
@@ -88,6 +125,9 @@ class LinkQuality:
     rtt_ms: float | None
     concealed_pct: float | None
     reports: int
+    protect: bool = False
+    failed_step_ups: int = 0
+    capacity_kbps: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -96,23 +136,46 @@ class LinkQuality:
 
 
 def classify(sample: LinkSample, th: Thresholds) -> tuple[Grade, bool]:
-    """(grade, severe) of one sample: poor if any figure is bad, good only if all known are good."""
+    """(grade, severe) of one sample: poor if any figure is bad, good only if all known are good.
+
+    The round trip and jitter are graded by their growth only: a long idle round trip is no
+    fault, a queue building up is."""
     checks = [
         (sample.loss, th.loss_good, th.loss_bad),
-        (sample.jitter_ms, th.jitter_good_ms, th.jitter_bad_ms),
-        (sample.rtt_ms, th.rtt_good_ms, th.rtt_bad_ms),
+        (sample.jitter_growth_ms, th.jitter_growth_good_ms, th.jitter_growth_bad_ms),
+        (sample.rtt_growth_ms, th.rtt_growth_good_ms, th.rtt_growth_bad_ms),
         (sample.concealed, th.concealed_good, th.concealed_bad),
     ]
     known = [(v, g, b) for v, g, b in checks if v is not None]
     if not known:
         return Grade.unknown, False
     severe = ((sample.loss or 0.0) >= th.loss_severe
-              or (sample.concealed or 0.0) >= th.concealed_severe)
+              or (sample.concealed or 0.0) >= th.concealed_severe
+              or (sample.rtt_growth_ms or 0.0) >= th.rtt_growth_severe_ms)
     if severe or any(v >= b for v, _, b in known):
         return Grade.poor, severe
     if all(v <= g for v, g, _ in known):
         return Grade.good, False
     return Grade.fair, False
+
+
+class _Floor:
+    """The lowest value seen over the last ``seconds`` (the round trip with an empty queue)."""
+
+    def __init__(self, seconds: float) -> None:
+        self._seconds = seconds
+        self._values: deque[tuple[float, float]] = deque()  # increasing values: front = minimum
+
+    def growth(self, now: float, value: float | None) -> float | None:
+        """Add ``value``; how far it is above the window's minimum (None: no value)."""
+        if value is None:
+            return None
+        while self._values and self._values[0][0] < now - self._seconds:
+            self._values.popleft()
+        while self._values and self._values[-1][1] >= value:
+            self._values.pop()
+        self._values.append((now, value))
+        return value - self._values[0][1]
 
 
 @dataclass
@@ -133,11 +196,13 @@ class _Smoothed:
 
 
 class TierController:
-    """Per-student tier choice. Feed reports; read ``tier`` (or the return value of a report)."""
+    """Per-student tier choice. Feed reports; read ``tier`` and ``protect``."""
 
     def __init__(self, tiers: Sequence[str] = DEFAULT_TIERS, start: str = START_TIER,
                  data_saver: bool = False, thresholds: Thresholds = Thresholds(),
-                 timing: Timing = Timing(), clock: Callable[[], float] = time.monotonic) -> None:
+                 timing: Timing = Timing(), clock: Callable[[], float] = time.monotonic,
+                 rates: Mapping[str, float] = TIER_KBPS,
+                 protected_rates: Mapping[str, float] = PROTECTED_KBPS) -> None:
         if len(tiers) < 1 or start not in tiers:
             raise ValueError(f"start tier {start!r} not in {list(tiers)}")
         self._tiers = tuple(tiers)
@@ -146,14 +211,25 @@ class TierController:
         self._th = thresholds
         self._timing = timing
         self._clock = clock
+        self._rates = dict(rates)
+        self._protected_rates = dict(protected_rates)
         self._bad_run = 0
         self._good_since: float | None = None
         self._good_run = 0
+        self._ok_run = 0  # reports in a row that were not poor
         self._last_change = clock()
-        self._last_step_up: float | None = None
+        self._trial: tuple[float, int] | None = None  # (step-up time, index to revert to)
+        self._barred_until = 0.0  # no capacity-proven step up before this (after a failure)
         self._up_wait = timing.good_seconds_to_step_up
         self._smoothed = _Smoothed()
+        self._long = _Smoothed(alpha=0.1)  # the link's loss over the last ~10 reports
         self._reports = 0
+        self._loss_reports = 0
+        self._rtt_floor = _Floor(timing.floor_seconds)
+        self._jitter_floor = _Floor(timing.floor_seconds)
+        self._capacity: list[tuple[float, float]] = []  # (at, kbit/s) delivery measurements
+        self.protect = False
+        self.failed_step_ups = 0
 
     # ---- outputs -------------------------------------------------------------------------
 
@@ -171,11 +247,36 @@ class TierController:
     def data_saver(self) -> bool:
         return self._data_saver
 
+    def capacity_kbps(self) -> float | None:
+        """The link's capacity shown by recent deliveries (a lower bound), if any."""
+        now = self._clock()
+        fresh = [kbps for at, kbps in self._capacity if now - at <= self._timing.capacity_seconds]
+        return max(fresh) if fresh else None
+
+    def tier_kbps(self, tier: str | None = None) -> float:
+        """What the served tier (or ``tier``), protected or not, puts on the wire."""
+        tier = self.tier if tier is None else tier
+        rate = self._rates.get(tier, 0.0)
+        return self._protected_rates.get(tier, rate) if self.protect else rate
+
+    def slide_kbps(self) -> float | None:
+        """The rate to send slide images at: what the link has left beside the voice (audio
+        first); ``math.inf`` on a link with plenty of room; None while the capacity is unknown
+        (that download, sent gently, measures it)."""
+        capacity = self.capacity_kbps()
+        if capacity is None:
+            return None
+        if capacity >= self._th.free_kbps:
+            return math.inf
+        return max(0.9 * capacity - self.tier_kbps(), self._th.min_slide_kbps)
+
     def link_quality(self) -> LinkQuality:
         s = self._smoothed
         smoothed = LinkSample(at=self._clock(), source="summary", loss=s.get("loss"),
                               jitter_ms=s.get("jitter_ms"), rtt_ms=s.get("rtt_ms"),
-                              concealed=s.get("concealed"))
+                              concealed=s.get("concealed"),
+                              rtt_growth_ms=s.get("rtt_growth_ms"),
+                              jitter_growth_ms=s.get("jitter_growth_ms"))
         grade, _ = classify(smoothed, self._th)
 
         def pct(v: float | None) -> float | None:
@@ -184,10 +285,13 @@ class TierController:
         def ms(v: float | None) -> float | None:
             return None if v is None else round(v, 1)
 
+        capacity = self.capacity_kbps()
         return LinkQuality(grade=grade, tier=self.tier, data_saver=self._data_saver,
                            loss_pct=pct(smoothed.loss), jitter_ms=ms(smoothed.jitter_ms),
                            rtt_ms=ms(smoothed.rtt_ms), concealed_pct=pct(smoothed.concealed),
-                           reports=self._reports)
+                           reports=self._reports, protect=self.protect,
+                           failed_step_ups=self.failed_step_ups,
+                           capacity_kbps=None if capacity is None else round(capacity, 1))
 
     # ---- inputs --------------------------------------------------------------------------
 
@@ -222,67 +326,170 @@ class TierController:
         """
         th = self._th
         lost, received = max(packets_lost, 0), max(packets_received, 0)
-        loss = lost / (lost + received) if lost + received >= th.min_packets else None
+        enough = lost + received >= th.min_packets
+        loss = lost / (lost + received) if enough else None
         concealed: float | None = None
         if total_samples >= th.min_samples:
             audible = max(concealed_samples - max(silent_concealed_samples, 0), 0)
             concealed = min(audible / total_samples, 1.0)
+        # The jitter of a stream that barely flowed (not connected yet, a long pause) says
+        # nothing either: a link must not look good before it has carried anything.
         sample = LinkSample(at=self._clock(), source="client", loss=loss,
-                            jitter_ms=None if jitter_s is None else max(jitter_s, 0.0) * 1000.0,
+                            jitter_ms=(max(jitter_s, 0.0) * 1000.0
+                                       if jitter_s is not None and enough else None),
                             concealed=concealed)
         return self.add(sample)
 
+    def delivery_report(self, kbps: float, paced: bool = False,
+                        whole_link: bool = False) -> str | None:
+        """A slide download finished at ``kbps`` (bytes over the time until the last was
+        acknowledged) while the student heard the served tier: the link carried both, so its
+        capacity is at least their sum. ``paced``: our pacing set that rate, not the link; if
+        the link stayed good meanwhile it had more, so the evidence is raised by a quarter (the
+        next image probes a little faster). ``whole_link``: the rate is already the link's (the
+        page's first-byte-to-last-byte figure: bytes that queued behind the voice arrive back to
+        back at the link's rate), so the voice is not added. Returns the new served tier if it
+        changed."""
+        if kbps <= 0:
+            return None
+        now = self._clock()
+        if paced and self._ok_run > 0 and self._bad_run == 0:
+            kbps *= 1.25
+        self._capacity = [(at, v) for at, v in self._capacity
+                          if now - at <= self._timing.capacity_seconds]
+        self._capacity.append((now, kbps if whole_link else kbps + self.tier_kbps()))
+        before = self.tier
+        if self._ok_run >= self._timing.capacity_good_reports:
+            self._proven_step_up(now)
+        return self.tier if self.tier != before else None
+
     def add(self, sample: LinkSample) -> str | None:
         """Take one normalised report; returns the new served tier if it changed."""
+        now = sample.at
+        sample = replace(sample, rtt_growth_ms=self._rtt_floor.growth(now, sample.rtt_ms),
+                         jitter_growth_ms=self._jitter_floor.growth(now, sample.jitter_ms))
         grade, severe = classify(sample, self._th)
         if grade is Grade.unknown:
             return None
         self._reports += 1
-        for name in ("loss", "jitter_ms", "rtt_ms", "concealed"):
+        for name in ("loss", "jitter_ms", "rtt_ms", "concealed", "rtt_growth_ms",
+                     "jitter_growth_ms"):
             self._smoothed.add(name, getattr(sample, name))
+        self._long.add("loss", sample.loss)
+        self._update_protection(sample)
         before = self.tier
-        now = sample.at
-        self._expire_probe(now)
+        if self._trial is not None and now - self._trial[0] >= self._timing.probe_window:
+            self._trial = None  # the step up held: it was right; forget earlier failures
+            self._up_wait = self._timing.good_seconds_to_step_up
+        self._ok_run = 0 if grade is Grade.poor else self._ok_run + 1
         if grade is Grade.poor:
             self._good_since, self._good_run = None, 0
             self._bad_run += 1
-            if severe or self._bad_run >= self._timing.bad_reports_to_step_down:
+            if self._trial is not None and (
+                    self._overloaded(sample) or severe
+                    or self._bad_run >= self._timing.bad_reports_to_step_down):
+                self._revert(now)
+            elif severe or self._bad_run >= self._timing.bad_reports_to_step_down:
                 self._step_down(now)
         elif grade is Grade.good:
             self._bad_run = 0
             if self._good_since is None:
                 self._good_since = now
             self._good_run += 1
-            if (self._good_run >= self._timing.good_reports_to_step_up
+            if (self.capacity_kbps() is None
+                    and self._good_run >= self._timing.good_reports_to_step_up
                     and now - self._good_since >= self._up_wait
                     and now - self._last_change >= self._up_wait):
-                self._step_up(now)
+                self._step_to(min(self._link_index + 1, len(self._tiers) - 1), now)
         else:  # fair: not a reason to move either way, but it ends a good run
             self._good_since, self._good_run = None, 0
+        # Measured room: only where it fits, never a trial. A little loss (fair) does not mean
+        # the link is full; a queue growing or heavy loss (poor) does.
+        if (grade is not Grade.poor and self.capacity_kbps() is not None
+                and self._ok_run >= self._timing.capacity_good_reports):
+            self._proven_step_up(now)
         return self.tier if self.tier != before else None
 
     # ---- internals -----------------------------------------------------------------------
 
-    def _expire_probe(self, now: float) -> None:
-        """A step up that survived the probe window was right: forget earlier failures."""
-        if self._last_step_up is not None and now - self._last_step_up >= self._timing.probe_window:
-            self._last_step_up = None
-            self._up_wait = self._timing.good_seconds_to_step_up
+    def _update_protection(self, sample: LinkSample) -> None:
+        """Sustained loss (two reports with loss, smoothed) turns protection on; it stays on
+        until the loss has been low for a while (the smoothed figure decays). Loss while a
+        queue builds up is the link overflowing, not a lossy radio: more bytes would make it
+        worse, so it neither turns protection on nor keeps it on; nor does a link whose measured
+        capacity has no room for the protected variant. (Before a measurement, the slide
+        pacing keeps a thin link's queue short, so loss without queue growth is the radio's.)"""
+        th = self._th
+        queueing = ((sample.rtt_growth_ms or 0.0) >= th.rtt_growth_bad_ms
+                    or (sample.jitter_growth_ms or 0.0) >= th.jitter_growth_bad_ms)
+        capacity = self.capacity_kbps()
+        tier = self.tier
+        room = capacity is None or (
+            self._protected_rates.get(tier, self._rates.get(tier, 0.0)) * th.capacity_margin
+            <= capacity)
+        if queueing or not room:
+            self.protect = False
+            return
+        if sample.loss is None:
+            return
+        self._loss_reports += 1
+        loss = self._smoothed.get("loss") or 0.0
+        if not self.protect and self._loss_reports >= 2 and loss >= th.protect_loss:
+            self.protect = True
+        elif self.protect and loss < th.unprotect_loss:
+            self.protect = False
+
+    def _overloaded(self, sample: LinkSample) -> bool:
+        """A sign that the higher tier is too much for the link: a queue building up, or loss or
+        audible concealment beyond the link's usual (smoothed, so one report's random loss on a
+        few dozen packets does not count)."""
+        th = self._th
+        return ((sample.rtt_growth_ms or 0.0) >= th.rtt_growth_bad_ms
+                or (sample.jitter_growth_ms or 0.0) >= th.jitter_growth_bad_ms
+                or (self._smoothed.get("concealed") or 0.0) >= th.concealed_bad
+                or (self._smoothed.get("loss") or 0.0) >= th.loss_bad)
+
+    def _fits(self, index: int, capacity: float) -> bool:
+        return self.tier_kbps(self._tiers[index]) * self._th.capacity_margin <= capacity
+
+    def _proven_step_up(self, now: float) -> None:
+        """Straight to the highest tier the measured capacity carries with room to spare."""
+        capacity = self.capacity_kbps()
+        if (capacity is None or now < self._barred_until
+                or now - self._last_change < self._timing.hold_seconds
+                or max(self._smoothed.get("loss") or 0.0, self._long.get("loss") or 0.0)
+                >= self._th.step_up_loss):
+            return  # (a link losing this much stays where it is, room or not)
+        target = self._link_index
+        while target + 1 < len(self._tiers) and self._fits(target + 1, capacity) and not (
+                self.protect and self._tiers[target + 1] not in self._protected_rates):
+            target += 1  # (a lossy link goes no higher than its protection reaches)
+        if target > self._link_index:
+            self._step_to(target, now)
+
+    def _step_to(self, index: int, now: float) -> None:
+        """A step up, on trial: the first bad report within ``probe_window`` reverts it."""
+        self._good_since, self._good_run, self._ok_run = None, 0, 0
+        if index <= self._link_index:
+            return
+        self._trial = (now, self._link_index)
+        self._link_index = index
+        self._last_change = now
+
+    def _revert(self, now: float) -> None:
+        """The link showed a bad sign right after a step up: back at once, wait longer."""
+        assert self._trial is not None
+        self._link_index = self._trial[1]
+        self._trial = None
+        self._bad_run = 0
+        self.failed_step_ups += 1
+        self._up_wait = min(self._up_wait * 2, self._timing.max_good_seconds)
+        self._barred_until = now + self._up_wait
+        self._last_change = now
 
     def _step_down(self, now: float) -> None:
         self._bad_run = 0
         if self._link_index == 0:
             return
-        if self._last_step_up is not None and now - self._last_step_up < self._timing.probe_window:
-            self._up_wait = min(self._up_wait * 2, self._timing.max_good_seconds)
-        self._last_step_up = None
         self._link_index -= 1
         self._last_change = now
-
-    def _step_up(self, now: float) -> None:
-        self._good_since, self._good_run = None, 0
-        if self._link_index == len(self._tiers) - 1:
-            return
-        self._link_index += 1
-        self._last_change = now
-        self._last_step_up = now

@@ -33,3 +33,21 @@ def ice_servers_for(configured: list[dict[str, Any]], turn_secret: str, name: st
     password = base64.b64encode(digest).decode()
     return [dict(s, username=username, credential=password) if _is_turn(s) else dict(s)
             for s in configured]
+
+
+def for_server(servers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The servers the server's own peer connections use: the STUN URLs only.
+
+    A participant behind a firewall brings its own relayed candidate, and the TURN server relays
+    to the server's host (or STUN) address: that is the whole path. A TURN allocation of the
+    server's own would cost the TURN server a second relay per participant, and aioice gathers
+    before the server answers: every join would wait for the allocation, 5 s when the TURN
+    server is down. STUN stays: behind a 1:1 NAT (a cloud VM) it names the public address."""
+    out = []
+    for server in servers:
+        urls = server.get("urls", [])
+        urls = [urls] if isinstance(urls, str) else urls
+        stun = [str(u) for u in urls if str(u).startswith(("stun:", "stuns:"))]
+        if stun:
+            out.append({"urls": stun})
+    return out

@@ -21,13 +21,14 @@ from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSession
 
 from groom.core.errors import AppError
 
-from . import consent, sdp
+from . import consent, ice, sdp
 from .fallback import FallbackStream
+from .ingress import OpusIngress
 from .latency import Latency
 from .mixer import Mixer
 from .participant import Participant
 from .sender import add_student_audio
-from .tiers import TierSet
+from .tiers import PROTECTED, ROOM_TIERS, TierSet
 
 log = logging.getLogger("groom.live.room")
 
@@ -36,15 +37,17 @@ class RoomMedia:
     def __init__(self, ice_servers: list[dict[str, Any]], *,
                  floor_holder: Callable[[], Optional[str]], on_change: Callable[[], None],
                  on_level: Callable[[float], None], allow_link_local: bool = False) -> None:
-        self._ice = RTCConfiguration(iceServers=[RTCIceServer(**s) for s in ice_servers])
+        # STUN only: pages bring their own TURN relay (``ice.for_server`` says why).
+        self._ice = RTCConfiguration(iceServers=[RTCIceServer(**s) for s in ice.for_server(ice_servers)])
         self._allow_link_local = allow_link_local  # settings.ice_link_local
         self._floor_holder = floor_holder
         self._on_change = on_change
-        self.tiers = TierSet()
+        self.tiers = TierSet(ROOM_TIERS)
         self.mixer = Mixer(self.tiers.feed, on_level=on_level)
         self.latency = Latency()
         self.fallbacks: dict[str, FallbackStream] = {}
         self._last_report: dict[str, Any] = {}  # per student: the RTCP report last acted on
+        self.teacher_ingress: Optional[OpusIngress] = None  # the teacher's current uplink
 
     def fallback(self, tier: str) -> FallbackStream:
         """The HTTP stream of one tier: made on first use, a subscriber like any student."""
@@ -116,8 +119,8 @@ class RoomMedia:
                 if transceiver.kind == "audio":
                     p.hears = self.mixer.floor_track()
                     pc.addTrack(p.hears)
-                    receiver_track = transceiver.receiver.track
-                    await self.mixer.set_teacher(receiver_track)
+                    self.teacher_ingress = OpusIngress(transceiver.receiver)
+                    await self.mixer.set_teacher(self.teacher_ingress)
                     break
             consent.install_on(pc)
             await pc.setLocalDescription(await pc.createAnswer())
@@ -129,7 +132,18 @@ class RoomMedia:
         consent.install_on(pc)  # consent checks that survive a 2G round trip
         await pc.setLocalDescription(await pc.createAnswer())
         self._watch(p, pc)
-        return sdp.student_answer(pc.localDescription.sdp)
+        return self._student_answer(p, offer.sdp, pc.localDescription.sdp)
+
+    @staticmethod
+    def _student_answer(p: Participant, offer_sdp: str, answer_sdp: str) -> str:
+        """Our Opus wishes, and RED accepted when the student offered it (then a lossy link
+        may be sent a protected tier variant): aiortc itself knows no RED."""
+        answer = sdp.student_answer(answer_sdp)
+        red = sdp.offered_red(offer_sdp)
+        if red is not None and p.sender is not None:
+            answer, accepted = sdp.with_red(answer, red)
+            p.sender.red_payload_type = red[0] if accepted else None
+        return answer
 
     async def _renegotiate(self, p: Participant, offer: RTCSessionDescription) -> str:
         """The floor student adds (or drops) their microphone on the same connection.
@@ -143,11 +157,11 @@ class RoomMedia:
         for transceiver in audio:
             transceiver.direction = "sendrecv" if holds_floor else "sendonly"
         await p.pc.setLocalDescription(await p.pc.createAnswer())
-        mic = next((t.receiver.track for t in audio if t.receiver.track is not None), None)
-        if holds_floor and mic is not None and mic is not p.mic:
-            p.mic = mic
-            await self.mixer.set_floor(mic)
-        return sdp.student_answer(p.pc.localDescription.sdp)
+        receiver = next((t.receiver for t in audio if t.receiver.track is not None), None)
+        if holds_floor and receiver is not None and (p.mic is None or p.mic.receiver is not receiver):
+            p.mic = OpusIngress(receiver)  # decoded on arrival, losses rebuilt from FEC
+            await self.mixer.set_floor(p.mic)
+        return self._student_answer(p, offer.sdp, p.pc.localDescription.sdp)
 
     def stop_hearing(self, p: Participant) -> None:
         """The floor moved away from ``p``: stop decoding their microphone.
@@ -157,6 +171,8 @@ class RoomMedia:
         track's unbounded queue. Our side of the transceiver becomes "sendonly" now, without
         waiting for a renegotiation: aiortc's receiver then drops packets before decoding them.
         The next floor offer (``_renegotiate``) makes it "sendrecv" again."""
+        if p.mic is not None:
+            p.mic.attach(None)  # nothing more goes into the mixer from this microphone
         p.mic = None
         if p.pc is None:
             return
@@ -189,7 +205,7 @@ class RoomMedia:
                 except RuntimeError:
                     log.exception("student sender did not start", extra={"participant": p.id})
                     return
-                self.tiers.subscribe(p.sender, p.controller.tier)
+                self.tiers.subscribe(p.sender, self.served_tier(p))
                 p.tier_since = time.monotonic()
                 self._on_change()
             elif state in ("failed", "closed"):
@@ -211,6 +227,7 @@ class RoomMedia:
             p.hears.stop()
             p.hears = None
         if p.mic is not None:
+            p.mic.attach(None)
             p.mic = None
             if self._floor_holder() == p.id:
                 await self.mixer.set_floor(None)
@@ -219,13 +236,35 @@ class RoomMedia:
 
     # ---- tiers and link quality --------------------------------------------------------------
 
-    def apply_tier(self, p: Participant, reason: str) -> None:
+    def served_tier(self, p: Participant) -> str:
+        """The tier variant the student's sender should carry: the controller's tier, or its
+        protected (RED) variant while the link loses packets and the student can decode RED."""
         tier = p.controller.tier
+        protected = PROTECTED.get(tier)
+        if (protected is not None and p.controller.protect and not p.controller.data_saver
+                and p.sender is not None
+                and p.sender.red_payload_type is not None):
+            return protected
+        return tier
+
+    def apply_tier(self, p: Participant, reason: str) -> None:
+        tier = self.served_tier(p)
         if p.sender is not None and p.sender.ready and self.tiers.tier_of(p.sender) != tier:
             p.close_tier_time(time.monotonic(), self.current_tier(p))
             self.tiers.move(p.sender, tier)
-        p.send({"type": "tier", "tier": tier, "data_saver": p.controller.data_saver,
-                "reason": reason})
+        p.send({"type": "tier", "tier": p.controller.tier, "protected": tier != p.controller.tier,
+                "data_saver": p.controller.data_saver, "reason": reason})
+
+    def _follow_link(self, p: Participant, changed: Optional[str]) -> None:
+        """After a report: move the student if its tier, or its protection, changed."""
+        if changed or (p.sender is not None and p.sender.ready
+                       and self.tiers.tier_of(p.sender) != self.served_tier(p)):
+            self.apply_tier(p, "link")
+
+    def slide_delivered(self, p: Participant, kbps: float, paced: bool) -> None:
+        """A slide image reached the student at ``kbps``: what the link carries beside the voice
+        (``paced``: at least that; our pacing, not the link, set the rate)."""
+        self._follow_link(p, p.controller.delivery_report(kbps, paced))
 
     def server_report(self, p: Participant) -> None:
         """The student's latest RTCP receiver report, if new, fed to their tier controller."""
@@ -234,13 +273,16 @@ class RoomMedia:
         q = p.sender.link_quality()
         if q.reported_at is not None and self._last_report.get(p.id) != q.reported_at:
             self._last_report[p.id] = q.reported_at
-            if p.controller.rtcp_report(int((q.fraction_lost or 0) * 256),
-                                        (q.jitter_ms or 0) * 48,
-                                        None if q.rtt_ms is None else q.rtt_ms / 1000):
-                self.apply_tier(p, "link")
+            self._follow_link(p, p.controller.rtcp_report(
+                int((q.fraction_lost or 0) * 256), (q.jitter_ms or 0) * 48,
+                None if q.rtt_ms is None else q.rtt_ms / 1000))
 
     def client_stats(self, p: Participant, stats: dict[str, float]) -> None:
-        """Cumulative ``getStats`` figures from the student page, turned into deltas."""
+        """Cumulative ``getStats`` figures from the student page, turned into deltas; and the
+        rate the page saw its last slide image arrive at (``slide_kbps``), capacity evidence."""
+        slide_kbps = stats.pop("slide_kbps", None)
+        if slide_kbps:
+            self._follow_link(p, p.controller.delivery_report(float(slide_kbps), whole_link=True))
         last, p.last_client = p.last_client, stats
 
         def delta(name: str) -> int:
@@ -253,8 +295,7 @@ class RoomMedia:
             jitter_s=stats.get("jitter"), concealed_samples=delta("concealed_samples"),
             total_samples=delta("total_samples"),
             silent_concealed_samples=delta("silent_concealed_samples"))
-        if changed:
-            self.apply_tier(p, "link")
+        self._follow_link(p, changed)
 
     def set_data_saver(self, p: Participant, on: bool) -> None:
         p.controller.set_data_saver(on)
@@ -276,4 +317,13 @@ class RoomMedia:
                 "wire_bytes": sum(s.wire_bytes for s in senders),
                 "latency": self.latency.percentiles(),
                 "mixer": {"frames_out": self.mixer.frames_out,
-                          "frames_skipped": self.mixer.frames_skipped}}
+                          "frames_skipped": self.mixer.frames_skipped},
+                "teacher_uplink": self._uplink()}
+
+    def _uplink(self) -> dict[str, int]:
+        """How the teacher's packets fared: received, rebuilt from FEC, concealed, too late."""
+        ingress = self.teacher_ingress
+        if ingress is None:
+            return {"packets": 0, "recovered": 0, "concealed": 0, "late": 0}
+        return {"packets": ingress.packets, "recovered": ingress.recovered,
+                "concealed": ingress.concealed, "late": ingress.late}

@@ -50,6 +50,8 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from groom.core.tasks import cancel
 
+from .ingress import OpusIngress
+
 log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 48_000
@@ -134,7 +136,8 @@ class SampleBuffer:
 
 
 class Source:
-    """One remote track read by one task into one bounded buffer, resampled to 48 kHz mono.
+    """One remote track read by one task into one bounded buffer, resampled to 48 kHz mono;
+    or, without a track, a buffer that an ``OpusIngress`` fills as packets arrive (``push``).
 
     ``packet`` is the largest decoded frame seen (20 ms from a browser by default, 60 ms from
     a student page that honours our ``a=ptime:60``); the buffer always holds at least two.
@@ -143,7 +146,7 @@ class Source:
     so the mixer can sleep until then instead of polling.
     """
 
-    def __init__(self, track: MediaStreamTrack, name: str,
+    def __init__(self, track: MediaStreamTrack | None, name: str,
                  on_ready: Callable[[], None] | None = None) -> None:
         self.track = track
         self.name = name
@@ -155,7 +158,17 @@ class Source:
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._read(), name=f"mixer-source-{self.name}")
+        if self.track is not None:
+            self._task = asyncio.create_task(self._read(), name=f"mixer-source-{self.name}")
+
+    def push(self, samples: np.ndarray, created: float) -> None:
+        """Decoded mono 48 kHz samples, as they arrive (no task, no resampler in between)."""
+        if len(samples) > self.packet:
+            self.packet = len(samples)
+            self.buffer.capacity = max(MAX_BUFFER, 2 * len(samples))
+        self.buffer.push(samples, created)
+        if self._on_ready is not None and len(self.buffer) >= FRAME_SAMPLES:
+            self._on_ready()
 
     async def stop(self) -> None:
         await cancel(self._task)
@@ -165,6 +178,7 @@ class Source:
         return self.buffer.pop(FRAME_SAMPLES)
 
     async def _read(self) -> None:
+        assert self.track is not None
         try:
             while True:
                 frame = await self.track.recv()
@@ -269,18 +283,18 @@ class Mixer:
 
     # ---- sources -------------------------------------------------------------------------
 
-    async def set_teacher(self, track: MediaStreamTrack | None) -> None:
-        """Use ``track`` as the teacher (None: no teacher; the clock keeps running on silence)."""
-        old, self._teacher = self._teacher, self._new_source(track, "teacher")
+    async def set_teacher(self, audio: MediaStreamTrack | OpusIngress | None) -> None:
+        """Use ``audio`` as the teacher (None: no teacher; the clock keeps running on silence)."""
+        old, self._teacher = self._teacher, self._new_source(audio, "teacher")
         self._level_sq, self._level_frames = 0.0, 0
-        self.teacher_level_dbfs = None if track is None else SILENCE_DBFS
+        self.teacher_level_dbfs = None if audio is None else SILENCE_DBFS
         self._wake()
         if old is not None:
             await old.stop()
 
-    async def set_floor(self, track: MediaStreamTrack | None) -> None:
-        """Mix ``track`` (the student holding the floor) in, or stop mixing one (None)."""
-        old, self._floor = self._floor, self._new_source(track, "floor")
+    async def set_floor(self, audio: MediaStreamTrack | OpusIngress | None) -> None:
+        """Mix ``audio`` (the student holding the floor) in, or stop mixing one (None)."""
+        old, self._floor = self._floor, self._new_source(audio, "floor")
         self._wake()
         if old is not None:
             await old.stop()
@@ -291,11 +305,18 @@ class Mixer:
         self._floor_tracks.add(track)
         return track
 
-    def _new_source(self, track: MediaStreamTrack | None, name: str) -> Source | None:
-        if track is None:
+    def _new_source(self, audio: MediaStreamTrack | OpusIngress | None, name: str) -> Source | None:
+        """A buffer for ``audio``: an ``OpusIngress`` pushes into it as packets arrive (what
+        a live room uses); a track (tests, files) is read by a task."""
+        if audio is None:
             return None
         # only the teacher paces the clock; the floor is taken at whatever pace that is
-        source = Source(track, name, on_ready=self._wake if name == "teacher" else None)
+        on_ready = self._wake if name == "teacher" else None
+        if isinstance(audio, OpusIngress):
+            source = Source(None, name, on_ready=on_ready)
+            audio.attach(source.push)
+            return source
+        source = Source(audio, name, on_ready=on_ready)
         if self._task is not None:
             source.start()
         return source

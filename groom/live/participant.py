@@ -19,6 +19,7 @@ from aiortc.mediastreams import MediaStreamTrack
 from groom.core.models import utcnow
 
 from .adaptation import TierController
+from .ingress import OpusIngress
 from .sender import StudentSender
 
 
@@ -70,7 +71,7 @@ class Participant:
     bytes_before: int = 0  # data sent over earlier peer connections
     last_client: dict[str, float] = field(default_factory=dict)  # cumulative figures, for deltas
     detached_task: Optional[asyncio.Task[None]] = None
-    mic: Optional[MediaStreamTrack] = None  # the student's microphone while holding the floor
+    mic: Optional[OpusIngress] = None  # the student's microphone while holding the floor
     hears: Optional[MediaStreamTrack] = None  # the teacher's return audio (the floor student)
 
     @property

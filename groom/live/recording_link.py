@@ -1,7 +1,8 @@
-"""The live room's link to its recording: the recorder on the top tier, and the lesson timeline.
+"""The live room's link to its recording: the recorder on a tier, and the lesson timeline.
 
-A live lesson is recorded as it happens: the recorder is one more subscriber of the top tier
-(what the best-connected students hear), so recording costs no encoding, and every event the
+A live lesson is recorded as it happens: the recorder is one more subscriber of the recording
+tier (``tiers.RECORDING_TIER``, what most students hear), so recording costs no encoding of its
+own in a class on that tier, and every event the
 class saw (slides, ink, chat, polls, hands, the floor) goes into the timeline, which writes it
 beside the audio and into the database. This part owns both for one room: it starts them when
 the lesson goes live, is where the room's events go (``add``), and stops them, in order, when
@@ -21,7 +22,7 @@ from groom.recordings.postprocess import start_recording, stop_recording
 from groom.recordings.recorder import Recorder
 from groom.recordings.timeline import Timeline
 
-from .tiers import TierSet
+from .tiers import RECORDING_TIER, TierSet
 
 
 class RecordingLink:
@@ -38,10 +39,11 @@ class RecordingLink:
         self.timeline = Timeline(lesson_id, started, sessions)
 
     async def start(self) -> None:
-        """Open the recording, subscribe it to the top tier, start the timeline's writer."""
+        """Open the recording, subscribe it to the recording tier, start the timeline's writer."""
         self.recorder = await start_recording(self._sessions, self._data_dir, self.lesson_id,
                                               self.started)
-        self._tiers.subscribe(self.recorder, self._tiers.specs[-1].name)
+        tier = RECORDING_TIER if RECORDING_TIER in self._tiers.encoders else self._tiers.specs[-1].name
+        self._tiers.subscribe(self.recorder, tier)
         self.timeline.recorder = self.recorder
         self.timeline.start()
 

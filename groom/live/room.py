@@ -55,6 +55,15 @@ __all__ = ["LessonInfo", "Outbox", "Participant", "Room"]
 
 log = logging.getLogger("groom.live.room")
 
+# What a room tells its registry's observers (the API's webhooks): someone "joined" or "left"
+# (a socket bound or dropped; a reconnect is a new "joined"), and the lesson "ended".
+EventHandler = Callable[[str, "Room", Optional[Participant]], None]
+
+
+def _no_events(kind: str, room: "Room", p: Optional[Participant]) -> None:
+    """A room nobody observes (tests that build one alone)."""
+
+
 TICK_SECONDS = 2.0  # participants list, RTCP-driven adaptation
 USAGE_TICKS = 5  # "data used" every 10 s: the figure shown changes slowly
 REPORT_TICKS = 2  # an RTCP sender report every 4 s per student: receiver reports then carry RTT
@@ -65,8 +74,9 @@ DETACHED_PC_SECONDS = 45.0  # a student's media outlives a dropped socket this l
 class Room:
     def __init__(self, lesson: LessonInfo, sessions: async_sessionmaker[AsyncSession],
                  settings: Settings, *, worker: Optional[JobWorker],
-                 on_closed: Callable[["Room"], None]) -> None:
+                 on_closed: Callable[["Room"], None], on_event: EventHandler = _no_events) -> None:
         self.lesson = lesson
+        self._on_event = on_event
         self._sessions = sessions
         self._settings = settings
         self._grace_seconds = settings.grace_seconds
@@ -145,6 +155,7 @@ class Room:
         except Exception:  # a database down must not keep the room open
             log.exception("lesson not marked ended", extra={"lesson_id": self.lesson.id})
         self._on_closed(self)
+        self._on_event("ended", self, None)
         try:
             await self.close(reason)
         except Exception:  # whatever failed while closing, the lesson is over all the same
@@ -242,6 +253,7 @@ class Room:
             self._grace_task.cancel()
             self._grace_task = None
         self.broadcast_room()
+        self._on_event("joined", self, teacher)
         return teacher
 
     def add_student(self, name: str, key: str, student_id: Optional[int], outbox: Outbox,
@@ -251,6 +263,7 @@ class Room:
         self.attendance.soon(p)
         self.broadcast_room()
         self.send_participants()
+        self._on_event("joined", self, p)
         return p
 
     def detach(self, p: Participant, outbox: Outbox) -> None:
@@ -259,6 +272,7 @@ class Room:
             return
         p.outbox = None
         self.media.leave_time(p)
+        self._on_event("left", self, p)
         if p.role == "teacher":
             log.info("teacher disconnected; waiting", extra={"lesson_id": self.lesson.id,
                                                             "grace_s": self._grace_seconds})
@@ -286,6 +300,7 @@ class Room:
         p = self.seats.student(pid)
         self.seats.remember_kick(p)
         self.seats.eject(p)
+        self._on_event("left", self, p)
         for stream in self.media.fallbacks.values():
             stream.drop(p.listen_token)
         self.media.leave_time(p)

@@ -10,13 +10,13 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-from typing import Optional
+from typing import Callable, Optional
 
 from aiohttp import web
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from groom.core.auth import Viewer
+from groom.core.auth import ClassAccess
 from groom.core.config import Settings
 from groom.core.db import load
 from groom.core.errors import AppError
@@ -24,6 +24,7 @@ from groom.core.models import Lesson, LessonState, User, utcnow
 from groom.recordings.jobs import JobWorker
 
 from .participant import Outbox
+from .placement import Load
 from .room import LessonInfo, Participant, Room
 
 log = logging.getLogger("groom.live.rooms")
@@ -50,6 +51,9 @@ class Rooms:
         # recording's files, attendance): kept until closed, so a reopen waits for them.
         self.closing: dict[int, Room] = {}
         self._waiting: dict[int, dict[str, int]] = {}  # class -> client address -> sockets waiting
+        # Told when someone joins or leaves a room and when a lesson ends (the API's webhooks);
+        # each must return at once (queue its work), as it runs inside the room's calls.
+        self.observers: list[Callable[[str, Room, Optional[Participant]], None]] = []
 
     def for_class(self, class_id: int) -> Optional[Room]:
         """The class's live room; one that is ending is not (the next lesson may start)."""
@@ -94,6 +98,13 @@ class Rooms:
         if not waiting:
             self._waiting.pop(class_id, None)
 
+    def load(self) -> Load:
+        """What this process holds, for placement (``placement.py``): the classes with a room
+        (live or still closing) or with students waiting, and the students seated."""
+        rooms = (*self.by_lesson.values(), *self.closing.values())
+        return Load(frozenset({r.lesson.class_id for r in rooms} | set(self._waiting)),
+                    sum(len(r.students) for r in self.by_lesson.values()))
+
     def find_resume(self, token: str) -> Optional[Room]:
         """The live room whose seat (or kicked student) this ``resume`` token is."""
         return next((r for r in self.by_lesson.values()
@@ -106,7 +117,7 @@ class Rooms:
                     return room, p
         return None
 
-    async def open(self, lesson_id: int, viewer: Viewer) -> Room:
+    async def open(self, lesson_id: int, viewer: ClassAccess) -> Room:
         """The teacher (or an admin) opens a lesson: start its room, or rejoin the running one."""
         lock = self._starting.setdefault(lesson_id, asyncio.Lock())
         async with lock:
@@ -120,7 +131,7 @@ class Rooms:
             if room is not None and room.ending is None:
                 return room
             room = Room(info, self._sessions, self._settings, worker=self._worker,
-                        on_closed=self._closed)
+                        on_closed=self._closed, on_event=self._notify)
             self.by_lesson[lesson_id] = room
             await room.start()
             event = self._class_started.pop(info.class_id, None)
@@ -129,7 +140,7 @@ class Rooms:
             log.info("lesson live", extra={"lesson_id": lesson_id})
             return room
 
-    async def _check_startable(self, lesson_id: int, viewer: Viewer) -> LessonInfo:
+    async def _check_startable(self, lesson_id: int, viewer: ClassAccess) -> LessonInfo:
         async with self._sessions() as db:
             # The same check as ``office.lookup.get_lesson`` (the live layer may not import the
             # office): an unknown id and another class's lesson both answer 404.
@@ -156,6 +167,13 @@ class Rooms:
                               class_name=classroom.name,
                               teacher_name=teacher.display_name if teacher else "",
                               teacher_id=lesson.teacher_id)
+
+    def _notify(self, kind: str, room: Room, p: Optional[Participant]) -> None:
+        for observer in self.observers:
+            try:
+                observer(kind, room, p)
+            except Exception:  # an observer's bug must not break a join or an ending
+                log.exception("room observer failed", extra={"lesson_id": room.lesson.id})
 
     def _closed(self, room: Room) -> None:
         """A room's lesson is marked ended: no longer live, but kept as closing (and awaited at

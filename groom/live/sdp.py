@@ -203,3 +203,52 @@ def filter_candidates(sdp: str, *, allow_link_local: bool = False, limit: int = 
             kept += 1
         out.append(line)
     return eol.join(out) + eol
+
+
+_RED_RTPMAP = re.compile(r"^a=rtpmap:(\d+) red/48000/2$", re.IGNORECASE)
+
+
+def offered_red(offer_sdp: str) -> tuple[int, int] | None:
+    """(RED payload type, Opus payload type) when the offer's audio section accepts RFC 2198 RED
+    over Opus (``a=rtpmap:63 red/48000/2`` with ``a=fmtp:63 111/111``: Chromium offers it);
+    else None. Such a student can be sent a protected (RED) tier variant."""
+    lines, _ = _split(offer_sdp)
+    for start, end in _sections(lines):
+        if not lines[start].startswith("m=audio"):
+            continue
+        section = lines[start:end]
+        opus = {m.group(1) for line in section if (m := _OPUS_RTPMAP.match(line))}
+        for line in section:
+            m = _RED_RTPMAP.match(line)
+            if m is None:
+                continue
+            red = m.group(1)
+            fmtp = next((x.split(" ", 1)[1] for x in section
+                         if x.startswith(f"a=fmtp:{red} ") and " " in x), "")
+            blocks = set(fmtp.strip().split("/"))
+            if len(blocks) == 1 and blocks <= opus:
+                return int(red), int(blocks.pop())
+    return None
+
+
+def with_red(answer_sdp: str, red: tuple[int, int]) -> tuple[str, bool]:
+    """The answer with RED accepted after Opus (aiortc knows no RED, so it dropped it), when the
+    answer kept the Opus payload type the offer's RED wraps; and whether it did. Opus stays
+    first, so the browser goes on *sending* plain Opus."""
+    red_pt, opus_pt = red
+    lines, eol = _split(answer_sdp)
+    out: list[str] = []
+    added = False
+    for start, end in _sections(lines):
+        section = lines[start:end]
+        fields = section[0].split()
+        if (not added and section[0].startswith("m=audio") and str(opus_pt) in fields[3:]
+                and any(line.lower().startswith(f"a=rtpmap:{opus_pt} opus/") for line in section)):
+            section = [" ".join([*fields, str(red_pt)])] + section[1:]
+            at = max(i for i, line in enumerate(section)
+                     if line.startswith((f"a=rtpmap:{opus_pt} ", f"a=fmtp:{opus_pt} "))) + 1
+            section[at:at] = [f"a=rtpmap:{red_pt} red/48000/2", f"a=fmtp:{red_pt} {opus_pt}/{opus_pt}"]
+            added = True
+        out.extend(section)
+    head = lines[:_sections(lines)[0][0]] if _sections(lines) else lines
+    return eol.join(head + out) + eol, added

@@ -179,6 +179,8 @@ class Seats:
             listing.append({"id": p.id, "name": p.name, "tier": p.controller.tier,
                             "quality": q.grade.value, "loss_pct": q.loss_pct,
                             "jitter_ms": q.jitter_ms, "rtt_ms": q.rtt_ms,
+                            "protected": q.protect, "failed_step_ups": q.failed_step_ups,
+                            "capacity_kbps": q.capacity_kbps,
                             "hand": has_hand(p.id),
                             "connected": p.outbox is not None and p.connected})
         return listing

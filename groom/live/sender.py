@@ -64,6 +64,14 @@ def _no_backlog() -> int:
     return 0
 
 
+def _red_for(payload: bytes, opus_type: int) -> bytes:
+    """A tier's RED payload (``tiers.red_payload``, type fields 0) with this student's Opus
+    payload type written into its block headers: 4 bytes then 1 with a redundant block, else 1."""
+    if payload[0] & 0x80:
+        return bytes((0x80 | opus_type,)) + payload[1:4] + bytes((opus_type,)) + payload[5:]
+    return bytes((opus_type,)) + payload[1:]
+
+
 class _SenderInternals:
     """Typed access to an ``RTCRtpSender``'s name-mangled private state (aiortc 1.16).
 
@@ -199,6 +207,9 @@ class StudentSender:
         self._cname = ""
         self.dropped = 0  # pushed before start() or after the connection went away
         self.latency: Latency | None = None  # the room's server-added delay sample
+        # RFC 2198 RED's payload type when the student's offer had it (sdp.red_payload_type):
+        # only then may the student hear a protected (RED) tier variant.
+        self.red_payload_type: int | None = None
 
     @property
     def ready(self) -> bool:
@@ -262,8 +273,15 @@ class StudentSender:
         marker = 0x80 if packet.timestamp != self._next_timestamp else 0
         self._next_timestamp = packet.timestamp + packet.duration
         payload = packet.payload
+        payload_type = self._payload_type
+        if packet.red:
+            if self.red_payload_type is None:  # never moved to a RED variant without it
+                self.dropped += 1
+                return
+            payload = _red_for(payload, payload_type)
+            payload_type = self.red_payload_type
         data = self._protect(
-            _RTP_HEADER.pack(0x80, self._payload_type | marker, self._sequence, timestamp, self._ssrc)
+            _RTP_HEADER.pack(0x80, payload_type | marker, self._sequence, timestamp, self._ssrc)
             + payload
         )
         self._sendto(data, self._remote_addr)

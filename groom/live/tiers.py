@@ -15,10 +15,7 @@ bandwidth and FEC control, and packet timestamps equal to the input pts (no pre-
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
-import glob
 import logging
-import os
 import time
 import weakref
 from dataclasses import dataclass
@@ -26,6 +23,7 @@ from typing import Literal
 
 import av
 
+from groom.audio.libopus import libopus
 from groom.audio.packets import SAMPLE_RATE, EncodedPacket, PacketSink
 
 logger = logging.getLogger(__name__)
@@ -44,6 +42,7 @@ _OPUS_SET_INBAND_FEC = 4012
 _OPUS_SET_PACKET_LOSS_PERC = 4014
 _OPUS_SET_DTX = 4016
 _OPUS_SET_SIGNAL = 4024
+_OPUS_RESET_STATE = 4028
 _OPUS_SIGNAL_VOICE = 3001
 _BANDWIDTHS: dict[str, int] = {
     "narrowband": 1101,  # 4 kHz audio
@@ -64,6 +63,9 @@ class TierSpec:
     frame_ms: int  # 20, 40 or 60: longer frames mean fewer packets, so less RTP/UDP/IP overhead
     fec: bool = False  # Opus in-band FEC: the next packet carries a coarse copy of this one
     expected_loss_pct: int = 0  # tells the encoder how much redundancy FEC should carry
+    # RFC 2198 RED: each packet also carries the previous one (``red_payload``), so one lost
+    # packet costs nothing when the next arrives. For students with sustained loss.
+    red: bool = False
 
     def __post_init__(self) -> None:
         if self.frame_ms not in (20, 40, 60):
@@ -88,47 +90,45 @@ DEFAULT_TIERS: tuple[TierSpec, ...] = (
 )
 
 
-def _load_libopus() -> ctypes.CDLL:
-    """The libopus bundled with the PyAV wheel (always present with aiortc), else the system one."""
-    libs_dir = os.path.join(os.path.dirname(os.path.dirname(av.__file__)), "av.libs")
-    candidates = sorted(glob.glob(os.path.join(libs_dir, "libopus*.so*")))
-    system = ctypes.util.find_library("opus")
-    if system:
-        candidates.append(system)
-    for path in candidates:
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        lib.opus_encoder_create.restype = ctypes.c_void_p
-        lib.opus_encoder_create.argtypes = [ctypes.c_int32, ctypes.c_int, ctypes.c_int,
-                                            ctypes.POINTER(ctypes.c_int)]
-        lib.opus_encode.restype = ctypes.c_int32
-        lib.opus_encode.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int,
-                                    ctypes.c_char_p, ctypes.c_int32]
-        lib.opus_encoder_destroy.restype = None
-        lib.opus_encoder_destroy.argtypes = [ctypes.c_void_p]
-        lib.opus_get_version_string.restype = ctypes.c_char_p
-        return lib
-    raise RuntimeError("libopus not found (neither in the PyAV wheel nor on the system)")
+# Loss protection per student (``PROTECTED``: base tier -> its protected variant). Measured on
+# media/speech.wav with libopus 1.6: in-band FEC needs >= 16 kbit/s at 60 ms narrowband before
+# libopus emits any LBRR (none at 8-15 kbit/s whatever packet_loss_perc says), 1.83x the low
+# tier's bytes; RED carrying the previous packet at 6 kbit/s costs ~1.4x the low tier (SRTP
+# bytes, ~1.3x on the wire) and turns 15 % random loss into ~2.3 % (both packets lost).
+PROTECTED_TIERS: tuple[TierSpec, ...] = (
+    TierSpec("low-red", 6000, "narrowband", 60, red=True),
+    TierSpec("standard-red", 11000, "wideband", 60, red=True),
+)
+PROTECTED: dict[str, str] = {"low": "low-red", "standard": "standard-red"}
+# What a room encodes: the base tiers with each protected variant beside its base, the top tier
+# last (the recorder takes the last one).
+ROOM_TIERS: tuple[TierSpec, ...] = (DEFAULT_TIERS[0], PROTECTED_TIERS[0], DEFAULT_TIERS[1],
+                                     PROTECTED_TIERS[1], *DEFAULT_TIERS[2:])
+RED_MAX_OFFSET = 1 << 14  # RFC 2198: 14-bit timestamp offset of a redundant block
 
 
-_libopus: ctypes.CDLL | None = None
+# What the recorder records. Post-processing keeps an 8 kbit/s listening file, so the 16 kbit/s
+# wideband tier loses nothing that is kept, and a class whose students all hear that tier (the
+# common case) then runs one encoder instead of two.
+RECORDING_TIER = "standard"
 
 
-def _opus() -> ctypes.CDLL:
-    global _libopus
-    if _libopus is None:
-        _libopus = _load_libopus()
-        logger.debug("using %s", _libopus.opus_get_version_string().decode())
-    return _libopus
+def red_payload(primary: bytes, previous: bytes | None, offset: int) -> bytes:
+    """An RFC 2198 payload: ``previous`` (``offset`` samples earlier) then ``primary``.
+
+    The payload type fields are left 0: each student's sender writes its negotiated Opus type
+    there (``StudentSender.push``), so the variant is built once for everyone."""
+    if previous is None or not 0 < offset < RED_MAX_OFFSET or len(previous) >= 1 << 10:
+        return b"\x00" + primary
+    header = (1 << 31) | (offset << 10) | len(previous)
+    return header.to_bytes(4, "big") + b"\x00" + previous + primary
 
 
 class OpusEncoder:
     """A mono 48 kHz libopus encoder configured from a ``TierSpec``."""
 
     def __init__(self, spec: TierSpec) -> None:
-        lib = _opus()
+        lib = libopus()
         error = ctypes.c_int(0)
         state = lib.opus_encoder_create(SAMPLE_RATE, 1, _OPUS_APPLICATION_VOIP, ctypes.byref(error))
         if error.value != 0 or not state:
@@ -157,6 +157,10 @@ class OpusEncoder:
             raise RuntimeError(f"opus_encode failed: {size}")
         return self._out.raw[:size]
 
+    def reset(self) -> None:
+        """Forget the codec's history, so a tier that wakes up starts as a fresh stream."""
+        libopus().opus_encoder_ctl(self._state, ctypes.c_int(_OPUS_RESET_STATE))
+
     def close(self) -> None:
         self._finalizer()
 
@@ -181,6 +185,7 @@ class TierEncoder:
         self._sinks: dict[PacketSink, None] = {}  # insertion-ordered set
         self._fanout: tuple[PacketSink, ...] = ()  # snapshot iterated per packet, no allocation
         self.covered_until: int | None = None  # end timestamp of the last packet (sent or DTX-dropped)
+        self._previous: tuple[int, bytes] | None = None  # (end timestamp, payload) of the last sent
         self.packets = 0
         self.dtx_dropped = 0
         self.payload_bytes = 0
@@ -242,9 +247,14 @@ class TierEncoder:
             self._in_dtx = True
         else:
             self._in_dtx = False
+        if self.spec.red:
+            previous = self._previous
+            self._previous = (timestamp + need, payload)
+            payload = red_payload(payload, previous[1] if previous and previous[0] == timestamp
+                                  else None, need)
         self.packets += 1
         self.payload_bytes += len(payload)
-        return EncodedPacket(self.spec.name, payload, timestamp, need, created)
+        return EncodedPacket(self.spec.name, payload, timestamp, need, created, red=self.spec.red)
 
     def publish(self, packet: EncodedPacket) -> None:
         """Push to every sink; one failing sink is logged and does not starve the others."""
@@ -254,6 +264,14 @@ class TierEncoder:
             except Exception:
                 logger.exception("tier %s: sink %r failed", self.spec.name, sink)
 
+    def rest(self) -> None:
+        """Nobody listens any more: drop the partial packet; the next ``encode`` starts afresh."""
+        self._pcm.clear()
+        self._start_pts = None
+        self._in_dtx = False
+        self._previous = None
+        self._encoder.reset()
+
     def close(self) -> None:
         self._encoder.close()
         self._sinks.clear()
@@ -261,13 +279,18 @@ class TierEncoder:
 
 
 class TierSet:
-    """All tiers of one room: ``feed`` encodes each frame once per tier, whoever listens.
+    """All tiers of one room: ``feed`` encodes each frame once per tier that someone listens to.
 
     A ``move`` is seamless. Tiers share the 48 kHz clock and their packet boundaries fall on one
     grid, so a moving sink keeps its old tier until that tier's coverage ends exactly where one of
     the new tier's packets will start, then leaves it and joins the new tier with that packet:
     a student moving between 20 ms and 60 ms tiers gets neither a gap nor overlapping audio, and
     its RTP timestamps stay continuous.
+
+    A tier nobody listens to (no sink, no sink heading to it) is not encoded at all: a class
+    of 30 on one tier pays for one encoder, not five (encoding is most of a small room's cost).
+    A tier that wakes up waits for the next packet boundary of the shared grid (at most 40 ms)
+    before it starts, so moves between tiers stay seamless.
     """
 
     def __init__(self, specs: tuple[TierSpec, ...] = DEFAULT_TIERS) -> None:
@@ -277,6 +300,9 @@ class TierSet:
         self._tier_of: dict[PacketSink, str] = {}  # the tier each attached sink receives
         self._moving: dict[PacketSink, str] = {}  # still on its old tier, heading to this one
         self._joining: dict[PacketSink, tuple[str, int]] = {}  # detached: (tier, first timestamp)
+        self._running: tuple[TierEncoder, ...] = ()  # the tiers someone listens to or heads to
+        self._grid: int | None = None  # a pts where every tier's packets start
+        self._next_pts: int | None = None  # pts the next frame should have if the clock holds
 
     @property
     def specs(self) -> tuple[TierSpec, ...]:
@@ -289,7 +315,14 @@ class TierSet:
         """
         if created is None:
             created = time.monotonic()
-        for encoder in self.encoders.values():
+        pts = frame.pts
+        if pts is not None and pts != self._next_pts:
+            self._grid = pts  # first frame, or the mixer's clock jumped: packets restart here
+        self._next_pts = None if pts is None else pts + frame.samples
+        for encoder in self._running:
+            if (encoder.next_start is None and pts is not None and self._grid is not None
+                    and (pts - self._grid) % encoder.spec.frame_samples):
+                continue  # woke up between two packet boundaries of the grid: wait for one
             covered = encoder.covered_until
             packet = encoder.encode(frame, created)
             if packet is not None:
@@ -305,6 +338,7 @@ class TierSet:
             raise ValueError(f"{sink!r} is already subscribed; use move()")
         self.encoders[tier].add_sink(sink)
         self._tier_of[sink] = tier
+        self._wake_and_rest()
 
     def move(self, sink: PacketSink, tier: str) -> None:
         """Switch ``sink`` to ``tier`` at the next packet boundary where nothing is lost."""
@@ -312,14 +346,15 @@ class TierSet:
             raise KeyError(tier)
         if sink in self._joining:
             self._joining[sink] = (tier, self._joining[sink][1])
-            return
-        current = self._tier_of[sink]
-        if tier == current:
-            self._moving.pop(sink, None)
-        elif self.encoders[current].covered_until is None:
-            self._attach(sink, tier)  # the old tier never produced anything: nothing to align
         else:
-            self._moving[sink] = tier
+            current = self._tier_of[sink]
+            if tier == current:
+                self._moving.pop(sink, None)
+            elif self.encoders[current].covered_until is None:
+                self._attach(sink, tier)  # the old tier never produced anything: nothing to align
+            else:
+                self._moving[sink] = tier
+        self._wake_and_rest()
 
     def unsubscribe(self, sink: PacketSink) -> None:
         self._moving.pop(sink, None)
@@ -327,6 +362,7 @@ class TierSet:
         tier = self._tier_of.pop(sink, None)
         if tier is not None:
             self.encoders[tier].remove_sink(sink)
+        self._wake_and_rest()
 
     def tier_of(self, sink: PacketSink) -> str | None:
         """The tier the sink receives, or is moving to."""
@@ -334,12 +370,27 @@ class TierSet:
             return self._joining[sink][0]
         return self._moving.get(sink) or self._tier_of.get(sink)
 
+    @property
+    def running(self) -> tuple[str, ...]:
+        """The tiers being encoded now."""
+        return tuple(encoder.spec.name for encoder in self._running)
+
     def close(self) -> None:
         for encoder in self.encoders.values():
             encoder.close()
         self._tier_of.clear()
         self._moving.clear()
         self._joining.clear()
+        self._running = ()
+
+    def _wake_and_rest(self) -> None:
+        """Encode exactly the tiers a sink receives, is moving to or is joining."""
+        wanted = {*self._tier_of.values(), *self._moving.values(),
+                  *(tier for tier, _ in self._joining.values())}
+        for encoder in self._running:
+            if encoder.spec.name not in wanted:
+                encoder.rest()
+        self._running = tuple(e for name, e in self.encoders.items() if name in wanted)
 
     def _leave(self, old: TierEncoder) -> None:
         """``old`` now covers up to ``end``: detach sinks whose target tier starts a packet there."""
@@ -349,12 +400,14 @@ class TierSet:
             if self._tier_of[sink] != old.spec.name:
                 continue
             new = self.encoders[tier]
-            start = new.next_start
+            # A tier not started yet starts at the next grid boundary: leave if ``end`` is one.
+            start = new.next_start if new.next_start is not None else self._grid
             if start is None or (end >= start and (end - start) % new.spec.frame_samples == 0):
                 del self._moving[sink]
                 old.remove_sink(sink)
                 del self._tier_of[sink]
                 self._joining[sink] = (tier, end)
+        self._wake_and_rest()
 
     def _join(self, new: TierEncoder, timestamp: int) -> None:
         for sink, (tier, start) in list(self._joining.items()):
@@ -368,3 +421,4 @@ class TierSet:
             self.encoders[current].remove_sink(sink)
         self.encoders[tier].add_sink(sink)
         self._tier_of[sink] = tier
+        self._wake_and_rest()

@@ -1,6 +1,6 @@
 """After a lesson: turn the raw recording into what students listen to and download.
 
-Inputs, in ``data_dir/recordings/<lesson_id>/``: ``audio.ogg`` (the top tier's Opus, ~32 kbps),
+Inputs, in ``data_dir/recordings/<lesson_id>/``: ``audio.ogg`` (the recording tier's Opus, ~16 kbps),
 ``timeline.jsonl`` and the slide images in ``data_dir/slides/``. Outputs:
 
 - ``listen.opus``  Opus 8 kbps mono VoIP: online playback (``web/static/playback.js``).
@@ -14,7 +14,7 @@ Inputs, in ``data_dir/recordings/<lesson_id>/``: ``audio.ogg`` (the top tier's O
 
 Kept per lesson: ``listen.opus`` + ``offline.zip``: 7.4 MB per hour of speech with 60 light
 slides (``scripts/bench_recording.py``), leaving ~2.6 MB/h for heavier slides in the 10 MB budget.
-The 32 kbps original (14 MB/h) is deleted once both exist, and the video is not made by default
+The original (~16 kbps, ~6 MB/h) is deleted once both exist, and the video is not made by default
 because anyone can have it regenerated in seconds (>= 100x real time) from what is kept.
 ffmpeg runs under ``nice -n 19`` (``ffmpeg_runner.py``) so live lessons on the same machine keep
 their CPU; outputs are written to a temporary folder and moved into place only when all
@@ -166,7 +166,7 @@ async def process(directory: Path, slides_dir: Path, *, exe: Optional[str] = Non
 
 async def start_recording(session_maker: async_sessionmaker[AsyncSession], data_dir: Path,
                           lesson_id: int, started: float) -> Recorder:
-    """Open the recorder for a lesson going live (subscribe it to the top tier afterwards).
+    """Open the recorder for a lesson going live (subscribe it to the recording tier afterwards).
 
     A folder left by an earlier run of the same lesson is moved aside, never overwritten.
     """

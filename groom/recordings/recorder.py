@@ -1,10 +1,10 @@
 """The lesson recorder: the teacher's Opus packets to an Ogg file, plus the event timeline.
 
 Like Galène's disk writer, the recorder is just another listener: a ``PacketSink`` subscribed to
-the room's top tier. It never re-encodes. ``push`` only appends to a list (it runs on the hot
-path); a flusher task owned by the recorder turns the list into Ogg pages and writes and fsyncs
-them in a thread every ``flush_interval`` seconds, so a crash or power cut loses at most about
-that much audio.
+the room's recording tier (16 kbit/s wideband Opus). It never re-encodes. ``push`` only appends
+to a list (it runs on the hot path); a flusher task owned by the recorder turns the list into Ogg
+pages and writes and fsyncs them in a thread every ``flush_interval`` seconds, so a crash or power
+cut loses at most about that much audio.
 
 Position in the file is lesson time: sample 0 is the moment given as ``started`` (the lesson's
 start), and gaps (DTX, the teacher away, a late first packet) are filled with 3-byte-per-frame
@@ -66,7 +66,7 @@ def _silence(frames: int) -> bytes:
 # --- the recorder ----------------------------------------------------------------------------
 
 class Recorder:
-    """Writes one lesson's recording; a ``PacketSink`` for the top tier's packets."""
+    """Writes one lesson's recording; a ``PacketSink`` for the recording tier's packets."""
 
     def __init__(self, directory: Path, started: float, *, flush_interval: float = 1.0) -> None:
         """``started`` is the lesson start on the ``time.monotonic()`` clock used by

@@ -23,11 +23,10 @@ from groom.core.auth import (
 )
 from groom.core.errors import AppError
 from groom.core.models import Role, User
-from groom.live.rooms import ROOMS
 from groom.office.users import authenticate, log_out_everywhere
 from groom.office.users import change_password as change_user_password
 
-from . import login_limits, proxy
+from . import login_limits, proxy, relay
 from .openapi import endpoint
 from .plumbing import CODEC, SESSIONS, render, viewer
 
@@ -104,13 +103,13 @@ async def _log_out(request: web.Request, v: Viewer) -> None:
     """This session ends (the cookie and any copy of it), and its open live sockets close."""
     async with request.app[SESSIONS]() as db:
         await end_session(db, v.session)
-    request.app[ROOMS].close_user(v.user.id, v.session.key)
+    await relay.close_user(request.app, v.user.id, v.session.key)
 
 
 async def _log_out_everywhere(request: web.Request, v: Viewer) -> None:
     async with request.app[SESSIONS]() as db:
         await log_out_everywhere(db, v.user.id)
-    request.app[ROOMS].close_user(v.user.id)
+    await relay.close_user(request.app, v.user.id)
 
 
 @endpoint("POST", "/api/logout", summary="Log out", tag="accounts", response=None, status=204)
@@ -142,7 +141,7 @@ async def change_password(request: web.Request, v: Viewer, old: str, new: str) -
     """Every session of the user ends (the caller starts a new one) and their live sockets close."""
     async with request.app[SESSIONS]() as db:
         user = await change_user_password(db, v.user.id, old, new)
-    request.app[ROOMS].close_user(user.id)
+    await relay.close_user(request.app, user.id)
     return user
 
 

@@ -19,12 +19,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from groom.core.auth import Viewer
 from groom.core.errors import AppError
 from groom.core.models import LessonState, Role
-from groom.live.rooms import ROOMS
 from groom.office import cards, lookup, scheduling
 from groom.office import schools as office
 from groom.office.codes import pretty
 
-from . import proxy
+from . import proxy, relay
 from .calendar_feeds import class_feed_url
 from .pages import Clock, done, error_text, page, page_viewer, parse_week, text_fields
 from .params import optional_id, path_id
@@ -165,7 +164,7 @@ async def teacher_active(request: web.Request) -> web.StreamResponse:
         user = await office.update_teacher(db, v, path_id(request, "id", "teacher"),
                                            active=form.get("active") == "1")
     if not user.active:
-        request.app[ROOMS].close_user(user.id)  # a deactivated teacher's live sockets close now
+        await relay.close_user(request.app, user.id)  # a deactivated teacher's live sockets close now
     raise done(f"/schools/{user.school_id}", "teacher_saved")
 
 

@@ -17,12 +17,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from groom.core.auth import Viewer, require_viewer
 from groom.core.errors import AppError, not_found
 from groom.core.models import Classroom, LessonState, Role, School, Student, User
-from groom.live.rooms import ROOMS
 from groom.office import calendars as ical
 from groom.office import lookup
 from groom.office import schools as office
 
-from . import calendar_feeds, joining
+from . import calendar_feeds, joining, relay
 from .openapi import endpoint, read_body
 from .params import path_id
 from .plumbing import SESSIONS, viewer
@@ -154,7 +153,7 @@ async def update_teacher(request: web.Request, body: TeacherPatch) -> TeacherOut
         user = await office.update_teacher(db, v, path_id(request, "teacher_id", "teacher"),
                                            display_name=body.display_name, active=body.active)
     if not user.active:
-        request.app[ROOMS].close_user(user.id)  # a deactivated teacher's live sockets close now
+        await relay.close_user(request.app, user.id)  # a deactivated teacher's live sockets close now
     return teacher_out(user)
 
 

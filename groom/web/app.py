@@ -6,7 +6,8 @@ entry, so it is started before the first request and stopped, in reverse order, 
 
 from __future__ import annotations
 
-from typing import AsyncIterator
+import os
+from typing import AsyncIterator, Optional
 
 from aiohttp import web
 
@@ -14,8 +15,11 @@ from groom.core import db
 from groom.core.auth import PASSWORDS, SessionCodec
 from groom.core.config import WEB_DIR, Settings
 from groom.core.i18n import load_catalogs
+from groom.live.placement import Node, Placement, SoloPlacement
 
-from . import proxy
+from . import proxy, relay
+from .bbb_hooks import hooks_ctx
+from .bbb_slides import slides_ctx
 from .decks import imports_ctx
 from .live_pages import rooms_ctx
 from .plumbing import (
@@ -37,14 +41,21 @@ from .routes import setup_routes
 from .static import StaticFiles
 
 
-def create_app(settings: Settings) -> web.Application:
+def create_app(settings: Settings, placement: Optional[Placement] = None) -> web.Application:
+    """``placement``: where classes' rooms run (``live/placement.py``); by default this one
+    process runs them all."""
     settings.prepare()
     proxy.parse_networks(settings.trusted_proxies)  # a wrong entry stops the start, not a request
-    # proxy.forwarded first: every later middleware and handler sees the real client and scheme.
+    # relay.relayed, then proxy.forwarded first: every later middleware and handler sees the
+    # real client and scheme (a request another worker relayed names them itself).
     # body_limit before csrf: the CSRF check may read a form, within the route's body limit.
-    app = web.Application(middlewares=[proxy.forwarded, request_context, errors, body_limit, csrf],
+    app = web.Application(middlewares=[relay.relayed, proxy.forwarded, request_context, errors,
+                                       body_limit, csrf],
                           client_max_size=settings.max_body_kb * 1024)
     app[SETTINGS] = settings
+    app[relay.PLACEMENT] = placement or SoloPlacement(Node("", "", os.getpid()))
+    if not app[relay.PLACEMENT].solo:
+        app.on_response_prepare.append(relay.worker_header)
     app[CODEC] = SessionCodec(settings.secret)
     app[STATIC] = StaticFiles(WEB_DIR / "static")
     app[JINJA] = make_jinja(app[STATIC])
@@ -52,8 +63,11 @@ def create_app(settings: Settings) -> web.Application:
     app.on_response_prepare.append(proxy.hsts)
     app.cleanup_ctx.append(_passwords)
     app.cleanup_ctx.append(_database)
+    app.cleanup_ctx.append(relay.relay_ctx)  # the private port's client (other workers)
     app.cleanup_ctx.append(imports_ctx)
     app.cleanup_ctx.append(rooms_ctx)
+    app.cleanup_ctx.append(slides_ctx)  # the API's slides by URL (needs imports and rooms)
+    app.cleanup_ctx.append(hooks_ctx)  # the API's webhooks (observes rooms and recordings)
     app.cleanup_ctx.append(metrics_ctx)  # /metrics registry and the event-loop lag probe
     setup_routes(app)
     return app

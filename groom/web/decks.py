@@ -23,11 +23,13 @@ from groom.core.auth import require_viewer
 from groom.core.db import load
 from groom.core.errors import AppError, not_found
 from groom.core.models import Classroom, Deck, Slide
+from groom.live.rooms import ROOMS
 from groom.office.lookup import get_class
 
 from .openapi import endpoint, read_body
 from .params import path_id
 from .plumbing import SESSIONS, SETTINGS, viewer
+from .slide_delivery import send_paced
 
 
 class Slot:
@@ -239,5 +241,16 @@ async def slide_image(request: web.Request) -> web.StreamResponse:
     if found is None:
         raise AppError("not_found", "Not found: {what}", status=404, what="slide")
     path, content_type = found
-    return web.FileResponse(path, headers={
-        "Content-Type": content_type, "Cache-Control": "public, max-age=31536000, immutable"})
+    headers = {"Content-Type": content_type, "Cache-Control": "public, max-age=31536000, immutable"}
+    # A live student's page names itself (its listen token): that image crosses a link the
+    # server paces and measures (slide_delivery); anything else is a plain file.
+    token = request.query.get("t")
+    if not token or request.method != "GET" or "Range" in request.headers:
+        return web.FileResponse(path, headers=headers)
+    rooms = request.app.get(ROOMS)
+    listener = rooms.find_listener(token) if rooms is not None else None
+    if listener is None:  # another worker runs the room (or none does): gently, unmeasured
+        return await send_paced(request, path, headers, token, lambda: None, lambda *_: None)
+    room, student = listener
+    return await send_paced(request, path, headers, token, student.controller.slide_kbps,
+                            lambda kbps, paced: room.media.slide_delivered(student, kbps, paced))

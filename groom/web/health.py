@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import time
-from typing import Any
+from typing import Any, Optional
 
 from aiohttp import web
 from sqlalchemy import text
@@ -73,10 +73,30 @@ def check_jobs(app: web.Application) -> dict[str, Any]:
     return result
 
 
+async def check_workers(app: web.Application) -> Optional[dict[str, Any]]:
+    """Under ``--workers N``: the workers the supervisor's registry knows live, and which one
+    answers. Failing only when the supervisor does not answer (this worker cannot place a new
+    lesson); a sibling restarting is not this worker's illness."""
+    from .relay import PLACEMENT  # as for JOBS: the room machinery stays out of this import
+
+    placement = app[PLACEMENT]
+    if placement.solo:
+        return None
+    try:
+        async with asyncio.timeout(DB_TIMEOUT_S):
+            nodes = await placement.nodes()
+    except Exception as exc:  # noqa: BLE001  the kind of failure is enough
+        return {"ok": False, "error": f"supervisor not answering ({type(exc).__name__})"}
+    return {"ok": True, "this": placement.me.id, "live": [n.id for n in nodes]}
+
+
 async def healthz(request: web.Request) -> web.Response:
     app = request.app
     checks = {"database": await check_database(app), "disk": check_disk(app),
               "jobs": check_jobs(app)}
+    workers = await check_workers(app)
+    if workers is not None:
+        checks["workers"] = workers
     ok = all(c["ok"] for c in checks.values())
     return web.json_response({"status": "ok" if ok else "fail", "checks": checks},
                              status=200 if ok else 503, headers={"Cache-Control": "no-store"})

@@ -21,7 +21,7 @@ from groom.office.lookup import get_lesson
 from groom.recordings.jobs import JobWorker
 from groom.recordings.postprocess import job_handlers, recover_recordings
 
-from . import joining, proxy
+from . import joining, proxy, relay
 from .openapi import endpoint
 from .params import path_id
 from .plumbing import LIVE_PERMISSIONS, SESSIONS, SETTINGS, render, viewer
@@ -63,6 +63,11 @@ class LiveRoom(BaseModel):
     wire_bytes: int
     latency: dict[str, Optional[float]]
     mixer: dict[str, int]
+    teacher_uplink: dict[str, int] = Field(
+        default_factory=dict, description="The teacher's packets: received, rebuilt from in-band "
+        "FEC after a loss (recovered), concealed, dropped as too late")
+    worker: Optional[str] = Field(default=None, description="The worker process running the "
+                                  "room (groom serve --workers N); null with one process")
 
 
 @endpoint("GET", "/api/live", summary="What is live now in my schools: rooms, students per tier, "
@@ -70,8 +75,24 @@ class LiveRoom(BaseModel):
 async def live_now(request: web.Request) -> list[LiveRoom]:
     v = require_viewer(await viewer(request))
     v.require_admin()
-    return [LiveRoom(**room.figures()) for room in request.app[ROOMS].by_lesson.values()
-            if v.can_manage_school(room.lesson.school_id)]
+    found = [*_rooms_here(request.app)]
+    for _, answer in await relay.ask_others(request.app, "GET", "/_worker/rooms"):
+        found.extend(answer)
+    return [LiveRoom(**item["figures"]) for item in found
+            if v.can_manage_school(int(item["school_id"]))]
+
+
+def _rooms_here(app: web.Application) -> list[dict[str, Any]]:
+    placement = app[relay.PLACEMENT]
+    worker = None if placement.solo else placement.me.id
+    return [{"school_id": room.lesson.school_id, "figures": {**room.figures(), "worker": worker}}
+            for room in app[ROOMS].by_lesson.values()]
+
+
+async def rooms_here(request: web.Request) -> web.Response:
+    """``GET /_worker/rooms``: this worker's rooms, for another worker's ``/api/live``."""
+    relay.require_relayed(request)
+    return web.json_response(_rooms_here(request.app))
 
 
 @endpoint("GET", "/api/lessons/{lesson_id}/events", summary="The lesson's timeline: slides, ink, "
@@ -98,6 +119,10 @@ async def _student_page(request: web.Request, *, code: Optional[str],
                         card: Optional[str]) -> web.StreamResponse:
     found = await joining.check_code(request, card or code or "")
     room = request.app[ROOMS].for_class(found.classroom.id)
+    if room is None and not request.app[relay.PLACEMENT].solo and not relay.is_relayed(request):
+        owner = await relay.owner_or_none(request.app, found.classroom.id)
+        if owner is not None and owner.id != request.app[relay.PLACEMENT].me.id:
+            return await relay.forward(request, owner)  # its live lesson is there
     lesson = room.lesson.public() if room is not None else waiting_lesson(found)
     join: dict[str, Any] = ({"card": card, "name": found.student.name} if found.student
                             else {"code": code})
@@ -143,7 +168,12 @@ async def teach_page(request: web.Request) -> web.StreamResponse:
 
 async def listen(request: web.Request) -> web.StreamResponse:
     """The no-WebRTC fallback: the student's tier as an endless Ogg/Opus stream."""
-    found = request.app[ROOMS].find_listener(request.match_info["token"])
+    token = request.match_info["token"]
+    found = request.app[ROOMS].find_listener(token)
+    if found is None and not relay.is_relayed(request):
+        owner = await relay.find_holder(request.app, "listen", token)
+        if owner is not None:
+            return await relay.forward(request, owner)
     if found is None:
         raise AppError("not_found", "Not found: {what}", status=404, what="stream")
     room, participant = found
@@ -155,12 +185,15 @@ async def rooms_ctx(app: web.Application) -> AsyncIterator[None]:
     """The live rooms of this process and the worker that post-processes their recordings.
 
     At start, recordings a crash left open are repaired and queued, and lessons it left "live"
-    are ended; at shutdown, live lessons end cleanly before the worker stops."""
+    are ended; at shutdown, live lessons end cleanly before the worker stops. Under
+    ``--workers N`` the supervisor does the repairs once, before any worker starts: a worker
+    that restarts must not end its siblings' lessons or touch the recordings they write."""
     settings, sessions = app[SETTINGS], app[SESSIONS]
     worker = JobWorker(sessions, job_handlers(sessions, settings.data_dir))
     rooms = app[ROOMS] = Rooms(sessions, settings, worker)
-    await rooms.end_orphans()
-    await recover_recordings(sessions, settings.data_dir, worker)
+    if app[relay.PLACEMENT].solo:
+        await rooms.end_orphans()
+        await recover_recordings(sessions, settings.data_dir, worker)
     await worker.start()
     app[JOBS] = worker
     yield

@@ -31,6 +31,8 @@ class Hello(_Msg):
     name: Optional[str] = Field(default=None, max_length=80)
     lesson_id: Optional[Id] = None
     resume: Optional[str] = Field(default=None, max_length=64)
+    # A teacher without a login: the lesson pass of a BBB-API moderator (``bbb_join.py``).
+    lesson_pass: Optional[str] = Field(default=None, max_length=400, alias="pass")
 
 
 class Offer(_Msg):
@@ -53,6 +55,10 @@ class Stats(_Msg):
     silent_concealed_samples: Count = 0
     total_samples: Count = 0
     bytes_received: Count = 0
+    # A slide image finished since the last stats: its bytes x 8 / the seconds from its first
+    # byte to its last, in kbit/s (the page's Resource Timing): what the link carried beside
+    # the voice, whichever server process sent it.
+    slide_kbps: Optional[Annotated[float, Field(gt=0, le=1e6, allow_inf_nan=False)]] = None
 
 
 class DataSaver(_Msg):

@@ -36,6 +36,7 @@ from typing import Any, AsyncIterator, Iterable, Iterator, Optional
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
@@ -45,9 +46,11 @@ from groom.core.tasks import cancel
 from groom.live.latency import EVERY as LATENCY_EVERY
 from groom.live.rooms import ROOMS
 
+from . import relay
 from .decks import IMPORTS
 from .live_pages import JOBS
 from .plumbing import SESSIONS, SETTINGS
+from .relay import PLACEMENT
 
 log = logging.getLogger("groom.web.prometheus")
 
@@ -280,6 +283,43 @@ async def metrics_ctx(app: web.Application) -> AsyncIterator[None]:
     await cancel(task)
 
 
+async def _scrape(app: web.Application) -> bytes:
+    state = app[METRICS]
+    await state.refresh(app)
+    return generate_latest(state.registry)
+
+
+async def metrics_here(request: web.Request) -> web.Response:
+    """``GET /_worker/metrics``: this worker's figures, for another worker's ``/metrics``."""
+    relay.require_relayed(request)
+    return web.Response(body=await _scrape(request.app), content_type="text/plain")
+
+
+def merge_workers(texts: dict[str, str]) -> bytes:
+    """Several workers' expositions as one: every sample gets a ``worker`` label, families of
+    the same name are joined (Prometheus sums them with ``sum without (worker)``)."""
+    families: dict[str, Metric] = {}
+    for worker, text in sorted(texts.items()):
+        for family in text_string_to_metric_families(text):
+            merged = families.setdefault(family.name, Metric(family.name, family.documentation,
+                                                             family.type, family.unit))
+            merged.samples.extend(sample._replace(labels={**sample.labels, "worker": worker})
+                                  for sample in family.samples)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Fixed(list(families.values())))
+    return generate_latest(registry)
+
+
+class _Fixed(Collector):
+    """Families already read (from the workers' texts), exposed as they are."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> Iterable[Metric]:
+        return self.families
+
+
 # --- the endpoint ---------------------------------------------------------------------------
 
 def _is_loopback(remote: Optional[str]) -> bool:
@@ -316,10 +356,13 @@ async def metrics(request: web.Request) -> web.Response:
     refused = refusal(request)
     if refused is not None:
         return refused
-    state = request.app[METRICS]
     started = time.monotonic()
-    await state.refresh(request.app)
-    body = generate_latest(state.registry)
+    body = await _scrape(request.app)
+    if not request.app[PLACEMENT].solo:  # every worker's figures, each labelled with its worker
+        texts = {request.app[PLACEMENT].me.id: body.decode()}
+        for node, answer in await relay.ask_others(request.app, "GET", "/_worker/metrics"):
+            texts[node.id] = str(answer)
+        body = merge_workers(texts)
     log.debug("metrics scraped", extra={"ms": round((time.monotonic() - started) * 1000, 2)})
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST,
                                             "Cache-Control": "no-store"})

@@ -199,6 +199,11 @@ async def forwarded(request: web.Request, handler: Handler) -> web.StreamRespons
     return await handler(request.clone(remote=address, scheme=scheme))
 
 
+def remember_scheme(request: web.Request, scheme: str) -> None:
+    """The client's scheme, kept on the request the response is prepared with (``hsts``)."""
+    request[_SCHEME_KEY] = scheme
+
+
 def public_https(settings: Settings) -> bool:
     return settings.public_url.strip().lower().startswith("https://")
 

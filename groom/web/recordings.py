@@ -29,14 +29,15 @@ from typing import Literal, Optional, Sequence, Union
 
 from aiohttp import web
 from pydantic import BaseModel, Field
-from sqlalchemy import delete, select
+from sqlalchemy import delete, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from groom.board.slides import FILE_NAME
 from groom.core.auth import Viewer
 from groom.core.db import load
 from groom.core.errors import AppError, not_found
-from groom.core.models import Job, JobState, Lesson, Recording, RecordingState
+from groom.core.models import ApiMeeting, Job, JobState, Lesson, Recording, RecordingState
+from groom.office import api_clients
 from groom.recordings.jobs import enqueue
 from groom.recordings.offline_pack import MP3, PACK, VIRTUAL
 from groom.recordings.playback import overlays, read_timeline, slide_changes
@@ -146,14 +147,17 @@ async def staff_lesson(db: AsyncSession, v: Viewer, lesson_id: int) -> tuple[Les
 
 async def student_lesson(request: web.Request, lesson_id: int
                           ) -> tuple[joining.JoinTarget, Lesson, Recording]:
-    """A ready recording of the code's class; any other lesson is 404. No viewer here (students
-    have no account): the class code or card is the permission, checked by ``joining``."""
+    """A ready (and, for an API meeting, published) recording of the code's class; any other
+    lesson is 404. No viewer here (students have no account): the class code or card is the
+    permission, checked by ``joining``."""
     found = await joining.check_code(request, request.match_info["code"])
     async with request.app[SESSIONS]() as db:
         lesson = await load(db, Lesson, lesson_id)
         recording = await db.scalar(select(Recording).where(Recording.lesson_id == lesson_id))
+        meeting = await api_clients.meeting_of_lesson(db, lesson_id)
     if (lesson is None or lesson.class_id != found.classroom.id or recording is None
-            or recording.state != RecordingState.ready):
+            or recording.state != RecordingState.ready
+            or (meeting is not None and not meeting.published)):  # unpublished by its API client
         raise not_found("recording")
     return found, lesson, recording
 
@@ -195,21 +199,23 @@ async def class_recordings(db: AsyncSession, class_id: int, *, ready_only: bool
     query = (select(Lesson, Recording).join(Recording, Recording.lesson_id == Lesson.id)
              .where(Lesson.class_id == class_id)
              .order_by(Lesson.starts_at.desc(), Lesson.id.desc()))
-    if ready_only:
-        query = query.where(Recording.state == RecordingState.ready)
+    if ready_only:  # what students see: ready, and not unpublished by an API client
+        query = (query.where(Recording.state == RecordingState.ready)
+                 .outerjoin(ApiMeeting, ApiMeeting.lesson_id == Lesson.id)
+                 .where(or_(ApiMeeting.id.is_(None), ApiMeeting.published)))
     return [(lesson, rec) for lesson, rec in (await db.execute(query)).unique().tuples().all()]
 
 
 # --- what admins do ------------------------------------------------------------------------------
 
-def _remove_files(data_dir: Path, lesson_id: int) -> None:
+def remove_files(data_dir: Path, lesson_id: int) -> None:
     directory = recording_dir(data_dir, lesson_id)
     shutil.rmtree(directory, ignore_errors=True)
     for aside in directory.parent.glob(f"{lesson_id}-part*"):  # earlier runs of the lesson
         shutil.rmtree(aside, ignore_errors=True)
 
 
-def _require_idle(rec: Recording) -> None:
+def require_idle(rec: Recording) -> None:
     if rec.state in (RecordingState.recording, RecordingState.processing):
         raise AppError("recording_busy", "The recording is still being made or processed. "
                        "Try again when it is finished.", status=409)
@@ -220,11 +226,11 @@ async def delete_recording(request: web.Request, v: Viewer, lesson_id: int) -> L
     async with request.app[SESSIONS].begin() as db:
         lesson, rec = await staff_lesson(db, v, lesson_id)
         v.require_school(lesson.classroom.school_id)
-        _require_idle(rec)
+        require_idle(rec)
         await db.execute(delete(Job).where(Job.lesson_id == lesson_id,
                                            Job.state == JobState.queued))
         await db.delete(rec)
-    await asyncio.to_thread(_remove_files, request.app[SETTINGS].data_dir, lesson_id)
+    await asyncio.to_thread(remove_files, request.app[SETTINGS].data_dir, lesson_id)
     return lesson
 
 

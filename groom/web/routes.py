@@ -14,6 +14,8 @@ from groom.office.schools import MAX_CSV_BYTES
 from . import (
     accounts,
     api,  # noqa: F401  (its handlers register themselves with @endpoint)
+    bbb_api,
+    bbb_live,
     calendar_feeds,
     decks,
     health,
@@ -21,12 +23,14 @@ from . import (
     prometheus,
     recording_pages,
     recordings_api,  # noqa: F401  (its handlers register themselves with @endpoint)
+    relay,
     schedule_api,  # noqa: F401  (its handlers register themselves with @endpoint)
     signaling,
     teacher_pages,
 )
 from . import admin_pages as office_pages
 from . import pages as views
+from .bbb_slides import MAX_XML_BYTES
 from .openapi import add_api_routes, document
 from .plumbing import BODY_LIMITS, STATIC, viewer
 
@@ -55,6 +59,14 @@ def setup_routes(app: web.Application) -> None:
     r.add_get("/api/openapi.json", openapi_json)
     r.add_get("/healthz", health.healthz)
     r.add_get("/metrics", prometheus.metrics)
+    # Worker to worker (groom serve --workers N), on the private loopback port: relay.py.
+    r.add_get("/_worker/holds", relay.holds)
+    r.add_post("/_worker/close-user", relay.close_user_here)
+    r.add_get("/_worker/rooms", live_pages.rooms_here)
+    r.add_get("/_worker/metrics", prometheus.metrics_here)
+    r.add_post("/_worker/bbb/live", bbb_live.live_here)
+    r.add_post("/_worker/bbb/end", bbb_live.end_here)
+    r.add_post("/_worker/bbb/deck", bbb_live.show_deck_here)
     r.add_get("/", index)
     r.add_get("/lang/{lang}", set_language)
     r.add_get("/login", accounts.login_page)
@@ -73,6 +85,7 @@ def setup_routes(app: web.Application) -> None:
     r.add_get("/calendar/teacher/{ident}/{token}.ics", calendar_feeds.teacher_feed)
     add_page_routes(r)
     recording_pages.add_routes(r)
+    bbb_api.add_routes(r)
     app[BODY_LIMITS] = body_limits()
     r.add_get("/static/{name}", app[STATIC].serve)
 
@@ -82,7 +95,9 @@ def body_limits() -> dict[str, int]:
     form = 64 * 1024  # the form's other fields and the multipart framing
     return {"/api/classes/{class_id}/decks": MAX_UPLOAD_BYTES + form,
             "/api/classes/{class_id}/students/import": MAX_CSV_BYTES,
-            "/classes/{id}/import": MAX_CSV_BYTES + 4 * office_pages.MAX_PASTE_CHARS + form}
+            "/classes/{id}/import": MAX_CSV_BYTES + 4 * office_pages.MAX_PASTE_CHARS + form,
+            # create / insertDocument may carry a document inline, base64 in XML
+            "/bigbluebutton/api/{call}": MAX_XML_BYTES}
 
 
 def add_page_routes(r: web.UrlDispatcher) -> None:

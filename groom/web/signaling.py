@@ -17,15 +17,17 @@ import secrets
 import time
 from typing import Any, Optional
 
+import aiohttp
 from aiohttp import WSMsgType, web
 from pydantic import ValidationError
 
 from groom.core import logs, text
 from groom.core.errors import AppError
+from groom.live.placement import Node
 from groom.live.room import Participant, Room
 from groom.live.rooms import ROOMS
 
-from . import joining, proxy
+from . import bbb_join, bbb_slides, joining, proxy, relay
 from .live_pages import waiting_lesson
 from .messages import (
     MAX_MESSAGE,
@@ -52,7 +54,7 @@ from .messages import (
     Vote,
     parse,
 )
-from .plumbing import SETTINGS, tr, viewer
+from .plumbing import SESSIONS, SETTINGS, tr, viewer
 
 log = logging.getLogger("groom.web.signaling")
 
@@ -146,6 +148,8 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         raise AppError("forbidden", "You are not allowed to do this.", status=403)
     ws = web.WebSocketResponse(max_msg_size=MAX_MESSAGE, heartbeat=25)
     await ws.prepare(request)
+    if relay.is_relayed(request):  # counted by the worker it came in through
+        return await _serve(request, ws)
     sockets, address = joining.open_sockets(request.app), joining.client_address(request)
     if not sockets.open(address):  # settings.sockets_per_address, counted before hello
         error = AppError("too_many_connections", "Too many connections from this network.",
@@ -189,6 +193,7 @@ class _Session:
         self._allowance = RATE_BURST
         self._last = time.monotonic()
         self._pending: Optional[asyncio.Task[Optional[Any]]] = None  # a read begun while waiting
+        self._text = ""  # the last message as it came (the hello, when relayed to its worker)
 
     def _error(self, exc: AppError) -> dict[str, Any]:
         """An ``error`` message in the participant's language (their page's cookie/header)."""
@@ -222,6 +227,7 @@ class _Session:
             if not self._within_rate():
                 self.conn.close(4429, "too many messages")
                 return None
+            self._text = msg.data
             try:
                 return parse.validate_json(msg.data)
             except ValidationError as exc:
@@ -241,6 +247,15 @@ class _Session:
             self.conn.close(4400, "hello expected")
             return
         try:
+            owner = await self._owner_elsewhere(hello)
+        except (aiohttp.ClientError, asyncio.TimeoutError, LookupError):
+            log.warning("placement unavailable", exc_info=True)
+            self.conn.close(1013, "try again")  # not final: the page comes back and is placed
+            return
+        if owner is not None:
+            await relay.pipe_websocket(self.request, self.conn, owner, self._text)
+            return
+        try:
             await self._hello(hello)
         except AppError as exc:
             self.conn.send(self._error(exc))
@@ -258,9 +273,38 @@ class _Session:
             except AppError as exc:
                 self.conn.send(self._error(exc))
 
+    async def _owner_elsewhere(self, hello: Hello) -> Optional[Node]:
+        """The worker that runs this hello's class, when it is not this one. None: serve it
+        here (one process; a socket another worker relayed; a wrong code, lesson or token,
+        which is answered here like any other)."""
+        app = self.request.app
+        if app[relay.PLACEMENT].solo or relay.is_relayed(self.request):
+            return None
+        class_id: Optional[int] = None
+        if hello.role == "teacher":
+            if hello.lesson_id is not None:
+                class_id = await relay.class_of_lesson(app, hello.lesson_id)
+        elif hello.resume and self.rooms.find_resume(hello.resume) is not None:
+            return None
+        elif hello.card or hello.code:  # no rate limit here: check_code runs where it is served
+            async with app[SESSIONS]() as db:
+                target = await joining.resolve(db, hello.card or hello.code or "")
+            class_id = target.classroom.id if target is not None else None
+        elif hello.resume:
+            return await relay.find_holder(app, "resume", hello.resume)
+        return await relay.owner_elsewhere(app, class_id) if class_id is not None else None
+
     async def _hello(self, hello: Hello) -> None:
         room: Optional[Room]  # None only while a student waits for the lesson to start
-        if hello.role == "teacher":
+        if hello.role == "teacher" and hello.lesson_pass is not None:
+            grant, deck_id = await bbb_join.lesson_pass(self.request, hello.lesson_pass)
+            if hello.lesson_id != grant.lesson_id:
+                raise AppError("forbidden", "You are not allowed to do this.", status=403)
+            room = await self.rooms.open(grant.lesson_id, grant)
+            # Every pass holder shares one seat (user id 0 is nobody's): the latest takes it.
+            me = room.add_teacher(grant.name, 0, self.conn, hello.resume)
+            await bbb_slides.show_meeting_deck(self.request.app, deck_id, grant.lesson_id)
+        elif hello.role == "teacher":
             v = await viewer(self.request)
             if v is None:
                 raise AppError("unauthorized", "Please log in.", status=401)

@@ -74,6 +74,8 @@ var GRoom = (function () {
       this.welcome = null;
       /** @type {Message|null} */
       this.room = null;
+      /** kbit/s of the last slide image (the page sets it), sent with the next stats. */
+      this.slideKbps = 0;
       /** @type {State} */
       this.state = "connecting";
       this.delay = 1;
@@ -406,6 +408,7 @@ var GRoom = (function () {
           total_samples: s.totalSamplesReceived || 0,
           bytes_received: s.bytesReceived || 0,
         };
+        if (self.slideKbps) { stats.slide_kbps = self.slideKbps; self.slideKbps = 0; }
         self.send(stats);
         self.emit("stats", stats);
       }, function () { /* closed meanwhile */ });

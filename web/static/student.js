@@ -23,6 +23,10 @@
   /** @type {any} */
   var poll = null;
   var tier = "", prefetched = {}, sharp = {}, prefetchTimer = 0, chatOn = true, resultShown = false;
+  /** The server paces and times slide images by this (the listen token): audio first on a thin
+   *  link. Until the link has been measured (a `tier` message, or the next slide) the tier is
+   *  a guess, so the first image is the small one: one image per slide, never large then small. */
+  var slideToken = "", measured = false, TIERS = ["low", "standard", "high"];
   /** Browsers without WebP (KaiOS) get the JPEG copy of the small image; asked once. */
   var webp = (function () {
     try { return document.createElement("canvas").toDataURL("image/webp").indexOf("data:image/webp") === 0; }
@@ -81,8 +85,9 @@
   /** The image this phone should fetch for a slide: small on the low tier or data saver, unless
    *  the student tapped that slide for the sharper one (a worksheet page to read closely). */
   function imageUrl(s) {
-    var name = !webp ? s.jpeg : (tier === "low" || saver.checked) && !sharp[s.large] ? s.small : s.large;
-    return "/slides/" + encodeURIComponent(name);
+    var small = tier === "low" || saver.checked || !measured;
+    var name = !webp ? s.jpeg : small && !sharp[s.large] ? s.small : s.large;
+    return "/slides/" + encodeURIComponent(name) + (slideToken ? "?t=" + encodeURIComponent(slideToken) : "");
   }
 
   function showSlide(s) {
@@ -173,7 +178,8 @@
 
   function start() {
     var hello = join.card ? { role: "student", card: join.card }
-                          : { role: "student", code: join.code, name: nameInput.value.trim() };
+                          : { role: "student", code: join.code,
+                              name: join.name || nameInput.value.trim() };
     live = new GRoom.Live({ url: cfg.ws, hello: hello, key: resumeKey, fallback: true, stats: true });
     window.groom = live;  // for tests and curious teachers: the live connection
     form.hidden = true;
@@ -187,6 +193,7 @@
         $("who").textContent = l.class_name + " · " + l.teacher_name;
       }
       if (m.tier) { tier = m.tier; $("tier").textContent = t[m.tier] || m.tier; }
+      slideToken = m.listen_token || "";
       deck = m.deck || null;
       showSlide(m.slide || null);
       var chat = m.chat || { enabled: true, recent: [] };
@@ -213,10 +220,14 @@
     live.on("tier", function (m) {
       $("tier").textContent = t[m.tier] || m.tier;
       saver.checked = !!m.data_saver;
-      if (m.tier !== tier) { tier = m.tier; if (slide) showSlide(slide); }
+      // A step down keeps the image on screen; a step up (the link proved room) sharpens it.
+      var up = TIERS.indexOf(m.tier) > TIERS.indexOf(tier) || (!measured && m.tier !== "low");
+      tier = m.tier;
+      measured = true;
+      if (up && slide) showSlide(slide);
     });
     live.on("deck", function (m) { deck = m.deck; prefetched = {}; });
-    live.on("slide", function (m) { showSlide(m.slide); });
+    live.on("slide", function (m) { measured = true; showSlide(m.slide); });
     live.on("ink", function (m) {
       if (slide && m.page === slide.page) { slide.ink = (slide.ink || []).concat([m.stroke]); board.add(m.stroke); }
     });
@@ -266,6 +277,15 @@
   });
 
   $("slide").addEventListener("load", prefetch);
+  /** How fast the slide image came (first byte to last): the server sizes the tier and paces
+   *  the next images by it. Nothing when it came from the cache. */
+  $("slide").addEventListener("load", function () {
+    var e = window.performance && performance.getEntriesByName && performance.getEntriesByName($("slide").src).pop();
+    var seconds = e ? (e.responseEnd - e.responseStart) / 1000 : 0;
+    if (live && e && e.encodedBodySize > 2000 && e.transferSize > 0 && seconds > 0.02) {
+      live.slideKbps = e.encodedBodySize * 8 / seconds / 1000;
+    }
+  });
   $("slide").addEventListener("click", function () {
     if (slide && webp && !sharp[slide.large]) { sharp[slide.large] = 1; showSlide(slide); }
   });

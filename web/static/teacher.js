@@ -10,7 +10,8 @@
    * @typedef {{id: string, name: string, tier: string, quality: string, loss_pct: number,
    *            jitter_ms: number, rtt_ms: number, hand: boolean, connected: boolean}} Participant
    */
-  /** @type {{ws: string, lesson_id: number, class_id: number, csrf: string, t: Object<string, string>}} */
+  /** @type {{ws: string, lesson_id: number, class_id: number, csrf: string, pass: string,
+   *          t: Object<string, string>}} */
   var cfg = JSON.parse($("config").textContent);
   var t = cfg.t;
   var resumeKey = "groom.resume.t." + cfg.lesson_id;
@@ -348,7 +349,10 @@
       return;
     }
     meter(mic);
-    live = new GRoom.Live({ url: cfg.ws, hello: { role: "teacher", lesson_id: cfg.lesson_id },
+    // A moderator sent by the BBB-compatible API has no login: the page's lesson pass is theirs.
+    var hello = cfg.pass ? { role: "teacher", lesson_id: cfg.lesson_id, pass: cfg.pass }
+                         : { role: "teacher", lesson_id: cfg.lesson_id };
+    live = new GRoom.Live({ url: cfg.ws, hello: hello,
                             key: resumeKey, mic: mic });
     window.groom = live;  // for tests
     live.on("state", showStatus);
@@ -490,7 +494,8 @@
   $("close-private").addEventListener("click", function () { if (online()) live.send({ type: "poll_close", show: false }); });
   drawColors();
   pollInputs();
-  loadDecks();
+  // The class's deck library needs a login; a pass holder shows the meeting's own slides.
+  if (cfg.pass) $("upload").hidden = true; else loadDecks();
   $("end").addEventListener("click", function () {
     if (live && window.confirm(t.end_confirm)) live.send({ type: "end" });
   });
