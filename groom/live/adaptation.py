@@ -28,9 +28,8 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from enum import Enum
-from typing import Any
 
 DEFAULT_TIERS: tuple[str, ...] = ("low", "standard", "high")  # lowest bitrate first
 START_TIER = "low"  # no tier above the lowest before the link has shown room for it
@@ -128,11 +127,6 @@ class LinkQuality:
     protect: bool = False
     failed_step_ups: int = 0
     capacity_kbps: float | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["grade"] = self.grade.value
-        return data
 
 
 def classify(sample: LinkSample, th: Thresholds) -> tuple[Grade, bool]:
