@@ -19,7 +19,7 @@ from aiortc.mediastreams import MediaStreamTrack
 
 from groom.live import consent
 from netlab import PROFILES, NetLab, UdpDelayRelay, missing_tools
-from peers import Peer, end_lesson, new_lesson, start_teacher
+from peers import Peer, end_lesson, join_student, new_lesson, start_teacher
 from servers import ApiClient, GroomServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -79,19 +79,17 @@ async def _participant_rtt(teacher: Peer, student_id: str, timeout: float) -> Op
 async def test_teacher_sees_student_rtt(live: tuple[GroomServer, dict[str, Any]]) -> None:
     srv, demo = live
     teacher = await start_teacher(srv, demo)
-    student = Peer(srv.base_url)
+    student: Optional[Peer] = None
     try:
-        welcome = await student.connect({"type": "hello", "role": "student",
-                                         "code": demo["class_code"], "name": "Rtt Kham"})
-        assert welcome["type"] == "welcome", welcome
-        await student.negotiate(send_audio=False, receive_audio=True)
-        rtt = await _participant_rtt(teacher, welcome["participant_id"], 12.0)
+        student = await join_student(srv, demo, "Rtt Kham")
+        rtt = await _participant_rtt(teacher, student.welcome["participant_id"], 12.0)
         assert rtt is not None, "no rtt_ms in the teacher's participants list"
         assert 0 <= rtt < 200, rtt  # loopback
     finally:
         await end_lesson(teacher)
         await teacher.close()
-        await student.close()
+        if student is not None:
+            await student.close()
 
 
 def _first_candidate(sdp: str) -> tuple[str, int]:
