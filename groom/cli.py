@@ -24,12 +24,14 @@ import sys
 from typing import Any, Optional
 
 from aiohttp import web
+from redis.exceptions import RedisError
 
 from groom.core import backup, db, logs, node
 from groom.core.config import SettingError, Settings, add_arguments, settings_from_args
 from groom.core.errors import AppError
 from groom.core.models import Role
-from groom.live.placement import Node, RegistryPlacement
+from groom.live.placement import Node, Placement, RegistryPlacement
+from groom.live.redis_placement import RedisPlacement
 from groom.live.rooms import ROOMS, Rooms
 from groom.office.users import create_user
 from groom.recordings.jobs import requeue_host_jobs
@@ -145,8 +147,9 @@ async def _supervise(settings: Settings, argv: list[str], *, demo: bool, as_json
     try:
         await db.migrate(engine)
         sessions = db.make_sessionmaker(engine)
-        await Rooms(sessions, settings).end_orphans()
-        await recover_recordings(sessions, settings.data_dir)  # queued: a worker runs them
+        if not settings.redis_url:  # in a cluster, other nodes' lessons are live: the
+            await Rooms(sessions, settings).end_orphans()  # janitor ends only those of gone nodes
+            await recover_recordings(sessions, settings.data_dir)  # queued: a worker runs them
         await requeue_host_jobs(sessions)
         info: Optional[dict[str, Any]] = None
         if demo:
@@ -168,19 +171,13 @@ def _free_port(host: str) -> int:
 
 async def _serve(settings: Settings, *, demo: bool, as_json: bool) -> None:
     settings.prepare()
-    registry = node.supervisor_url()
-    placement: Optional[RegistryPlacement] = None
-    private: Optional[socket.socket] = None
-    if registry:  # a worker: a private loopback port for the others, and the shared registry
-        private = socket.create_server(("127.0.0.1", 0))
-        me = Node(node.worker_id(), f"http://127.0.0.1:{private.getsockname()[1]}", os.getpid())
-        placement = RegistryPlacement(me, registry, node.relay_token(settings.secret))
+    placement, private = _placement(settings)
     app = create_app(settings, placement)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=5)
     await runner.setup()
     ssl_context = _ssl_context(settings)
     site = web.TCPSite(runner, settings.host, settings.port, ssl_context=ssl_context,
-                       reuse_port=placement is not None)
+                       reuse_port=bool(node.supervisor_url()))
     await site.start()
     if private is not None:
         await web.SockSite(runner, private).start()
@@ -200,13 +197,37 @@ async def _serve(settings: Settings, *, demo: bool, as_json: bool) -> None:
         loop.add_signal_handler(sig, stop.set)
     try:
         if placement is not None:  # from now on classes may be placed here
-            await placement.start(app[ROOMS].load, stop.set)
+            try:
+                await placement.start(app[ROOMS].load, stop.set)
+            except (RedisError, RuntimeError) as exc:
+                log.error("cannot join the cluster: %s", exc)
+                raise SystemExit(f"groom: cannot join the cluster: {exc}") from None
         await stop.wait()
         log.info("stopping")
     finally:
         if placement is not None:
             await placement.stop()
         await runner.cleanup()
+
+
+def _placement(settings: Settings) -> tuple[Optional[Placement], Optional[socket.socket]]:
+    """Where this process learns which process runs a class: nowhere (one process), its
+    supervisor (a worker of ``--workers N``) or Redis (a node of a cluster); and the private
+    port where the others relay to the rooms it runs."""
+    registry = node.supervisor_url()
+    if not registry and not settings.redis_url:
+        return None, None
+    address = settings.node_address if settings.redis_url else "127.0.0.1"
+    private = socket.create_server((address, 0), family=socket.AF_INET6 if ":" in address
+                                   else socket.AF_INET)
+    host = f"[{address}]" if ":" in address else address
+    url = f"http://{host}:{private.getsockname()[1]}"
+    if settings.redis_url:
+        name = settings.node_id or node.machine()
+        me = Node(f"{name}/{node.worker_id()}" if node.worker_id() else name, url, os.getpid())
+        return RedisPlacement(me, settings.redis_url, settings.redis_prefix), private
+    me = Node(node.worker_id(), url, os.getpid())
+    return RegistryPlacement(me, registry, node.relay_token(settings.secret)), private
 
 
 def _print_demo(info: dict[str, Any], as_json: bool) -> None:

@@ -67,6 +67,14 @@ def _networks(value: str) -> str:
     return value
 
 
+def _redis_url(value: str) -> str:
+    """Checked here so that a typo stops the start instead of every join failing later."""
+    value = value.strip()
+    if value and not value.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError(f"{value!r} is not a redis://, rediss:// or unix:// URL")
+    return value
+
+
 def _workers(value: str) -> int:
     count = int(value)
     if count < 0:
@@ -135,6 +143,16 @@ OPTIONS: list[Option] = [
            "the connections on the same port and runs its own live lessons; 0 means one per CPU "
            "core, 1 means a single process with no supervisor."),
     Option("port", int, 8080, "TCP port to listen on (0 picks a free one)."),
+    Option("redis_url", _redis_url, "", "Redis of a cluster of G-Room nodes (redis://host:6379/0): "
+           "every process registers there and the nodes agree on which one runs each class's "
+           "lesson. Empty: this machine alone (placement kept in memory)."),
+    Option("redis_prefix", str, "groom", "Prefix of every Redis key this cluster uses (several "
+           "clusters, or tests, may share one Redis)."),
+    Option("node_id", str, "", "This machine's name in the cluster (unique per machine); empty "
+           "means the host name. Workers add /w0, /w1, ..."),
+    Option("node_address", str, "127.0.0.1", "Address of this machine that the other nodes "
+           "reach it on (a private network): each process listens there on a port of its own for "
+           "connections relayed to the lessons it runs."),
     Option("data_dir", Path, Path("data"), "Folder for the SQLite database, uploads and recordings."),
     Option("database_url", str, "", "SQLAlchemy URL; empty means SQLite in the data folder. "
            "PostgreSQL: postgresql+asyncpg://user@host/db."),
@@ -229,6 +247,10 @@ class Settings:
     host: str = "127.0.0.1"
     workers: int = 0
     port: int = 8080
+    redis_url: str = ""
+    redis_prefix: str = "groom"
+    node_id: str = ""
+    node_address: str = "127.0.0.1"
     data_dir: Path = Path("data")
     database_url: str = ""
     secret: str = ""

@@ -89,7 +89,8 @@ class RoomMedia:
         offer = RTCSessionDescription(
             sdp=sdp.filter_candidates(offer_sdp, allow_link_local=self._allow_link_local), type="offer")
         if p.pc is not None and p.pc.connectionState in ("connected", "connecting", "new") \
-                and p.role == "student" and p.sender is not None and p.sender.ready:
+                and p.role == "student" and p.sender is not None and p.sender.ready \
+                and self._same_peer(p.pc, offer.sdp):
             try:
                 return await self._renegotiate(p, offer)
             except Exception as exc:  # the listening connection itself goes on
@@ -100,6 +101,11 @@ class RoomMedia:
         except Exception as exc:
             await self.close_media(p)
             raise self._bad_offer(p, exc) from None
+
+    @staticmethod
+    def _same_peer(pc: RTCPeerConnection, offer_sdp: str) -> bool:
+        current = pc.remoteDescription
+        return current is not None and sdp.fingerprints(current.sdp) == sdp.fingerprints(offer_sdp)
 
     @staticmethod
     def _bad_offer(p: Participant, exc: Exception) -> AppError:

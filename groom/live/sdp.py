@@ -252,3 +252,11 @@ def with_red(answer_sdp: str, red: tuple[int, int]) -> tuple[str, bool]:
         out.extend(section)
     head = lines[:_sections(lines)[0][0]] if _sections(lines) else lines
     return eol.join(head + out) + eol, added
+
+
+def fingerprints(sdp: str) -> frozenset[str]:
+    """The DTLS certificate fingerprints an SDP names. A renegotiation (the floor) keeps them; a
+    new connection from the same seat (a page that reconnected while its old connection was
+    still alive here) has new ones and must get a new peer connection, not a renegotiation."""
+    return frozenset(line.split(":", 1)[1].strip().lower() for line in sdp.splitlines()
+                     if line.startswith("a=fingerprint:"))

@@ -121,7 +121,7 @@ async def owner_or_none(app: web.Application, class_id: int) -> Optional[Node]:
     that only shows the lesson is better drawn here than not at all)."""
     try:
         return await app[PLACEMENT].owner(class_id)
-    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+    except (aiohttp.ClientError, asyncio.TimeoutError, LookupError) as exc:
         log.warning("placement unavailable", extra={"error": type(exc).__name__})
         return None
 
