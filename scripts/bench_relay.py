@@ -50,6 +50,15 @@ Measured, all over the window:
   ``quality`` (per process). Needs ``pesq``: ``scripts/install --extras bench``. ``--tier``
   ``low-red`` / ``standard-red`` puts students on a protected (RED) variant.
 
+With ``--nodes K`` (K > 1): a redis-server is started on a free port (or ``--redis-url`` is
+used) and K server processes run as one cluster (``--redis-url``, ``--node-id n1..nK``, one data
+folder and SQLite database, or ``--server-arg=--database-url=...``); lessons are placed by load,
+student processes join through the nodes in turn, CPU is summed over every node.
+``rooms_per_node`` says where the lessons ran, ``student_processes_via_edge`` how many student
+processes came through a node that is not their lesson's origin, ``edge_latency_ms_p95`` the
+server-added latency (p95) of the rooms those students were in (an edge relays signaling only:
+the audio leaves the origin's sockets straight to the student).
+
 One JSON object per line per N on stdout; progress on stderr.
 """
 
@@ -100,13 +109,17 @@ def free_port() -> int:
 class Server:
     """``python -m groom serve --demo --json`` in a fresh data folder; output to a log file."""
 
-    def __init__(self, data_dir: Path, extra: list[str], profile: Optional[Path] = None) -> None:
+    def __init__(self, data_dir: Path, extra: list[str], profile: Optional[Path] = None,
+                 name: str = "server", demo: bool = True) -> None:
+        """``demo``: seed the demo school and wait for its links (the first node); a further
+        node of ``--nodes K`` shares its data folder and database and only has to be healthy."""
         self.data_dir = data_dir
         self.profile = profile
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = data_dir / "server.log"
+        self.log_path = data_dir / f"{name}.log"
         self.extra = extra
+        self.seeds = demo
         self.proc: Optional[subprocess.Popen[bytes]] = None
         self.demo: dict[str, Any] = {}
 
@@ -114,7 +127,8 @@ class Server:
         out = self.log_path.open("ab")
         wrap = ["-m", "cProfile", "-o", str(self.profile)] if self.profile else []
         self.proc = subprocess.Popen(
-            [sys.executable, *wrap, "-m", "groom", "serve", "--demo", "--json", "--port", str(self.port),
+            [sys.executable, *wrap, "-m", "groom", "serve", *(["--demo", "--json"] if self.seeds else []),
+             "--port", str(self.port),
              "--data-dir", str(self.data_dir), "--join-attempts-per-minute", "100000",
              # Every simulated student comes from 127.0.0.1: lift the per-address budgets and
              # the room size that protect a real server from one address's flood.
@@ -126,11 +140,12 @@ class Server:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError("server exited: " + self.log_path.read_text()[-3000:])
-            if not self.demo:
+            if self.seeds and not self.demo:
                 for line in self.log_path.read_text(errors="replace").splitlines():
                     if line.startswith("{") and '"class_code"' in line:
                         self.demo = json.loads(line)
-            if self.demo and self._healthy():  # with --workers the links come before the workers
+            # with --workers the links come before the workers are up: wait for both
+            if (self.demo or not self.seeds) and self._healthy():
                 return self
             time.sleep(0.1)
         raise RuntimeError("the server did not come up: " + self.log_path.read_text()[-3000:])
@@ -313,12 +328,17 @@ class Teacher:
 class Workers:
     def __init__(self) -> None:
         self.procs: list[subprocess.Popen[str]] = []
+        self.urls: list[str] = []  # the node each process joined through
 
-    def spawn(self, url: str, code: str, n: int, per_process: int, tier: str,
+    def spawn(self, urls: list[str], code: str, n: int, per_process: int, tier: str,
               concurrency: int, stats_interval: float, extra: tuple[str, ...] = ()) -> None:
+        """Student processes for one room; with several nodes, the room's processes join through
+        the nodes in turn (as a load balancer in front of them spreads a class's phones)."""
         first = 0
         while first < n:
             count = min(per_process, n - first)
+            url = urls[(first // per_process) % len(urls)]
+            self.urls.append(url)
             self.procs.append(subprocess.Popen(
                 [sys.executable, str(STUDENTS_SCRIPT), "--url", url, "--code", code,
                  "--count", str(count), "--first", str(first), "--tier", tier,
@@ -549,7 +569,15 @@ async def measure(n: int, args: argparse.Namespace) -> dict[str, Any]:
     token = secrets.token_urlsafe(16)
     server_args = [*(args.server_arg or []), *(["--metrics-token", token] if args.scrape else []),
                    "--workers", str(args.workers)]
-    server = Server(data_dir, server_args, profile).start()
+    redis: Optional[RedisServer] = None
+    if args.nodes > 1:
+        redis = RedisServer() if not args.redis_url else None
+        server_args += ["--redis-url", args.redis_url or (redis.url if redis else ""),
+                        "--redis-prefix", "bench" + secrets.token_hex(4)]
+    server = Server(data_dir, server_args + (["--node-id", "n1"] if args.nodes > 1 else []),
+                    profile).start()
+    nodes = [server] + [Server(data_dir, server_args + ["--node-id", f"n{i + 1}"], name=f"node{i + 1}",
+                               demo=False).start() for i in range(1, args.nodes)]
     demo = server.demo
     url = server.url
     admin: Optional[aiohttp.ClientSession] = None
@@ -567,14 +595,15 @@ async def measure(n: int, args: argparse.Namespace) -> dict[str, Any]:
         await asyncio.sleep(1.0)
         baseline: Optional[dict[str, float]] = None
         if args.baseline_seconds > 0:
-            w = Window(server.pids(), [])
+            w = Window(all_pids(nodes), [])
             await asyncio.sleep(args.baseline_seconds)
             baseline = w.stop()
             log(f"n={n}: baseline ({r} teacher(s), no students) {baseline['server_pct']:.2f} % of a core")
 
         joined_at = time.monotonic()
         for room in rooms:
-            workers.spawn(url, room.code, n, args.per_process, tier, args.concurrency,
+            workers.spawn([node.url for node in nodes], room.code, n, args.per_process, tier,
+                          args.concurrency,
                           args.stats_interval,
                           ("--quality", str(len(packets) * 960)) if args.quality else ())
         ready = await workers.read_all()
@@ -603,7 +632,7 @@ async def measure(n: int, args: argparse.Namespace) -> dict[str, Any]:
 
         # The window.
         live0 = await live_rooms(admin, url, rooms)
-        w = Window(server.pids(), workers.pids())
+        w = Window(all_pids(nodes), workers.pids())
         scraper = Scraper(url, token, args.scrape) if args.scrape else None
         if scraper is not None:
             scraper.start()
@@ -632,7 +661,7 @@ async def measure(n: int, args: argparse.Namespace) -> dict[str, Any]:
         latency = sum1["latency"]
         send_rate = sent / wall
         result: dict[str, Any] = {
-            "n": n, "rooms": r, "workers": args.workers, "nodes": 1,
+            "n": n, "rooms": r, "workers": args.workers, "nodes": args.nodes,
             "tier": tier, "frame_ms": FRAME_MS[tier], "seconds": round(wall, 1),
             **({"teacher": "silent"} if args.silent else {}),
             **({"stats_interval": args.stats_interval} if args.stats_interval != 2.0 else {}),
@@ -674,7 +703,8 @@ async def measure(n: int, args: argparse.Namespace) -> dict[str, Any]:
             "decoded_rms": [x for rep in reports for x in rep["decoded_rms"]],
             "client_tiers": _merge(t["tiers"] for t in tiers_seen),
             **(_quality(reports) if args.quality else {}),
-            "server_errors": server.errors()[:3],
+            "server_errors": [e for node in nodes for e in node.errors()][:3],
+            **(_placement(live1, nodes, workers, r) if args.nodes > 1 else {}),
             **scraped,
         }
         if result["saturated"]:
@@ -690,11 +720,70 @@ async def measure(n: int, args: argparse.Namespace) -> dict[str, Any]:
             await room.http.close()
         if admin is not None:
             await admin.close()
-        server.stop()
+        for node in nodes:
+            node.stop()
+        if redis is not None:
+            redis.stop()
         if profile is not None and profile.exists():
             import pstats
             print(f"--- cProfile of the server (main thread, whole run), n={n} ---", file=sys.stderr)
             pstats.Stats(str(profile), stream=sys.stderr).sort_stats("tottime").print_stats(30)
+
+
+def all_pids(nodes: list[Server]) -> list[int]:
+    return [pid for node in nodes for pid in node.pids()]
+
+
+def _placement(rooms: list[dict[str, Any]], nodes: list[Server], workers: "Workers",
+               r: int) -> dict[str, Any]:
+    """Where the lessons ran and how the students came: ``rooms_per_node`` (the lesson's origin,
+    from ``/api/live``), ``students_via_edge`` (student processes that joined through a node
+    other than their lesson's origin: their signaling was relayed). An edge relays signaling
+    only; the audio goes from the origin's sockets to the student, so an edge adds no delay to
+    it: ``edge_latency_ms_p95`` is the server-added latency (p95, worst room) of the rooms
+    that had students coming through an edge, i.e. what those students got."""
+    origin = {room["lesson"]["id"]: room["worker"] for room in rooms}
+    per_node: dict[str, int] = {}
+    for node_id in origin.values():
+        per_node[node_id] = per_node.get(node_id, 0) + 1
+    url_node = {node.url: f"n{i + 1}" for i, node in enumerate(nodes)}
+    per_room = len(workers.urls) // max(r, 1)
+    via_edge, edge_rooms = 0, set()
+    for i, url in enumerate(workers.urls):
+        lesson_id = rooms[min(i // max(per_room, 1), len(rooms) - 1)]["lesson"]["id"]
+        if url_node[url] != origin[lesson_id]:
+            via_edge += 1
+            edge_rooms.add(lesson_id)
+    edge = [room["latency"]["p95_ms"] for room in rooms
+            if room["lesson"]["id"] in edge_rooms and room["latency"]["samples"]]
+    return {"rooms_per_node": per_node, "student_processes_via_edge": via_edge,
+            "student_processes": len(workers.urls),
+            "edge_latency_ms_p95": max(edge) if edge else None}
+
+
+class RedisServer:
+    """A throwaway redis-server for ``--nodes K`` (no persistence), on a free port."""
+
+    def __init__(self) -> None:
+        port = free_port()
+        self.url = f"redis://127.0.0.1:{port}/0"
+        self.proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
+                                      "--save", "", "--appendonly", "no"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+                    sock.sendall(b"PING\r\n")
+                    if sock.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
 
 
 def _quality(reports: list[dict[str, Any]]) -> dict[str, Any]:
@@ -725,6 +814,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0, help="steady measuring window")
     parser.add_argument("--workers", type=int, default=1,
                         help="server processes (groom serve --workers); CPU is summed over all")
+    parser.add_argument("--nodes", type=int, default=1,
+                        help="server nodes on Redis (groom serve --redis-url, one data folder and "
+                             "database); students join through the nodes in turn")
+    parser.add_argument("--redis-url", default="",
+                        help="with --nodes: this Redis instead of a redis-server started here")
     parser.add_argument("--rooms", type=int, default=1,
                         help="lessons at once, each with its own teacher and --n students")
     parser.add_argument("--tier", default="standard",

@@ -21,8 +21,9 @@ from typing import Any, AsyncIterator, Iterator, Optional
 import aiohttp
 import pytest
 
-from peers import Peer, new_lesson
+from peers import Peer, new_lesson, other_class
 from servers import ApiClient, GroomServer, database_backends, free_port
+from test_recordings import audio_seconds, fetch, logged_in, wait_recording
 
 pytestmark = pytest.mark.timeout(180)  # redis-server: scripts/test installs it
 
@@ -57,7 +58,7 @@ class RedisServer:
 
 
 class Cluster:
-    def __init__(self, root: Path, backend: str) -> None:
+    def __init__(self, root: Path, backend: str, grace_seconds: float = 30) -> None:
         self.redis = RedisServer()
         self.redis.start()
         prefix = "t" + secrets.token_hex(4)
@@ -65,7 +66,7 @@ class Cluster:
         for i, name in enumerate(("n1", "n2", "n3")):
             srv = GroomServer(root, backend, pg_database="groom_cluster", reset_database=i == 0,
                               args=("--redis-url", self.redis.url, "--redis-prefix", prefix,
-                                    "--node-id", name, "--grace-seconds", "30",
+                                    "--node-id", name, "--grace-seconds", str(grace_seconds),
                                     "--join-attempts-per-minute", "1000"))
             srv.log_path = root / f"{name}.log"
             self.nodes[name] = srv
@@ -180,8 +181,22 @@ async def test_students_on_every_node_hear_the_teacher(cluster: Cluster) -> None
                    if line.get("event") == "ws relayed"]
         assert len(relayed) >= 4 and all(line["node"] == "n1" for line in relayed)
 
-        # A second class is placed on a node without a lesson (least loaded), whichever node
-        # its teacher came through.
+        # A second class is placed on a node without a lesson (least loaded), although its
+        # teacher came through the busy one; its student, on the third node, hears it.
+        second = await other_class(cluster.nodes["n1"], demo, "second")
+        other = await connect(cluster.url("n1"), {"type": "hello", "role": "teacher",
+                                                  "lesson_id": second["lesson_id"]},
+                              second["teacher_login"])
+        peers.append(other)
+        await other.negotiate(send_audio=True, receive_audio=True)
+        listener = await connect(cluster.url("n3"), {"type": "hello", "role": "student",
+                                                     "name": "Second S", "code": second["class_code"]})
+        peers.append(listener)
+        await listener.negotiate(send_audio=False, receive_audio=True)
+        await listener.keeps_hearing(2.0)
+        origins = {r["lesson"]["id"]: r["worker"]
+                   for r in await live_lessons(cluster.url("n3"), demo)}
+        assert origins[lesson_id] == "n1" and origins[second["lesson_id"]] in ("n2", "n3"), origins
         async with aiohttp.ClientSession() as http:
             async with http.get(cluster.url("n2") + "/healthz") as resp:
                 health = await resp.json()
@@ -236,8 +251,49 @@ async def test_origin_killed_the_lesson_goes_on_elsewhere(cluster: Cluster) -> N
         rooms = [r for r in await live_lessons(cluster.url("n2"), demo)
                  if r["lesson"]["id"] == lesson_id]
         assert len(rooms) == 1 and rooms[0]["worker"] in ("n2", "n3"), rooms
+        await student.keeps_hearing(2.0)
         await again.send({"type": "end"})
         await again.expect("ended")
+    # One recording: the origin's part (about 2 s, repaired) and the rest, joined.
+    admin = await logged_in(cluster.nodes["n2"], demo["admin_login"])
+    try:
+        rec = await wait_recording(admin, lesson_id)
+        assert rec["state"] == "ready" and rec["recovered"], rec
+        status, opus, _ = await fetch(admin, f"/recordings/{lesson_id}/listen.opus")
+        assert status == 200 and abs(audio_seconds(opus) - rec["duration_s"]) < 0.3
+        part1 = cluster.nodes["n1"].data_dir / "recordings" / f"{lesson_id}-part1"
+        assert part1.is_dir()
+        assert rec["duration_s"] > 4.0, rec  # both parts: 2 s before the kill, 4 s after
+    finally:
+        await admin.close()
+
+
+async def test_origin_killed_and_nobody_back_the_lesson_is_ended(tmp_path: Path) -> None:
+    """Nobody reconnects after the origin died: a live node's sweeper ends the lesson after the
+    teacher's grace, and the recording of what was said is repaired and processed."""
+    cluster = Cluster(tmp_path, "sqlite", grace_seconds=2)
+    try:
+        demo = cluster.demo
+        lesson_id = await new_lesson(cluster.nodes["n1"], demo)
+        teacher = await teacher_on(cluster, "n2", lesson_id)
+        owner = [r for r in await live_lessons(cluster.url("n3"), demo)
+                 if r["lesson"]["id"] == lesson_id][0]["worker"]
+        async with closing(teacher):
+            await asyncio.sleep(3)
+            cluster.nodes[owner].kill()
+        alive = next(name for name in ("n1", "n2", "n3") if name != owner)
+        admin = await logged_in(cluster.nodes[alive], demo["admin_login"])
+        try:
+            rec = await wait_recording(admin, lesson_id, timeout=45)
+            assert rec["state"] == "ready" and rec["recovered"] and rec["duration_s"] > 1.5, rec
+            status, lesson = await admin.call("GET", f"/api/lessons/{lesson_id}")
+            assert status == 200 and lesson["state"] == "ended", lesson
+            assert not [r for r in await live_lessons(cluster.url(alive), demo)
+                        if r["lesson"]["id"] == lesson_id]
+        finally:
+            await admin.close()
+    finally:
+        cluster.stop()
 
 
 async def test_redis_restart_lessons_keep_their_audio(cluster: Cluster) -> None:

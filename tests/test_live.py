@@ -206,6 +206,35 @@ async def test_teacher_reconnect_within_grace_keeps_the_room(
         await student.close()
 
 
+async def test_student_back_with_a_new_connection_while_the_old_one_lives(
+    live: tuple[GroomServer, dict[str, Any]],
+) -> None:
+    """A page that lost its socket (a relaying node died, a network switch) comes back with its
+    ``resume`` token and a new peer connection while the server still holds the old one. The
+    new offer must get a new connection (it has new DTLS fingerprints), not be applied as a
+    renegotiation of the old one, which the new peer could never connect to."""
+    srv, demo = live
+    teacher = await start_teacher(srv, demo)
+    student = await join_student(srv, demo, "Switcher")
+    again = Peer(srv.base_url)
+    try:
+        await student.keeps_hearing(1.0)
+        assert student.ws is not None
+        await student.ws.close()  # the socket only: the old connection still plays
+        welcome = await again.connect({"type": "hello", "role": "student", "name": "Switcher",
+                                       "code": demo["class_code"],
+                                       "resume": student.welcome["resume"]})
+        assert welcome["type"] == "welcome" and welcome["participant_id"] == \
+            student.welcome["participant_id"]
+        await again.negotiate(send_audio=False, receive_audio=True)
+        await again.keeps_hearing(2.0)
+        await end_lesson(teacher)
+    finally:
+        await again.close()
+        await student.close()
+        await teacher.close()
+
+
 async def test_teacher_gone_past_grace_ends_the_lesson(live: tuple[GroomServer, dict[str, Any]]) -> None:
     srv, demo = live
     teacher = await start_teacher(srv, demo)

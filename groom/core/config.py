@@ -145,7 +145,8 @@ OPTIONS: list[Option] = [
     Option("port", int, 8080, "TCP port to listen on (0 picks a free one)."),
     Option("redis_url", _redis_url, "", "Redis of a cluster of G-Room nodes (redis://host:6379/0): "
            "every process registers there and the nodes agree on which one runs each class's "
-           "lesson. Empty: this machine alone (placement kept in memory)."),
+           "lesson, and count wrong join codes and logins together. Empty: this machine alone "
+           "(placement and limits kept in memory)."),
     Option("redis_prefix", str, "groom", "Prefix of every Redis key this cluster uses (several "
            "clusters, or tests, may share one Redis)."),
     Option("node_id", str, "", "This machine's name in the cluster (unique per machine); empty "

@@ -14,8 +14,8 @@ owner's private URL what it cannot serve itself. Implementations:
 - ``SoloPlacement``: one process (``--workers 1``); every class is here.
 - ``RegistryPlacement``: a worker of ``groom serve --workers N``, asking its supervisor's
   ``PlacementTable`` over loopback HTTP and telling it, every second, what it holds.
-- The multi-machine step puts a Redis implementation behind the same interface (a node
-  registry with heartbeats with a TTL, and ``SET NX`` for the claim).
+- ``redis_placement.RedisPlacement``: a node of a cluster of machines (``--redis-url``): a
+  node registry with heartbeats that expire, and ``SET NX`` for the claim.
 
 The table keeps a placement while its node holds the class (a room, a room still closing, or
 students waiting) or for ``PLACEMENT_GRACE_S`` after it was made (the teacher's ``hello`` is on

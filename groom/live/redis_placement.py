@@ -97,7 +97,9 @@ class RedisPlacement:
             found = await self._owner(class_id)
         except RedisError as exc:
             self._outage(exc)
-            return self.me if self._holds(class_id) else None
+            if self._holds(class_id):
+                return self.me
+            raise PlacementUnavailable("Redis is not answering") from exc
         return found[0] if found else None
 
     async def place(self, class_id: int) -> Node:

@@ -3,7 +3,8 @@
 Its own module because three outputs read the timeline the same way and must agree on it: the
 online player's manifest (``playback_manifest``, for ``web/static/playback.js``), the offline
 pack's ``index.html`` (``offline_pack.py``) and the video of the slides (``video.py``). None of
-them writes anything; the recorder (``recorder.py``) is the timeline's only writer.
+them writes anything; the recorder (``recorder.py``) is the timeline's only writer. A recording
+made in several runs of its lesson is read as one: its parts' timelines one after the other.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from .recorder import TIMELINE
+from .recorder import TIMELINE, joined_parts, part_seconds
 
 
 @dataclass(frozen=True)
@@ -22,8 +23,8 @@ class SlideChange:
     image: str  # file name in data_dir/slides/
 
 
-def read_timeline(directory: Path) -> list[dict[str, Any]]:
-    """The events in time order; unreadable lines (a torn write) are skipped, not fatal."""
+def _part_events(directory: Path) -> list[dict[str, Any]]:
+    """One part's events as written; unreadable lines (a torn write) are skipped, not fatal."""
     events: list[dict[str, Any]] = []
     try:
         lines = (directory / TIMELINE).read_text(encoding="utf-8").splitlines()
@@ -36,7 +37,25 @@ def read_timeline(directory: Path) -> list[dict[str, Any]]:
             continue
         if isinstance(event, dict) and isinstance(event.get("at_ms"), int):
             events.append(event)
-    events.sort(key=lambda e: e["at_ms"])
+    return events
+
+
+def read_timeline(directory: Path) -> list[dict[str, Any]]:
+    """The recording's events in time order, on the clock of its audio (blocking).
+
+    A recording in several parts (``recorder.joined_parts``) plays them one after the other,
+    so each part's events move by the length of the parts before it; an event logged after the
+    last audio that reached the disk (a part cut by a crash) shows at the end of its part."""
+    events: list[dict[str, Any]] = []
+    offset_ms = 0
+    for part in joined_parts(directory):
+        length_ms = round(part_seconds(part) * 1000)
+        events += [{**e, "at_ms": offset_ms + min(max(0, e["at_ms"]), length_ms)}
+                   for e in _part_events(part)]
+        offset_ms += length_ms
+    events += [{**e, "at_ms": offset_ms + max(0, e["at_ms"])} if offset_ms else e
+               for e in _part_events(directory)]
+    events.sort(key=lambda e: e["at_ms"])  # stable: a part's events stay before the next's
     return events
 
 

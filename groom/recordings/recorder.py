@@ -17,6 +17,23 @@ share one clock. A recording directory holds::
 
 ``recover`` repairs interrupted directories at server start.
 
+A lesson recorded in several runs (its process was killed and the lesson reopened, maybe on
+another node) is ONE recording in several parts, folders side by side::
+
+    recordings/<id>-part1/   the first run, closed (repaired if it was left open)
+    recordings/<id>-part2/   the next one, and so on: numbered in the order they were recorded
+    recordings/<id>/         the last run: the one being written, and where the outputs go
+
+``keep_as_part`` moves the folder of the run before aside when a new run starts (never over
+another part); ``earlier_parts`` lists them oldest first. Each part keeps its own clock (sample 0
+is the start of its run), so a part is exactly what one recorder wrote; post-processing
+(``postprocess.py``) plays them one after the other, notes in the last folder's marker how many
+parts it joined (``JOINED``, read back by ``joined_parts``), and ``playback.read_timeline``
+shifts each part's events by the length of the parts before it. The time the lesson was down
+between two runs is not in the recording. Once joined, a part keeps only its marker and its
+timeline (its audio is in the outputs); deleting a recording deletes its parts
+(``web/recordings.py`` ``remove_files``).
+
 A write that fails (a full disk) stops the recording there, never the lesson: ``push`` and
 ``add_event`` keep returning at once, the error is logged once and kept in ``error``, and
 ``close`` cuts the files back to their last whole page and line, as ``repair`` does, and writes
@@ -55,8 +72,65 @@ WALL_SLACK_S = 2.0
 _SERIAL = 0x67526F6D  # "gRom": one logical stream per file, any constant will do
 
 
+PART = "-part"  # recordings/<id>-part<n>: an earlier part of the lesson's recording
+
+
 def recording_dir(data_dir: Path, lesson_id: int) -> Path:
     return data_dir / "recordings" / str(lesson_id)
+
+
+def _numbered_parts(directory: Path) -> list[tuple[int, Path]]:
+    if not directory.parent.is_dir():
+        return []
+    prefix = directory.name + PART
+    found = [(int(p.name[len(prefix):]), p) for p in directory.parent.iterdir()
+             if p.name.startswith(prefix) and p.name[len(prefix):].isdigit() and p.is_dir()]
+    return sorted(found)
+
+
+def earlier_parts(directory: Path) -> list[Path]:
+    """The folders of a recording's earlier parts, oldest first (blocking: lists the folder).
+
+    Parts moved aside before they were numbered from 1 carry a Unix time instead; larger than
+    any count, it sorts them the same way."""
+    return [p for _, p in _numbered_parts(directory)]
+
+
+JOINED = "joined_parts"  # in a marker: how many earlier parts this folder's recording is made of
+
+
+def joined_parts(directory: Path) -> list[Path]:
+    """The earlier parts the recording in ``directory`` is made of, oldest first (blocking).
+
+    Post-processing joins every earlier part there is and says how many in the folder's marker
+    (``JOINED``), so a recording processed alone stays alone for its readers even if an older
+    version left a folder beside it; an unprocessed one is its own part only."""
+    count = int((read_marker(directory) or {}).get(JOINED, 0))
+    return earlier_parts(directory)[-count:] if count else []
+
+
+def part_seconds(part: Path) -> float:
+    """How long a closed part lasts on the recording's clock (its audio, by the marker)."""
+    return float((read_marker(part) or {}).get("duration_s", 0.0))
+
+
+def keep_as_part(directory: Path) -> Optional[Path]:
+    """Move the folder of the lesson's previous run aside as the recording's next part, after
+    repairing it if its process was killed while writing it (blocking). ``None``: no earlier run.
+
+    Only the lesson's owner calls this, before its recorder opens, so nothing writes there: a
+    process that was writing it is dead (its marker is missing: repaired here) or has closed it.
+    """
+    if not directory.exists():
+        return None
+    if read_marker(directory) is None:
+        marker = repair(directory)
+        log.warning("recording %s was interrupted; repaired %.1f s of audio",
+                    directory, marker["duration_s"])
+    numbered = _numbered_parts(directory)
+    part = directory.with_name(f"{directory.name}{PART}{numbered[-1][0] + 1 if numbered else 1}")
+    directory.rename(part)  # one past the last part: never over another
+    return part
 
 
 def _silence(frames: int) -> bytes:

@@ -79,13 +79,13 @@ async def _login_response(request: web.Request, user: User, body: web.StreamResp
 async def _authenticate(request: web.Request, username: str, password: str) -> User:
     """A login attempt within the limits (``login_limits.py``): 429 before any password check
     when this address made too many wrong ones; a wrong one counts."""
-    login_limits.check(request, username)
+    await login_limits.check(request, username)
     try:
         async with request.app[SESSIONS]() as db:
             return await authenticate(db, username, password)
     except AppError as exc:
         if exc.code == "bad_login":
-            login_limits.failed(request, username)
+            await login_limits.failed(request, username)
         raise
 
 

@@ -38,6 +38,8 @@ from .plumbing import (
 )
 from .prometheus import metrics_ctx
 from .routes import setup_routes
+from .shared_limits import limits_ctx
+from .shared_state import shared_state_ctx
 from .static import StaticFiles
 
 
@@ -64,6 +66,8 @@ def create_app(settings: Settings, placement: Optional[Placement] = None) -> web
     app.cleanup_ctx.append(_passwords)
     app.cleanup_ctx.append(_database)
     app.cleanup_ctx.append(relay.relay_ctx)  # the private port's client (other workers)
+    app.cleanup_ctx.append(shared_state_ctx)  # the cluster's Redis (--redis-url), if any
+    app.cleanup_ctx.append(limits_ctx)  # wrong join codes and logins: in memory or in Redis
     app.cleanup_ctx.append(imports_ctx)
     app.cleanup_ctx.append(rooms_ctx)
     app.cleanup_ctx.append(slides_ctx)  # the API's slides by URL (needs imports and rooms)

@@ -23,10 +23,14 @@ weaker: a budget per code (right attempts pass, budgeted per code) answers a loc
 new phone. A student reconnecting with a valid ``resume`` token never reaches the limiter
 (``signaling.py``): the token is unguessable and already names their seat.
 
-The limiter lives in memory (one per application): a restart forgets it, which costs an attacker
-a restart per few guesses. The address is ``request.remote``: the TCP peer, or, when that peer is
-one of ``settings.trusted_proxies``, the client it names in ``X-Forwarded-For`` (``proxy.py``;
-from anyone else the header is ignored, since anyone can forge it).
+Where the counts live is chosen once, at start (``shared_limits.limits_ctx``), behind one async
+interface, ``JoinLimits``: in memory (``JoinLimiter``, one per process; a restart forgets it, which
+costs an attacker a restart per few guesses), or, in a cluster (``--redis-url``), in Redis, so every
+process of every machine counts the same address together (``shared_limits.py``, with the same rule).
+
+The address is ``request.remote``: the TCP peer, or, when that peer is one of
+``settings.trusted_proxies``, the client it names in ``X-Forwarded-For`` (``proxy.py``; from anyone
+else the header is ignored, since anyone can forge it).
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ import weakref
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Literal, Optional, Protocol
 
 from aiohttp import web
 from sqlalchemy import select
@@ -57,8 +61,30 @@ KNOWN_CODE_SECONDS = 12 * 3600.0  # a code used from an address still passes its
 MAX_KNOWN_CODES = 200  # codes remembered per address (every class and card of a big school)
 
 
+class JoinLimits(Protocol):
+    """Where wrong join codes are counted: this process (``JoinLimiter``) or the cluster
+    (``shared_limits.SharedJoinLimits``). Every join goes through ``check_code``, which uses only this."""
+
+    async def check(self, address: str, code: str) -> Optional[int]:
+        """Seconds this address must wait before trying ``code`` (over the limit, and the code not
+        one already used from it), or None: it may try now."""
+
+    async def wrong(self, address: str) -> None:
+        """A wrong code from this address."""
+
+    async def right(self, address: str, code: str) -> None:
+        """A right code from this address: it passes this address's lock-out for a while."""
+
+
+JOIN_LIMITS = web.AppKey("join_limits", JoinLimits)
+
+
 class JoinLimiter:
-    """Wrong join attempts per client address over the last minute (sliding window)."""
+    """Wrong join attempts per client address over the last minute (sliding window), in memory.
+
+    Its synchronous methods take a clock (tests pass a fake one); ``check``, ``wrong`` and
+    ``right`` are the same rule as ``JoinLimits``.
+    """
 
     def __init__(self, per_minute: int, clock: Callable[[], float] = time.monotonic) -> None:
         self.per_minute = max(1, per_minute)
@@ -108,16 +134,15 @@ class JoinLimiter:
                 self._failures.pop(next(iter(self._failures)))
         self._failures.setdefault(address, deque()).append(self._clock())
 
+    async def check(self, address: str, code: str) -> Optional[int]:
+        wait = self.retry_after(address)
+        return None if wait is None or self.known(address, code) else wait
 
-_limiters: "weakref.WeakKeyDictionary[web.Application, JoinLimiter]" = weakref.WeakKeyDictionary()
+    async def wrong(self, address: str) -> None:
+        self.failed(address)
 
-
-def limiter(app: web.Application) -> JoinLimiter:
-    """The application's limiter, made on first use (no app key needed at start-up)."""
-    found = _limiters.get(app)
-    if found is None:
-        found = _limiters[app] = JoinLimiter(app[SETTINGS].join_attempts_per_minute)
-    return found
+    async def right(self, address: str, code: str) -> None:
+        self.succeeded(address, code)
 
 
 class OpenSockets:
@@ -225,17 +250,17 @@ async def check_code(request: web.Request, raw_code: str) -> JoinTarget:
     address made too many wrong attempts in the last minute and the code is not one already
     used from it, and 404 for a wrong code.
     """
-    limits = limiter(request.app)
+    limits = request.app[JOIN_LIMITS]
     address = client_address(request)
-    wait = limits.retry_after(address)
-    if wait is not None and not limits.known(address, codes.normalize(raw_code)):
+    wait = await limits.check(address, codes.normalize(raw_code))
+    if wait is not None:
         raise too_many(wait)
     async with request.app[SESSIONS]() as db:
         target = await resolve(db, raw_code)
     if target is None:
-        limits.failed(address)
+        await limits.wrong(address)
         raise AppError("bad_code", "This code is not known. Check it and try again.", status=404)
-    limits.succeeded(address, target.code)
+    await limits.right(address, target.code)
     return target
 
 

@@ -16,6 +16,7 @@ from groom.core.auth import require_viewer
 from groom.core.db import MAX_ID
 from groom.core.errors import AppError
 from groom.core.models import LessonEvent
+from groom.live.orphans import OrphanSweeper
 from groom.live.rooms import ROOMS, Rooms
 from groom.office.lookup import get_lesson
 from groom.recordings.jobs import JobWorker
@@ -187,15 +188,25 @@ async def rooms_ctx(app: web.Application) -> AsyncIterator[None]:
     At start, recordings a crash left open are repaired and queued, and lessons it left "live"
     are ended; at shutdown, live lessons end cleanly before the worker stops. Under
     ``--workers N`` the supervisor does the repairs once, before any worker starts: a worker
-    that restarts must not end its siblings' lessons or touch the recordings they write."""
+    that restarts must not end its siblings' lessons or touch the recordings they write; what
+    a dead worker or node left is ended by ``OrphanSweeper`` once nobody has taken it over."""
     settings, sessions = app[SETTINGS], app[SESSIONS]
     worker = JobWorker(sessions, job_handlers(sessions, settings.data_dir))
     rooms = app[ROOMS] = Rooms(sessions, settings, worker)
-    if app[relay.PLACEMENT].solo:
+    placement = app[relay.PLACEMENT]
+    sweeper: Optional[OrphanSweeper] = None
+    if placement.solo:
         await rooms.end_orphans()
         await recover_recordings(sessions, settings.data_dir, worker)
+    else:  # another process's crash: ended here only if nobody took its lessons over
+        sweeper = OrphanSweeper(sessions, settings.data_dir, placement, worker,
+                                settings.grace_seconds)
     await worker.start()
     app[JOBS] = worker
+    if sweeper is not None:
+        sweeper.start()
     yield
+    if sweeper is not None:
+        await sweeper.stop()
     await rooms.shutdown()
     await worker.stop()

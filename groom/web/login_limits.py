@@ -1,7 +1,7 @@
 """Wrong logins, limited per client address and per username, with a growing lock.
 
 Passwords are checked with argon2 on purpose slowly, but a guesser with time gets far: so wrong
-logins are counted (the last 15 minutes), in memory, one limiter per application:
+logins are counted (the last 15 minutes):
 
 * per **address** (``settings.login_failures_per_address``): past it, every login from that
   address is refused with 429 and ``Retry-After`` before any password is checked;
@@ -13,23 +13,25 @@ logins are counted (the last 15 minutes), in memory, one limiter per application
 A lock lasts ``settings.login_lock_seconds`` and doubles with each further lock of the same key
 (at most an hour); the doubling is forgotten after a quiet window. Right logins never count. The
 address is ``request.remote``: behind ``--trusted-proxies``, the client the proxy names.
+
+Where the counts live is chosen once, at start (``shared_limits.limits_ctx``), behind one async
+interface, ``LoginLimits``: in memory (``LoginLimiter``, one per process), or, in a cluster
+(``--redis-url``), in Redis, so every process of every machine counts together
+(``shared_limits.py``, with the same rules).
 """
 
 from __future__ import annotations
 
 import math
 import time
-import weakref
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Protocol
 
 from aiohttp import web
 
 from groom.core.errors import AppError
-
-from .plumbing import SETTINGS
 
 WINDOW_SECONDS = 15 * 60.0
 MAX_LOCK_SECONDS = 3600.0
@@ -44,7 +46,24 @@ class _Key:
     last: float = 0.0
 
 
+class LoginLimits(Protocol):
+    """Where wrong logins are counted: this process (``LoginLimiter``) or the cluster
+    (``shared_limits.SharedLoginLimits``). ``check`` and ``failed`` below use only this."""
+
+    async def check(self, address: str, username: str) -> Optional[int]:
+        """Seconds before this address may try this username again, or None: it may try now."""
+
+    async def wrong(self, address: str, username: str) -> None:
+        """A wrong login from this address for this (lower-case) username."""
+
+
+LOGIN_LIMITS = web.AppKey("login_limits", LoginLimits)
+
+
 class LoginLimiter:
+    """Wrong logins in memory, for one process. Its synchronous methods take a clock (tests pass
+    a fake one); ``check`` and ``wrong`` are the same rules as ``LoginLimits``."""
+
     def __init__(self, per_address: int, per_user: int, lock_seconds: float,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.per_address = max(1, per_address)
@@ -100,27 +119,21 @@ class LoginLimiter:
         self._fail("u:" + username, self.per_user)
         self._fail(f"p:{username}\0{address}", 1_000_000)  # "this address failed on this name"
 
+    async def check(self, address: str, username: str) -> Optional[int]:
+        return self.retry_after(address, username)
 
-_limiters: "weakref.WeakKeyDictionary[web.Application, LoginLimiter]" = weakref.WeakKeyDictionary()
-
-
-def limiter(app: web.Application) -> LoginLimiter:
-    found = _limiters.get(app)
-    if found is None:
-        settings = app[SETTINGS]
-        found = _limiters[app] = LoginLimiter(settings.login_failures_per_address,
-                                              settings.login_failures_per_user,
-                                              settings.login_lock_seconds)
-    return found
+    async def wrong(self, address: str, username: str) -> None:
+        self.failed(address, username)
 
 
-def check(request: web.Request, username: str) -> None:
+async def check(request: web.Request, username: str) -> None:
     """Raise 429 (``retry_after`` for the header) when this address may not try now."""
-    wait = limiter(request.app).retry_after(request.remote or "unknown", username.strip().lower())
+    wait = await request.app[LOGIN_LIMITS].check(request.remote or "unknown",
+                                                 username.strip().lower())
     if wait is not None:
         raise AppError("too_many_logins", "Too many wrong logins. Try again in {retry_after} "
                        "seconds.", status=429, retry_after=wait)
 
 
-def failed(request: web.Request, username: str) -> None:
-    limiter(request.app).failed(request.remote or "unknown", username.strip().lower())
+async def failed(request: web.Request, username: str) -> None:
+    await request.app[LOGIN_LIMITS].wrong(request.remote or "unknown", username.strip().lower())

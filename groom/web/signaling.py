@@ -26,6 +26,7 @@ from groom.core.errors import AppError
 from groom.live.placement import Node
 from groom.live.room import Participant, Room
 from groom.live.rooms import ROOMS
+from groom.office import codes
 
 from . import bbb_join, bbb_slides, joining, proxy, relay
 from .live_pages import waiting_lesson
@@ -286,7 +287,14 @@ class _Session:
                 class_id = await relay.class_of_lesson(app, hello.lesson_id)
         elif hello.resume and self.rooms.find_resume(hello.resume) is not None:
             return None
-        elif hello.card or hello.code:  # no rate limit here: check_code runs where it is served
+        elif hello.card or hello.code:
+            # A locked-out address is answered here (429, as its class's node would) before
+            # the code is looked up: relaying only right codes would tell a guesser which
+            # codes are right by the time the answer takes. Otherwise check_code counts it
+            # where it is served.
+            code = codes.normalize(hello.card or hello.code or "")
+            if await app[joining.JOIN_LIMITS].check(joining.client_address(self.request), code):
+                return None
             async with app[SESSIONS]() as db:
                 target = await joining.resolve(db, hello.card or hello.code or "")
             class_id = target.classroom.id if target is not None else None
