@@ -305,8 +305,13 @@ async def test_redis_restart_lessons_keep_their_audio(cluster: Cluster) -> None:
         peers.append(relayed)
         await relayed.keeps_hearing(1.0)
         cluster.redis.kill()
-        # Without Redis: the lesson plays on, for the students already in (relayed included).
+        # Without Redis: the lesson plays on, for the students already in (relayed included),
+        # and the nodes say so without failing their health (a proxy keeps sending traffic).
         await relayed.keeps_hearing(3.0)
+        async with aiohttp.ClientSession() as http:
+            async with http.get(cluster.url("n2") + "/healthz") as resp:
+                health = await resp.json()
+        assert resp.status == 200 and "degraded" in health["checks"]["workers"], health
         # Redis back, empty: the nodes register again and the origin claims its class again,
         # so a new student coming through another node reaches the same lesson.
         cluster.redis.start()

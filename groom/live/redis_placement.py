@@ -135,7 +135,7 @@ class RedisPlacement:
             return [node for node, _ in await self._live()]
         except RedisError as exc:
             self._outage(exc)
-            return [self.me]
+            raise PlacementUnavailable("Redis is not answering") from exc
 
     async def start(self, load: Callable[[], Load], lost: Callable[[], None]) -> None:
         """Register (a failure here stops the start: a node that cannot be found must not

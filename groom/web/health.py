@@ -74,9 +74,11 @@ def check_jobs(app: web.Application) -> dict[str, Any]:
 
 
 async def check_workers(app: web.Application) -> Optional[dict[str, Any]]:
-    """Under ``--workers N``: the workers the supervisor's registry knows live, and which one
-    answers. Failing only when the supervisor does not answer (this worker cannot place a new
-    lesson); a sibling restarting is not this worker's illness."""
+    """Under ``--workers N`` or in a cluster: the processes the registry knows live, and which
+    one answers. Failing only when the supervisor does not answer (this worker cannot place a
+    new lesson); a sibling restarting is not this worker's illness. Redis away is reported but
+    not failed: every node would fail at once, and a proxy that takes them all out would cut
+    the lessons in progress off from their own node."""
     from .relay import PLACEMENT  # as for JOBS: the room machinery stays out of this import
 
     placement = app[PLACEMENT]
@@ -85,6 +87,9 @@ async def check_workers(app: web.Application) -> Optional[dict[str, Any]]:
     try:
         async with asyncio.timeout(DB_TIMEOUT_S):
             nodes = await placement.nodes()
+    except LookupError:  # Redis away: the lessons here go on, and so should the traffic here
+        return {"ok": True, "this": placement.me.id, "live": None,
+                "degraded": "cluster registry (Redis) not answering: new lessons wait for it"}
     except Exception as exc:  # noqa: BLE001  the kind of failure is enough
         return {"ok": False, "error": f"supervisor not answering ({type(exc).__name__})"}
     return {"ok": True, "this": placement.me.id, "live": [n.id for n in nodes]}

@@ -177,7 +177,10 @@ async def ask_others(app: web.Application, method: str, path: str,
     placement = app[PLACEMENT]
     if placement.solo:
         return []
-    nodes = [n for n in await placement.nodes() if n.id != placement.me.id]
+    try:
+        nodes = [n for n in await placement.nodes() if n.id != placement.me.id]
+    except LookupError:  # the cluster's registry is away: this node's own view only
+        return []
 
     async def one(node: Node) -> Optional[tuple[Node, Any]]:
         try:
