@@ -172,6 +172,12 @@ def _free_port(host: str) -> int:
 async def _serve(settings: Settings, *, demo: bool, as_json: bool) -> None:
     settings.prepare()
     placement, private = _placement(settings)
+    watched: Optional[RegistryPlacement] = None
+    if isinstance(placement, RedisPlacement) and node.supervisor_url():
+        # A worker of a cluster node: its supervisor still watches it (hung, or the supervisor
+        # gone) through the same heartbeats, though placement is Redis's.
+        watched = RegistryPlacement(Node(node.worker_id(), placement.me.url, os.getpid()),
+                                    node.supervisor_url(), node.relay_token(settings.secret))
     app = create_app(settings, placement)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=5)
     await runner.setup()
@@ -199,12 +205,16 @@ async def _serve(settings: Settings, *, demo: bool, as_json: bool) -> None:
         if placement is not None:  # from now on classes may be placed here
             try:
                 await placement.start(app[ROOMS].load, stop.set)
+                if watched is not None:
+                    await watched.start(app[ROOMS].load, stop.set)
             except (RedisError, RuntimeError) as exc:
                 log.error("cannot join the cluster: %s", exc)
                 raise SystemExit(f"groom: cannot join the cluster: {exc}") from None
         await stop.wait()
         log.info("stopping")
     finally:
+        if watched is not None:
+            await watched.stop()
         if placement is not None:
             await placement.stop()
         await runner.cleanup()

@@ -15,7 +15,8 @@ The supervisor serves no request. It
 - starts the workers (``python -m groom <the same arguments> --port P``, with the registry's URL
   and a worker id in the environment), and starts a worker again when it exits (after a pause
   that grows while it keeps dying at once); its classes are freed at once, so their people are
-  placed on a live worker when they reconnect;
+  placed on a live worker when they reconnect; a worker that stops heartbeating for
+  ``HUNG_S`` while its process runs (a stuck event loop) is killed and started again;
 - on SIGINT/SIGTERM, sends SIGTERM to every worker (each ends its lessons cleanly: attendance
   saved, recordings closed and queued) and waits for them.
 """
@@ -39,6 +40,7 @@ from groom.live.placement import TOKEN_HEADER, Load, Node, PlacementTable
 
 log = logging.getLogger("groom.supervisor")
 
+HUNG_S = 15.0  # a worker whose heartbeats stop this long while its process runs is hung: killed
 STOP_TIMEOUT_S = 60.0  # a worker ends its lessons (recordings closed) within this, or is killed
 QUICK_EXIT_S = 10.0  # a worker that exits sooner than this after its start is crash-looping
 MAX_BACKOFF_S = 30.0
@@ -50,6 +52,7 @@ class _Worker:
     proc: Optional[asyncio.subprocess.Process] = None
     started: float = 0.0
     backoff: float = 0.5
+    last_beat: Optional[float] = None  # None until its first heartbeat (a start may be slow)
 
 
 class Supervisor:
@@ -90,6 +93,9 @@ class Supervisor:
     async def _heartbeat(self, request: web.Request) -> web.Response:
         body = await request.json()
         node = Node.from_json(body["node"])
+        for worker in self.workers:
+            if worker.id == node.id and worker.proc is not None and worker.proc.pid == node.pid:
+                worker.last_beat = time.monotonic()
         first = not self.table.has(node.id)
         self.table.heartbeat(node, Load(frozenset(int(c) for c in body.get("classes", [])),
                                         int(body.get("students", 0))))
@@ -133,9 +139,10 @@ class Supervisor:
     async def _keep(self, worker: _Worker) -> None:
         """Run this worker until the supervisor stops, starting it again whenever it exits."""
         while not self.stopping.is_set():
+            worker.last_beat = None
             await self._spawn(worker)
             assert worker.proc is not None
-            code = await worker.proc.wait()
+            code = await self._wait_or_kill_hung(worker, worker.proc)
             freed = self.table.drop(worker.id)
             if self.stopping.is_set():
                 return
@@ -148,6 +155,24 @@ class Supervisor:
                 await asyncio.wait_for(self.stopping.wait(), worker.backoff)
             except asyncio.TimeoutError:
                 pass
+
+    async def _wait_or_kill_hung(self, worker: _Worker, proc: asyncio.subprocess.Process) -> int:
+        """The worker's exit code. A worker whose event loop stopped (an endless loop, a
+        deadlock, SIGSTOP) still holds its share of the port: the kernel keeps handing it new
+        connections that nobody answers. Its heartbeats stop, so it is killed and started again
+        like a worker that crashed (its lessons' people reconnect to a live worker)."""
+        while True:
+            try:
+                return await asyncio.wait_for(asyncio.shield(proc.wait()), HUNG_S / 3)
+            except asyncio.TimeoutError:
+                pass
+            if worker.last_beat is not None and time.monotonic() - worker.last_beat > HUNG_S \
+                    and not self.stopping.is_set():
+                log.error("worker hung (no heartbeat); killing it", extra={
+                    "worker": worker.id, "pid": proc.pid,
+                    "silent_s": round(time.monotonic() - worker.last_beat, 1)})
+                proc.kill()
+                return await proc.wait()
 
     async def _stop_workers(self) -> None:
         running = [w.proc for w in self.workers if w.proc is not None and w.proc.returncode is None]

@@ -578,6 +578,8 @@ async def measure(n: int, args: argparse.Namespace) -> dict[str, Any]:
                     profile).start()
     nodes = [server] + [Server(data_dir, server_args + ["--node-id", f"n{i + 1}"], name=f"node{i + 1}",
                                demo=False).start() for i in range(1, args.nodes)]
+    if args.nodes > 1:
+        time.sleep(5)  # the cluster's registry places nothing in its first seconds (SETTLE_S)
     demo = server.demo
     url = server.url
     admin: Optional[aiohttp.ClientSession] = None

@@ -323,3 +323,23 @@ def test_placement_least_loaded_sticky_and_freed() -> None:
     assert table.owner(1) == w1 and table.owner(2) is None
     assert table.drop("w1") == [1]
     assert table.owner(1) is None and table.place(1, asking="w1") == w0
+
+
+def test_hung_worker_is_killed_and_started_again(
+    cluster: tuple[GroomServer, dict[str, Any]],
+) -> None:
+    """A worker whose event loop stops (here: SIGSTOP) still holds its share of the port, so
+    the kernel would keep handing it connections nobody answers: the supervisor notices the
+    missing heartbeats and replaces it."""
+    srv, _ = cluster
+    pids = wait_for_workers(srv, 2)
+    os.kill(pids["w1"], signal.SIGSTOP)
+    try:
+        restarted = wait_for_workers(srv, 2, not_pid=pids["w1"])
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pids["w1"], signal.SIGCONT)
+    assert restarted["w0"] == pids["w0"]
+    hung = [line for line in srv.log_lines()
+            if line.get("event") == "worker hung (no heartbeat); killing it"]
+    assert hung and hung[-1]["pid"] == pids["w1"], hung

@@ -16,6 +16,9 @@
 - ``{prefix}:placed:{id}``: classes placed on a node in the last ``PLACEMENT_GRACE_S``, so a
   burst of lessons starting in the same second spreads instead of all choosing the node that
   was least loaded at the last heartbeat.
+- ``{prefix}:up`` and ``{prefix}:settling``: the first heartbeat into an empty Redis marks it
+  up and starts ``SETTLE_S`` in which classes already claimed are found but no new class is
+  placed (joins are asked to retry): time for every live node to re-claim what it runs.
 
 Redis only routes. Media goes from the owner straight to its students, so when Redis stops
 (a restart, a failover) every lesson in progress keeps its audio: a node keeps serving the
@@ -42,7 +45,11 @@ log = logging.getLogger("groom.live.redis_placement")
 
 NODE_TTL_S = 3.0  # a node silent this long is gone: its classes are placed again at the next join
 CLAIM_TTL_S = PLACEMENT_GRACE_S  # a claim outlives its owner's last heartbeat by this much
-REDIS_TIMEOUT_S = 1.0  # one Redis call; a slower answer is an outage (joins are told to retry)
+REDIS_TIMEOUT_S = 1.0
+# After Redis starts empty (first boot, or a restart without persistence) no new class is
+# placed until every live node has heartbeaten and re-claimed what it holds: otherwise a join
+# could place a class that is running on a node that has not re-claimed it yet (two rooms).
+SETTLE_S = NODE_TTL_S + HEARTBEAT_S  # one Redis call; a slower answer is an outage (joins are told to retry)
 
 # Refresh a claim that is ours or free; leave another node's alone (answers 0).
 _KEEP = """
@@ -108,6 +115,9 @@ class RedisPlacement:
                 found = await self._owner(class_id)
                 if found is not None:
                     return found[0]
+                up, settling = await self._redis.mget(self._key("up"), self._key("settling"))
+                if up is None or settling is not None:
+                    raise PlacementUnavailable("the cluster registry is (re)starting")
                 stale = await self._redis.get(self._key("class", class_id))
                 if stale is not None:  # its node is gone: free the class (if nobody did yet)
                     await self._drop_if(keys=[self._key("class", class_id)], args=[stale])
@@ -203,7 +213,7 @@ class RedisPlacement:
         this node (a tie keeps the connection where it landed: no relay)."""
         live = await self._live()
         if not live:
-            return self.me  # Redis restarted empty since the last heartbeat
+            raise PlacementUnavailable("no live node registered")
         async with self._redis.pipeline(transaction=False) as pipe:
             for node, _ in live:
                 pipe.smembers(self._key("placed", node.id))
@@ -223,7 +233,11 @@ class RedisPlacement:
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.set(self._key("node", self.me.id), entry, px=int(NODE_TTL_S * 1000))
             pipe.sadd(self._key("nodes"), self.me.id)
-            await pipe.execute()
+            pipe.set(self._key("up"), "1", nx=True)
+            _, _, fresh = await pipe.execute()
+        if fresh:  # Redis came up empty: every live node must re-claim before anything is placed
+            await self._redis.set(self._key("settling"), "1", px=int(SETTLE_S * 1000))
+            log.warning("cluster registry empty: placing nothing for %.0f s", SETTLE_S)
         for class_id in load.classes:
             kept = await self._keep(keys=[self._key("class", class_id)],
                                     args=[self.me.id, int(CLAIM_TTL_S * 1000)])
