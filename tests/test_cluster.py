@@ -268,6 +268,42 @@ async def test_origin_killed_the_lesson_goes_on_elsewhere(cluster: Cluster) -> N
         await admin.close()
 
 
+async def test_origin_stopped_for_an_upgrade_hands_its_lesson_over(cluster: Cluster) -> None:
+    """A node stopped on purpose (SIGINT/SIGTERM: an upgrade, one machine at a time) while the
+    cluster goes on: its lesson is not ended but handed over. Pages are told to reconnect
+    (1012), the teacher's comes back through another node and the same lesson goes on there,
+    with its recording in one piece."""
+    demo = cluster.demo
+    lesson_id = await new_lesson(cluster.nodes["n1"], demo)
+    teacher = await teacher_on(cluster, "n1", lesson_id)
+    async with closing(teacher) as peers:
+        student = await student_on(cluster, "n2", "Stays")
+        peers.append(student)
+        await student.keeps_hearing(2.0)
+        await asyncio.to_thread(cluster.nodes["n1"].stop)
+        assert (await teacher.expect("_closed"))["code"] == 1012
+        assert (await student.expect("_closed"))["code"] == 1012
+        assert not [m for m in teacher.messages + student.messages if m["type"] == "ended"]
+        again = await teacher_on(cluster, "n3", lesson_id)
+        peers.append(again)
+        back = await student_on(cluster, "n2", "Stays")
+        peers.append(back)
+        await hears_within(back, 5.0)
+        rooms = [r for r in await live_lessons(cluster.url("n2"), demo)
+                 if r["lesson"]["id"] == lesson_id]
+        assert len(rooms) == 1 and rooms[0]["worker"] in ("n2", "n3"), rooms
+        await again.send({"type": "end"})
+        await again.expect("ended")
+    admin = await logged_in(cluster.nodes["n2"], demo["admin_login"])
+    try:
+        rec = await wait_recording(admin, lesson_id)
+        assert rec["state"] == "ready" and not rec["recovered"], rec  # closed, not repaired
+        assert rec["duration_s"] > 4.0, rec
+        assert (cluster.nodes["n2"].data_dir / "recordings" / f"{lesson_id}-part1").is_dir()
+    finally:
+        await admin.close()
+
+
 async def test_origin_killed_and_nobody_back_the_lesson_is_ended(tmp_path: Path) -> None:
     """Nobody reconnects after the origin died: a live node's sweeper ends the lesson after the
     teacher's grace, and the recording of what was said is repaired and processed."""

@@ -162,6 +162,25 @@ class Room:
             log.exception("closing the room failed", extra={"lesson_id": self.lesson.id})
         log.info("lesson ended", extra={"lesson_id": self.lesson.id, "reason": reason})
 
+    async def hand_over(self) -> None:
+        """This process stops but its cluster goes on (a node's upgrade, ``--redis-url``): close
+        the room without ending the lesson. Attendance is saved and the recording closed as a
+        part; every page is told "service restart" (1012, not final), reconnects through a live
+        node, and the lesson goes on there when its teacher is back (or is ended by the
+        cluster's orphan sweeper if nobody comes)."""
+        if self.ending is None:
+            self.ending = asyncio.create_task(self._hand_over(),
+                                              name=f"room-{self.lesson.id}-handover")
+        await asyncio.shield(self.ending)
+
+    async def _hand_over(self) -> None:
+        self._on_closed(self)
+        try:
+            await self.close("node_stopping", final=False)
+        except Exception:
+            log.exception("handing the room over failed", extra={"lesson_id": self.lesson.id})
+        log.info("lesson handed over", extra={"lesson_id": self.lesson.id})
+
     async def _mark_ended(self) -> None:
         async with self._sessions() as db:
             lesson = await db.get(Lesson, self.lesson.id)
@@ -170,8 +189,9 @@ class Room:
                 lesson.ended_at = utcnow()
                 await db.commit()
 
-    async def close(self, reason: str) -> None:
-        """Stop media and recording, close sockets, save attendance."""
+    async def close(self, reason: str, *, final: bool = True) -> None:
+        """Stop media and recording, close sockets, save attendance. ``final``: the lesson is
+        over (pages show it ended); else pages are told to reconnect (``hand_over``)."""
         self._ending = True
         self.state = "ended"
         me = asyncio.current_task()  # the grace timer ends the lesson from inside itself
@@ -184,14 +204,19 @@ class Room:
         await asyncio.gather(*(t for t in self._tasks if t is not me), return_exceptions=True)
         if self._list_timer is not None:
             self._list_timer.cancel()
+        if not final:  # the recording is closed before the pages come back on another node,
+            self.hand_records.flush(time.monotonic(), everything=True)  # whose room takes it
+            await self.recording.stop()  # over as a part: never while this one still writes
         for p in self.everyone():
-            p.send({"type": "ended", "reason": reason})
+            if final:
+                p.send({"type": "ended", "reason": reason})
             if p.outbox is not None:
-                p.outbox.close(4410, "lesson ended")
+                p.outbox.close(*((4410, "lesson ended") if final else (1012, "service restart")))
             self.media.leave_time(p)
         await self.media.stop(self.everyone())
-        self.hand_records.flush(time.monotonic(), everything=True)
-        await self.recording.stop()
+        if final:
+            self.hand_records.flush(time.monotonic(), everything=True)
+            await self.recording.stop()
         self.tiers.close()
         await self.attendance.save_all(final=True)
 

@@ -215,9 +215,13 @@ class Rooms:
         return len(closing)
 
     async def shutdown(self) -> None:
-        """Server stopping: every live lesson ends cleanly (attendance and recording kept)."""
+        """Server stopping: every live lesson ends cleanly (attendance and recording kept). A
+        node of a cluster (``--redis-url``) hands its lessons over instead: the cluster goes on,
+        so its lessons go on, on another node."""
         rooms = list(self.by_lesson.values())
-        await asyncio.gather(*(room.end("server_stopping") for room in rooms),
+        handing_over = bool(self._settings.redis_url)
+        await asyncio.gather(*(room.hand_over() if handing_over else room.end("server_stopping")
+                               for room in rooms),
                              *list(self._ending), return_exceptions=True)
 
     async def end_orphans(self) -> list[int]:

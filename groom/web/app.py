@@ -21,7 +21,7 @@ from . import proxy, relay
 from .bbb_hooks import hooks_ctx
 from .bbb_slides import slides_ctx
 from .decks import imports_ctx
-from .live_pages import rooms_ctx
+from .live_pages import close_rooms, rooms_ctx
 from .plumbing import (
     CATALOGS,
     CODEC,
@@ -73,6 +73,7 @@ def create_app(settings: Settings, placement: Optional[Placement] = None) -> web
     app.cleanup_ctx.append(slides_ctx)  # the API's slides by URL (needs imports and rooms)
     app.cleanup_ctx.append(hooks_ctx)  # the API's webhooks (observes rooms and recordings)
     app.cleanup_ctx.append(metrics_ctx)  # /metrics registry and the event-loop lag probe
+    app.on_shutdown.append(close_rooms)  # while the sockets are still open (see close_rooms)
     setup_routes(app)
     return app
 

@@ -182,6 +182,13 @@ async def listen(request: web.Request) -> web.StreamResponse:
     return response
 
 
+async def close_rooms(app: web.Application) -> None:
+    """``on_shutdown``: end (or, in a cluster, hand over) the live lessons while their sockets
+    are still open, so every page hears why (``ended``, or 1012 "reconnect") instead of a cut
+    connection when the server cancels its handlers a moment later."""
+    await app[ROOMS].shutdown()
+
+
 async def rooms_ctx(app: web.Application) -> AsyncIterator[None]:
     """The live rooms of this process and the worker that post-processes their recordings.
 
