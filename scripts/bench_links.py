@@ -49,6 +49,8 @@ RED_PT = 63  # RFC 2198 RED offered over Opus, as Chromium offers it
 UP_REVERTED_SECONDS = 15.0  # a step up followed by a step down this soon failed
 SILENCE_RMS = 200.0  # decoded int16 RMS below this is silence (speech.wav talks at ~2000-4000)
 GAP_SECONDS = 1.0
+SMALL_PX = 854  # the small slide image's width (groom/board/rasterize.py SMALL)
+PHONE_PX = 720  # a 360-px-wide phone screen at 2 device pixels per CSS pixel
 
 
 # ==== the student (inside the namespace) =======================================================
@@ -61,6 +63,7 @@ class LinkStudent:
         self.url = args.url
         self.t0 = time.monotonic()
         self.hello_at = 0.0
+        self.welcome_at: Optional[float] = None
         self.first_audio_at: Optional[float] = None
         self.tiers: list[tuple[float, str]] = []
         self.arrivals: list[tuple[float, int, int, int]] = []  # (t, extended seq, rtp ts, bytes)
@@ -69,8 +72,10 @@ class LinkStudent:
         self.listen_token = ""
         self.measured = False  # the page's rule: small first image until the link is measured
         self.slide: Optional[dict[str, Any]] = None
+        self.fetched: set[str] = set()  # image names asked for: the browser's cache has them
         self._last_ext: Optional[int] = None
-        self.downloads: list[tuple[float, float, int]] = []  # (start, end, bytes) of slide images
+        # (asked, headers in, end, bytes) of each slide image
+        self.downloads: list[tuple[float, float, float, int]] = []
         self.loading: dict[int, float] = {}  # downloads still running: id -> start
         self.unfinished: list[tuple[float, float]] = []  # (start, the end of the run) of those
         self.slide_kbps = 0.0  # the last image's rate, for the next stats (as the page sends it)
@@ -170,6 +175,7 @@ class LinkStudent:
             data = json.loads(msg.data)
             kind = data.get("type")
             if kind == "welcome" and not self.welcome.done():
+                self.welcome_at = self.now()
                 self.welcome.set_result(data)
             elif kind == "answer" and not self.answer.done():
                 self.answer.set_result(data)
@@ -193,14 +199,16 @@ class LinkStudent:
     # ---- slides -------------------------------------------------------------------------------
 
     def _fetch_slide(self, slide: dict[str, Any]) -> None:
-        """The student page's rule (web/static/student.js): the small image on the low tier and
-        until the link is measured, the large one otherwise; named with the listen token so the
-        server paces and times it."""
+        """The student page's rule (web/static/student.js): the small image on the low tier,
+        until the link is measured, and on a screen (``--screen-px`` device pixels wide) the
+        small image fills; the large one otherwise. Named with the listen token so the server
+        paces and times it; an image already asked for comes from the browser's cache."""
         self.slide = slide
         tier = self.tiers[-1][1] if self.tiers else ""
-        small = tier == "low" or not self.measured
+        small = tier == "low" or not self.measured or self.args.screen_px <= SMALL_PX
         name = slide.get("small") if small else slide.get("large") or slide.get("small")
-        if name:
+        if name and name not in self.fetched:
+            self.fetched.add(name)
             task = asyncio.create_task(self._download(f"{name}?t={self.listen_token}"))
             self.pending.add(task)
             task.add_done_callback(self.pending.discard)
@@ -222,7 +230,7 @@ class LinkStudent:
             return
         finally:
             self.loading.pop(id(asyncio.current_task()), None)
-        self.downloads.append((started, self.now(), len(body)))
+        self.downloads.append((started, first_byte, self.now(), len(body)))
         if len(body) > 2000 and seconds > 0.02:  # as the page's Resource Timing figure
             self.slide_kbps = len(body) * 8 / seconds / 1000
 
@@ -371,6 +379,21 @@ class LinkStudent:
                 failed += 1
         return failed
 
+    def _first_slide_parts(self, arrivals: list[tuple[float, int, int, int]]) -> dict[str, Any]:
+        """Where the first slide's time went, each from ``hello``: the welcome (naming the slide)
+        in, the image asked for, its response headers in, its last byte in; its size, and the
+        first audio packet (the voice competing for the link from then on)."""
+        def since_hello(t: Optional[float]) -> Optional[float]:
+            return None if t is None else round(t - self.hello_at, 2)
+
+        first = self.downloads[0] if self.downloads else None
+        return {"welcome_s": since_hello(self.welcome_at),
+                "asked_s": since_hello(first[0] if first else None),
+                "headers_s": since_hello(first[1] if first else None),
+                "done_s": since_hello(first[2] if first else None),
+                "bytes": first[3] if first else None,
+                "first_rtp_s": since_hello(arrivals[0][0] if arrivals else None)}
+
     def report(self, tcp_rtt: Optional[float], connection: str) -> dict[str, Any]:
         arrivals = sorted(self.arrivals)
         received, lost, expected = self._loss(arrivals)
@@ -381,7 +404,7 @@ class LinkStudent:
         gaps = 0
         slide_expected = slide_lost = other_expected = other_lost = 0
         # images still loading when the student left count as loading until then
-        slide_spans = [(start, end) for start, end, _ in self.downloads] + self.unfinished
+        slide_spans = [(start, end) for start, _, end, _ in self.downloads] + self.unfinished
         for prev, cur in zip(arrivals, arrivals[1:]):
             dt, dseq = cur[0] - prev[0], cur[1] - prev[1]
             dclock = ((cur[2] - prev[2]) & 0xFFFFFFFF) / 48000
@@ -422,11 +445,14 @@ class LinkStudent:
             "failed_step_ups": self._failed_step_ups(),
             "concealment_during_slides_pct": (round(100 * slide_lost / slide_expected, 2)
                                               if slide_expected else None),
+            # (expected, not recovered) during and outside slide downloads: runs add up
+            "slide_packets": [slide_expected, slide_lost], "other_packets": [other_expected, other_lost],
             "audio_gaps": gaps,
-            "slide_first_s": (round(self.downloads[0][1] - self.hello_at, 2)
+            "slide_first_s": (round(self.downloads[0][2] - self.hello_at, 2)
                               if self.downloads else None),
+            "slide_first_parts": self._first_slide_parts(arrivals),
             "slides_fetched": len(self.downloads),
-            "slide_bytes": sum(d[2] for d in self.downloads),
+            "slide_bytes": sum(d[3] for d in self.downloads),
             "slide_errors": self.slide_errors[:3],
             "kbps": round(sum(a[3] for a in arrivals) * 8 / window / 1000, 2) if window else None,
             "jitter_ms": round(1000 * self.jitter, 1),
@@ -532,7 +558,7 @@ async def measure(link: Link, args: argparse.Namespace) -> dict[str, Any]:
                 [sys.executable, str(Path(__file__).resolve()), "--student",
                  "--url", f"http://{ns.host_ip}:{server.port}", "--code", demo["class_code"],
                  "--seconds", str(args.seconds), "--host-ip", ns.host_ip, "--ns-ip", ns.ns_ip,
-                 "--extra-rtt-ms", str(link.extra_rtt_ms)],
+                 "--extra-rtt-ms", str(link.extra_rtt_ms), "--screen-px", str(args.screen_px)],
                 stdout=asyncio.subprocess.PIPE, cwd=ROOT)
             out, _ = await asyncio.wait_for(proc.communicate(), args.seconds + 120)
             server_rtt = teacher.student_rtt_ms()
@@ -586,6 +612,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0,
                         help="how long the student stays, from its hello")
     parser.add_argument("--slide-every", type=float, default=8.0, help="seconds between slide turns")
+    parser.add_argument("--screen-px", type=int, default=PHONE_PX,
+                        help="the student's screen width in device pixels: the page fetches the "
+                             f"large slide image only when wider than {SMALL_PX} (default: a phone)")
     parser.add_argument("--server-arg", action="append",
                         help="extra argument for groom serve (repeat), e.g. --server-arg=--tier-up-seconds=5")
     # The student's side (run by the driver inside the namespace).

@@ -60,6 +60,15 @@ if (not cur) or cur == ARGV[1] then
 end
 return 0
 """
+# Mark the registry up; if it was not (an empty Redis), start the settling time in the same
+# step, so that no join can find it up and not settling in between (answers 1 when it starts).
+_UP = """
+if redis.call('SET', KEYS[1], '1', 'NX') then
+  redis.call('SET', KEYS[2], '1', 'PX', ARGV[1])
+  return 1
+end
+return 0
+"""
 # Delete a claim only if it still names the node we saw (gone): never a fresh owner's.
 _DROP_IF = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -83,6 +92,7 @@ class RedisPlacement:
             decode_responses=True)
         self._keep = self._redis.register_script(_KEEP)
         self._drop_if = self._redis.register_script(_DROP_IF)
+        self._up = self._redis.register_script(_UP)
         self._load: Callable[[], Load] = Load
         self._task: Optional[asyncio.Task[None]] = None
         self._down_since: Optional[float] = None
@@ -233,10 +243,10 @@ class RedisPlacement:
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.set(self._key("node", self.me.id), entry, px=int(NODE_TTL_S * 1000))
             pipe.sadd(self._key("nodes"), self.me.id)
-            pipe.set(self._key("up"), "1", nx=True)
-            _, _, fresh = await pipe.execute()
+            await pipe.execute()
+        fresh = await self._up(keys=[self._key("up"), self._key("settling")],
+                               args=[int(SETTLE_S * 1000)])
         if fresh:  # Redis came up empty: every live node must re-claim before anything is placed
-            await self._redis.set(self._key("settling"), "1", px=int(SETTLE_S * 1000))
             log.warning("cluster registry empty: placing nothing for %.0f s", SETTLE_S)
         for class_id in load.classes:
             kept = await self._keep(keys=[self._key("class", class_id)],

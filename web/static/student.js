@@ -82,10 +82,17 @@
     return e;
   }
 
-  /** The image this phone should fetch for a slide: small on the low tier or data saver, unless
-   *  the student tapped that slide for the sharper one (a worksheet page to read closely). */
+  /** The small image's width (groom/board/rasterize.py SMALL): all a board this many device
+   *  pixels wide can show, so a wider image only costs the link more. */
+  var SMALL_PX = 854;
+
+  /** The image this phone should fetch for a slide: small on the low tier or data saver, or when
+   *  the screen shows no more than the small one holds (a phone: one image per slide, never a
+   *  second, larger copy after a step up), unless the student tapped that slide for the sharper
+   *  one (a worksheet page to read closely). */
   function imageUrl(s) {
-    var small = tier === "low" || saver.checked || !measured;
+    var wide = document.querySelector("main").clientWidth * (window.devicePixelRatio || 1) > SMALL_PX;
+    var small = tier === "low" || saver.checked || !measured || !wide;
     var name = !webp ? s.jpeg : small && !sharp[s.large] ? s.small : s.large;
     return "/slides/" + encodeURIComponent(name) + (slideToken ? "?t=" + encodeURIComponent(slideToken) : "");
   }
@@ -220,7 +227,8 @@
     live.on("tier", function (m) {
       $("tier").textContent = t[m.tier] || m.tier;
       saver.checked = !!m.data_saver;
-      // A step down keeps the image on screen; a step up (the link proved room) sharpens it.
+      // A step down keeps the image on screen; a step up (the link proved room) sharpens it
+      // where the screen can show more than the small image (imageUrl).
       var up = TIERS.indexOf(m.tier) > TIERS.indexOf(tier) || (!measured && m.tier !== "low");
       tier = m.tier;
       measured = true;
