@@ -1,8 +1,8 @@
 """Abuse limits shared by the nodes of a cluster (``--redis-url``): one budget, not one per node.
 
 Two real nodes share a database, a data folder and a throwaway Redis (as in ``test_cluster.py``).
-A guesser who spreads wrong join codes or wrong logins over both nodes is stopped at the
-configured budget in total; the "known code" exception (a school behind one NAT) holds whichever
+A guesser who spreads wrong join codes, wrong logins or wrong BigBlueButton API checksums over
+both nodes is stopped at the budget in total; the "known code" exception (a school behind one NAT) holds whichever
 node the class's first pupil came through; and with Redis killed, lessons are still joined while
 each node goes on limiting guessers by itself, until Redis is back and the count is shared again.
 Each step uses addresses of its own (``X-Forwarded-For`` from the trusted loopback proxy), so the
@@ -12,6 +12,8 @@ steps do not share counts.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import secrets
 import time
 from pathlib import Path
@@ -29,6 +31,8 @@ pytestmark = pytest.mark.timeout(180)  # redis-server: scripts/test installs it
 WRONG_CODES = 4  # --join-attempts-per-minute
 PER_ADDRESS, PER_USER = 3, 5  # --login-failures-per-address, --login-failures-per-user
 WRONG_CODE = "ZZZZZZZZ"
+API_SECRET = "shared-limits-secret-0123456789"
+CLIENTS = [{"name": "lms", "secret": API_SECRET, "school": "LMS meetings"}]
 
 
 class Pair:
@@ -45,7 +49,8 @@ class Pair:
                                      "--node-id", f"n{i}", "--trusted-proxies", "127.0.0.1",
                                      "--join-attempts-per-minute", str(WRONG_CODES),
                                      "--login-failures-per-address", str(PER_ADDRESS),
-                                     "--login-failures-per-user", str(PER_USER)))
+                                     "--login-failures-per-user", str(PER_USER),
+                                     "--bbb-clients", json.dumps(CLIENTS)))
             node.log_path = root / f"n{i}.log"
             self.nodes.append(node)
         self.nodes[0].start("--demo", "--json")
@@ -144,6 +149,33 @@ async def test_wrong_logins_count_once_across_nodes(pair: Pair) -> None:
     assert status == 429 and int(wait) >= 1
     status, _ = await login(n1, teacher["username"], teacher["password"], "203.0.113.99")
     assert status == 200
+
+
+async def api_call(node: GroomServer, secret: str, address: str) -> tuple[int, str, str]:
+    """A BigBlueButton ``getMeetings`` signed with ``secret``: status, returncode/messageKey, Retry-After."""
+    checksum = hashlib.sha1(f"getMeetings{secret}".encode()).hexdigest()
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
+        async with http.get(f"{node.base_url}/bigbluebutton/api/getMeetings?checksum={checksum}",
+                            headers={"X-Forwarded-For": address}) as resp:
+            text = await resp.text()
+            key = "SUCCESS" if "<returncode>SUCCESS" in text else text.partition(
+                "<messageKey>")[2].partition("<")[0]
+            return resp.status, key, resp.headers.get("Retry-After", "")
+
+
+async def test_wrong_api_checksums_count_once_across_nodes(pair: Pair) -> None:
+    from groom.web.joining import CHECKSUM_FAILURES_PER_MINUTE
+
+    guesser = "203.0.113.50"
+    for i in range(CHECKSUM_FAILURES_PER_MINUTE):
+        status, key, _ = await api_call(pair.nodes[i % 2], f"guess-{i}", guesser)
+        assert (status, key) == (200, "checksumError")
+    for node in pair.nodes:  # each node saw half of the budget, yet both refuse
+        status, key, wait = await api_call(node, API_SECRET, guesser)
+        assert (status, key) == (429, "tooManyRequests") and 1 <= int(wait) <= 60
+    # The client itself, from its own address, is not affected.
+    status, key, _ = await api_call(pair.nodes[1], API_SECRET, "203.0.113.51")
+    assert (status, key) == (200, "SUCCESS")
 
 
 async def test_without_redis_each_node_limits_alone_and_lessons_go_on(pair: Pair) -> None:

@@ -7,8 +7,9 @@ end; in whichever worker runs the room: ``bbb_live.py``), recordings (the playba
 offline pack) and slide import (``bbb_slides.py``); webhooks are ``bbb_hooks.py``, join links
 ``bbb_join.py``.
 
-Wrong checksums are counted per client address like wrong join codes (``joining.JoinLimiter``):
-past ``CHECKSUM_FAILURES_PER_MINUTE`` the address is answered 429 until the minute is over.
+Wrong checksums are counted per client address like wrong join codes (``joining.CHECKSUM_LIMITS``,
+across every process of a cluster when there is a Redis): past
+``joining.CHECKSUM_FAILURES_PER_MINUTE`` the address is answered 429 until the minute is over.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import re
-import weakref
 import zlib
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Optional
@@ -41,7 +41,6 @@ from .recordings import remove_files, require_idle
 
 API_VERSION = "2.0"
 BBB_VERSION = "2.7-groom"
-CHECKSUM_FAILURES_PER_MINUTE = 20
 FORM = "application/x-www-form-urlencoded"
 MAX_FORM_BYTES = 64 * 1024
 XML_BODY_CALLS = frozenset({"create", "insertDocument"})
@@ -62,17 +61,6 @@ Handler = Callable[[Call], Awaitable[web.StreamResponse]]
 
 
 # --- reading a call ------------------------------------------------------------------------------
-
-_limiters: "weakref.WeakKeyDictionary[web.Application, joining.JoinLimiter]" = \
-    weakref.WeakKeyDictionary()
-
-
-def _limiter(app: web.Application) -> joining.JoinLimiter:
-    found = _limiters.get(app)
-    if found is None:
-        found = _limiters[app] = joining.JoinLimiter(CHECKSUM_FAILURES_PER_MINUTE)
-    return found
-
 
 async def _read_at_most(request: web.Request, limit: int) -> bytes:
     """The body, refused (413) past ``limit`` bytes whatever ``Content-Length`` says."""
@@ -111,8 +99,8 @@ async def api(request: web.Request) -> web.StreamResponse:
     handler = CALLS.get(call)
     if handler is None:
         return failure("unsupportedRequest", "This request is not supported.")
-    limiter, address = _limiter(request.app), joining.client_address(request)
-    wait = limiter.retry_after(address)
+    limits, address = request.app[joining.CHECKSUM_LIMITS], joining.client_address(request)
+    wait = await limits.check(address, "")
     if wait is not None:
         answer = failure("tooManyRequests", "Too many requests with a wrong checksum.", status=429)
         answer.headers["Retry-After"] = str(wait)
@@ -122,7 +110,7 @@ async def api(request: web.Request) -> web.StreamResponse:
         client = find_client(request.app[SETTINGS].bbb_clients, call, signed,
                              params.get("checksum", ""))
         if client is None:
-            limiter.failed(address)
+            await limits.wrong(address)
             return failure("checksumError", "Checksums do not match")
         body = b""
         if may_have_body and call in XML_BODY_CALLS:  # up to the route's limit (an inline document)

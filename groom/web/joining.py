@@ -77,6 +77,11 @@ class JoinLimits(Protocol):
 
 
 JOIN_LIMITS = web.AppKey("join_limits", JoinLimits)
+# The BigBlueButton API's wrong checksums (``bbb_api.py``) are limited by the same rule, counted
+# apart and without known codes (its ``check`` is asked with the code ""): guessing a client's
+# secret is guessing a code.
+CHECKSUM_LIMITS = web.AppKey("checksum_limits", JoinLimits)
+CHECKSUM_FAILURES_PER_MINUTE = 20
 
 
 class JoinLimiter:

@@ -186,7 +186,10 @@ async def body_limit(request: web.Request, handler: Handler) -> web.StreamRespon
     if request.content_length is not None and request.content_length > limit:
         raise AppError("too_large", "The request body is too large.", status=413)
     if request.client_max_size != limit:
-        request = request.clone(client_max_size=limit)
+        # A clone forgets what ``proxy.forwarded`` set unless it is passed again: without these,
+        # the routes with their own limit (uploads, the BBB API) saw the proxy, not the client.
+        request = request.clone(client_max_size=limit, remote=request.remote,
+                                scheme=request.scheme, host=request.host)
     return await handler(request)
 
 

@@ -1,4 +1,4 @@
-"""Wrong join codes and wrong logins counted by every process of a cluster together, in Redis.
+"""Wrong join codes, logins and API checksums counted by every process of a cluster together, in Redis.
 
 ``joining.py`` and ``login_limits.py`` state the rules (read their docstrings: the "known code"
 exception for a school behind one NAT, the growing login locks) and keep them in memory, per
@@ -18,7 +18,9 @@ small members. Each decision is one Lua script (atomic, one round trip) on Redis
 Keys, under ``{redis_prefix}:limits:``, each expiring when the in-memory rule would forget it, so
 nothing grows without bound (a spray from many addresses costs at most a window's worth of keys):
 
-- ``join:fails:{address}``: wrong codes' times; expires a minute after the last;
+- ``join:fails:{address}``: wrong codes' times; expires a minute after the last (and
+  ``checksum:fails:{address}`` the same for the BigBlueButton API's wrong checksums, the same rule
+  without known codes: ``bbb_api.py``);
 - ``join:known:{address}``: code -> its last right use from the address (at most
   ``MAX_KNOWN_CODES``); expires ``KNOWN_CODE_SECONDS`` after the last;
 - ``login:lock:{a|u}:{address or username}`` (a hash: ``locked_until``, ``strikes``) and
@@ -44,6 +46,8 @@ from typing import AsyncIterator, Optional
 from aiohttp import web
 
 from .joining import (
+    CHECKSUM_FAILURES_PER_MINUTE,
+    CHECKSUM_LIMITS,
     JOIN_LIMITS,
     KNOWN_CODE_SECONDS,
     MAX_KNOWN_CODES,
@@ -139,15 +143,16 @@ class SharedJoinLimits:
     """``joining.JoinLimits`` for the whole cluster; ``local`` counts too and decides while
     Redis is away (see the module docstring)."""
 
-    def __init__(self, state: SharedState, local: JoinLimiter) -> None:
+    def __init__(self, state: SharedState, local: JoinLimiter, name: str = "join") -> None:
         self.local = local
         self._state = state
+        self._name = name  # the keys' namespace: "join", or "checksum" for the BBB API
         self._check = state.script(_JOIN_CHECK)
         self._wrong = state.script(_JOIN_WRONG)
         self._right = state.script(_JOIN_RIGHT)
 
     def _key(self, kind: str, address: str) -> str:
-        return self._state.key("limits", "join", kind, address)
+        return self._state.key("limits", self._name, kind, address)
 
     async def check(self, address: str, code: str) -> Optional[int]:
         try:
@@ -210,13 +215,16 @@ class SharedLoginLimits:
 
 
 async def limits_ctx(app: web.Application) -> AsyncIterator[None]:
-    """The app's join and login limits: in this process, or shared when there is a Redis
-    (``shared_state_ctx`` runs first)."""
+    """The app's join, login and API checksum limits: in this process, or shared when there is a
+    Redis (``shared_state_ctx`` runs first)."""
     settings = app[SETTINGS]
     join = JoinLimiter(settings.join_attempts_per_minute)
+    checksums = JoinLimiter(CHECKSUM_FAILURES_PER_MINUTE)
     login = LoginLimiter(settings.login_failures_per_address, settings.login_failures_per_user,
                          settings.login_lock_seconds)
     state = app[SHARED_STATE]
     app[JOIN_LIMITS] = join if state is None else SharedJoinLimits(state, join)
     app[LOGIN_LIMITS] = login if state is None else SharedLoginLimits(state, login)
+    app[CHECKSUM_LIMITS] = checksums if state is None else SharedJoinLimits(state, checksums,
+                                                                            "checksum")
     yield
