@@ -40,7 +40,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from bench_relay import Server, Teacher, log, login, speech_packets  # noqa: E402
 from groom.live import consent  # noqa: E402
-from netlab import PROFILES, Link, NetLab, UdpDelayRelay  # noqa: E402
+from netlab import PROFILES, Link, Namespace, NetLab, UdpDelayRelay  # noqa: E402
+from page_student import page_student  # noqa: E402
 
 DECK = ROOT / "media" / "sample-deck.pdf"
 STUDENT_NAME = "Link student"
@@ -66,6 +67,7 @@ class LinkStudent:
         self.welcome_at: Optional[float] = None
         self.first_audio_at: Optional[float] = None
         self.tiers: list[tuple[float, str]] = []
+        self.timeline: list[tuple[float, str, bool, str]] = []  # (t, tier, protected, reason)
         self.arrivals: list[tuple[float, int, int, int]] = []  # (t, extended seq, rtp ts, bytes)
         self.covered: set[int] = set()  # extended seqs whose packet carried the previous one (RED)
         self.opus_pt = 0
@@ -182,6 +184,8 @@ class LinkStudent:
             elif kind == "tier":
                 before = self.tiers[-1][1] if self.tiers else ""
                 self.tiers.append((self.now(), data["tier"]))
+                self.timeline.append((self.now(), data["tier"], bool(data.get("protected")),
+                                      str(data.get("reason", ""))))
                 up = TIERS.index(data["tier"]) > TIERS.index(before) if before in TIERS else False
                 first = not self.measured and data["tier"] != "low"
                 self.measured = True
@@ -431,6 +435,9 @@ class LinkStudent:
                                 if self.first_audio_at is not None else None),
             "final_tier": self.tiers[-1][1] if self.tiers else None,
             "tiers": [tier for _, tier in self.tiers],
+            # each tier message: seconds from hello, tier, protected (RED), reason
+            "tier_timeline": [[round(t - self.hello_at, 1), tier, red, reason]
+                              for t, tier, red, reason in self.timeline],
             "seconds_to_fit_tier": round(changes[-1] - self.hello_at, 1) if changes else 0.0,
             "packets_received": received, "packets_lost": lost,
             "loss_before_recovery_pct": round(100 * lost / expected, 2) if expected else None,
@@ -525,6 +532,19 @@ async def upload_deck(http: aiohttp.ClientSession, url: str, class_id: int,
         return int(body["id"]), int(body["pages"])
 
 
+async def aiortc_student(ns: Namespace, port: int, code: str, link: Link,
+                         args: argparse.Namespace) -> bytes:
+    """This script again (``--student``) inside ``ns``: its stdout (the report's JSON line)."""
+    proc = await ns.spawn(
+        [sys.executable, str(Path(__file__).resolve()), "--student",
+         "--url", f"http://{ns.host_ip}:{port}", "--code", code,
+         "--seconds", str(args.seconds), "--host-ip", ns.host_ip, "--ns-ip", ns.ns_ip,
+         "--extra-rtt-ms", str(link.extra_rtt_ms), "--screen-px", str(args.screen_px)],
+        stdout=asyncio.subprocess.PIPE, cwd=ROOT)
+    out, _ = await asyncio.wait_for(proc.communicate(), args.seconds + 120)
+    return out
+
+
 async def measure(link: Link, args: argparse.Namespace) -> dict[str, Any]:
     data_dir = Path(tempfile.mkdtemp(prefix=f"bench-links-{link.name}-"))
     # bench_relay's Server passes --tier-up-seconds 1; the production default (20 s) wins here.
@@ -554,21 +574,22 @@ async def measure(link: Link, args: argparse.Namespace) -> dict[str, Any]:
         turner = asyncio.create_task(turn_slides())
         with NetLab(link) as lab:
             ns = lab.students[0]
-            proc = await ns.spawn(
-                [sys.executable, str(Path(__file__).resolve()), "--student",
-                 "--url", f"http://{ns.host_ip}:{server.port}", "--code", demo["class_code"],
-                 "--seconds", str(args.seconds), "--host-ip", ns.host_ip, "--ns-ip", ns.ns_ip,
-                 "--extra-rtt-ms", str(link.extra_rtt_ms), "--screen-px", str(args.screen_px)],
-                stdout=asyncio.subprocess.PIPE, cwd=ROOT)
-            out, _ = await asyncio.wait_for(proc.communicate(), args.seconds + 120)
+            if args.chromium:
+                student = await page_student(ns, f"http://{ns.host_ip}:{server.port}",
+                                             demo["class_code"], STUDENT_NAME, args.seconds)
+                out = (json.dumps(student) + "\n").encode()
+            else:
+                out = await aiortc_student(ns, server.port, demo["class_code"], link, args)
             server_rtt = teacher.student_rtt_ms()
         lines = [line for line in out.decode().splitlines() if line.startswith("{")]
         student: dict[str, Any] = json.loads(lines[-1]) if lines else {"error": "no report"}
         # The server's RTCP round trip when it has one; else the idle round trip measured in the
         # namespace (TCP connects) plus the hold the relay adds to the media path (configured).
         tcp_rtt = student.get("tcp_connect_rtt_ms")
+        # Chromium picks its own candidate pair: the relay that adds round trip is not on its path.
+        extra_rtt = 0 if args.chromium else link.extra_rtt_ms
         rtt = server_rtt if server_rtt is not None else (
-            round(tcp_rtt + link.extra_rtt_ms, 1) if tcp_rtt is not None else None)
+            round(tcp_rtt + extra_rtt, 1) if tcp_rtt is not None else None)
         rtt_source = "server-rtcp" if server_rtt is not None else "tcp-connect+relay"
         return {
             "profile": link.name,
@@ -590,7 +611,7 @@ async def measure(link: Link, args: argparse.Namespace) -> dict[str, Any]:
                 "concealment_during_slides_pct", "audio_gaps", "slide_first_s", "kbps")}
             | {"rtt_source": rtt_source, "up_kbps": link.up_kbps, "loss_up_pct": link.loss_up_pct,
                "queue_ms": link.queue_ms,
-               "extra_rtt_ms": link.extra_rtt_ms, "seconds": args.seconds,
+               "extra_rtt_ms": extra_rtt, "seconds": args.seconds,
                "server_errors": server.errors()[:3],
                "server_view": getattr(teacher, "last_seen", {})},
         }
@@ -615,6 +636,9 @@ def main() -> None:
     parser.add_argument("--screen-px", type=int, default=PHONE_PX,
                         help="the student's screen width in device pixels: the page fetches the "
                              f"large slide image only when wider than {SMALL_PX} (default: a phone)")
+    parser.add_argument("--chromium", action="store_true",
+                        help="the student is the real student page in headless Chromium "
+                             "(scripts/page_student.py) instead of an aiortc peer")
     parser.add_argument("--server-arg", action="append",
                         help="extra argument for groom serve (repeat), e.g. --server-arg=--tier-up-seconds=5")
     # The student's side (run by the driver inside the namespace).
