@@ -188,8 +188,11 @@ async def body_limit(request: web.Request, handler: Handler) -> web.StreamRespon
     if request.client_max_size != limit:
         # A clone forgets what ``proxy.forwarded`` set unless it is passed again: without these,
         # the routes with their own limit (uploads, the BBB API) saw the proxy, not the client.
-        request = request.clone(client_max_size=limit, remote=request.remote,
-                                scheme=request.scheme, host=request.host)
+        if request.remote is not None:
+            request = request.clone(client_max_size=limit, scheme=request.scheme,
+                                    host=request.host, remote=request.remote)
+        else:
+            request = request.clone(client_max_size=limit, scheme=request.scheme, host=request.host)
     return await handler(request)
 
 
