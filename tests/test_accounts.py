@@ -22,6 +22,16 @@ async def test_login_me_logout(server: GroomServer) -> None:
         await client.close()
 
 
+async def test_usernames_are_not_case_sensitive(anon: ApiClient) -> None:
+    """Usernames are stored lower-case (an admin types "Somchai", the account is "somchai"): the
+    teacher logs in however the name is typed."""
+    status, body = await anon.call("POST", "/api/login", json={
+        "username": f"  {ROOT_USER.upper()} ", "password": ROOT_PASSWORD})
+    assert status == 200, body
+    status, body = await anon.call("GET", "/api/me")
+    assert status == 200 and body["user"]["username"] == ROOT_USER.lower()
+
+
 async def test_wrong_password_and_malformed_login(anon: ApiClient) -> None:
     status, body = await anon.call("POST", "/api/login", json={"username": ROOT_USER, "password": "nope"})
     assert status == 401 and body["error"]["code"] == "bad_login"

@@ -26,7 +26,13 @@ from groom.core.errors import AppError
 from groom.core.models import Role, School, User
 
 
+def normal_username(username: str) -> str:
+    """Usernames are kept lower-case (``create_user``): "Somchai" logs in as "somchai"."""
+    return username.strip().lower()
+
+
 async def authenticate(db: AsyncSession, username: str, password: str) -> User:
+    username = normal_username(username)
     user = (await db.execute(select(User).where(User.username == username))).scalar_one_or_none()
     if user is not None:
         db.expunge(user)  # kept loaded: the rollback below would expire it
@@ -47,7 +53,7 @@ async def create_user(db: AsyncSession, *, username: str, password: str, display
     """Used by the CLI, the demo and the office API; checks uniqueness and password rules.
     Flushes (the caller commits)."""
     check_new_password(password)
-    username = username.strip().lower()
+    username = normal_username(username)
     if not username or len(username) > 64 or not all(c.isalnum() or c in "._-" for c in username):
         raise AppError("bad_username", "A username may use letters, digits, '.', '_' and '-'.",
                        status=422)

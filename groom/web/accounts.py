@@ -23,7 +23,7 @@ from groom.core.auth import (
 )
 from groom.core.errors import AppError
 from groom.core.models import Role, User
-from groom.office.users import authenticate, log_out_everywhere
+from groom.office.users import authenticate, log_out_everywhere, normal_username
 from groom.office.users import change_password as change_user_password
 
 from . import login_limits, proxy, relay
@@ -78,7 +78,9 @@ async def _login_response(request: web.Request, user: User, body: web.StreamResp
 
 async def _authenticate(request: web.Request, username: str, password: str) -> User:
     """A login attempt within the limits (``login_limits.py``): 429 before any password check
-    when this address made too many wrong ones; a wrong one counts."""
+    when this address made too many wrong ones; a wrong one counts. The username is counted as
+    stored (lower-case): "Admin" and "admin" are one account's budget, not two."""
+    username = normal_username(username)
     await login_limits.check(request, username)
     try:
         async with request.app[SESSIONS]() as db:
