@@ -15,6 +15,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
+from .redis_client import SENTINEL_SCHEME, parse_sentinel_url
+
 
 def _web_dir() -> Path:
     """Templates, static files and translations: ``web/`` beside the package in a checkout, or
@@ -70,8 +72,11 @@ def _networks(value: str) -> str:
 def _redis_url(value: str) -> str:
     """Checked here so that a typo stops the start instead of every join failing later."""
     value = value.strip()
-    if value and not value.startswith(("redis://", "rediss://", "unix://")):
-        raise ValueError(f"{value!r} is not a redis://, rediss:// or unix:// URL")
+    if value.startswith(SENTINEL_SCHEME + "://"):
+        parse_sentinel_url(value)
+    elif value and not value.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError(f"{value!r} is not a redis://, rediss://, unix:// or "
+                         f"{SENTINEL_SCHEME}:// URL")
     return value
 
 
@@ -143,10 +148,11 @@ OPTIONS: list[Option] = [
            "the connections on the same port and runs its own live lessons; 0 means one per CPU "
            "core, 1 means a single process with no supervisor."),
     Option("port", int, 8080, "TCP port to listen on (0 picks a free one)."),
-    Option("redis_url", _redis_url, "", "Redis of a cluster of G-Room nodes (redis://host:6379/0): "
+    Option("redis_url", _redis_url, "", "Redis of a cluster of G-Room nodes (redis://host:6379/0, "
+           "or redis+sentinel://host:26379,host2:26379/service for Redis Sentinel failover): "
            "every process registers there and the nodes agree on which one runs each class's "
-           "lesson, and count wrong join codes and logins together. Empty: this machine alone "
-           "(placement and limits kept in memory)."),
+           "lesson, and count wrong join codes, logins and API checksums together. Empty: this "
+           "machine alone (placement and limits kept in memory)."),
     Option("redis_prefix", str, "groom", "Prefix of every Redis key this cluster uses (several "
            "clusters, or tests, may share one Redis)."),
     Option("node_id", str, "", "This machine's name in the cluster (unique per machine); empty "

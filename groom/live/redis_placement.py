@@ -37,6 +37,7 @@ from typing import Any, Callable, Optional
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from groom.core.redis_client import redis_client
 from groom.core.tasks import cancel
 
 from .placement import HEARTBEAT_S, PLACEMENT_GRACE_S, Load, Node
@@ -87,7 +88,7 @@ class RedisPlacement:
                  client: Optional[aioredis.Redis] = None) -> None:
         self.me = me
         self._prefix = prefix
-        self._redis: aioredis.Redis = client or aioredis.from_url(
+        self._redis: aioredis.Redis = client or redis_client(
             url, socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S,
             decode_responses=True)
         self._keep = self._redis.register_script(_KEEP)

@@ -29,6 +29,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
+from groom.core.redis_client import redis_client
+
 from .plumbing import SETTINGS
 
 log = logging.getLogger("groom.web.shared_state")
@@ -82,7 +84,7 @@ SHARED_STATE: web.AppKey[Optional[SharedState]] = web.AppKey("shared_state")  # 
 
 
 def connect(url: str) -> aioredis.Redis:
-    return aioredis.from_url(
+    return redis_client(
         url, socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S,
         retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
         decode_responses=True)
