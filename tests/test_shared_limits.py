@@ -2,11 +2,11 @@
 
 Two real nodes share a database, a data folder and a throwaway Redis (as in ``test_cluster.py``).
 A guesser who spreads wrong join codes, wrong logins or wrong BigBlueButton API checksums over
-both nodes is stopped at the budget in total; the "known code" exception (a school behind one NAT) holds whichever
-node the class's first pupil came through; and with Redis killed, lessons are still joined while
-each node goes on limiting guessers by itself, until Redis is back and the count is shared again.
-Each step uses addresses of its own (``X-Forwarded-For`` from the trusted loopback proxy), so the
-steps do not share counts.
+both nodes is stopped at the budget in total; the "known code" exception (a school behind one
+NAT) holds whichever node the class's first pupil came through; and with Redis killed, lessons are
+still joined while each node goes on limiting guessers by itself, until Redis is back and the
+count is shared again. Each step uses addresses of its own (``X-Forwarded-For`` from the trusted
+loopback proxy), so the steps do not share counts.
 """
 
 from __future__ import annotations
