@@ -23,7 +23,7 @@ import pytest
 
 from peers import new_lesson, other_class
 from servers import GroomServer, database_backends, free_port
-from test_cluster import closing, connect, origins
+from test_cluster import closing, connect, live_lessons
 
 pytestmark = pytest.mark.timeout(180)  # redis-server: scripts/test installs it
 
@@ -171,15 +171,6 @@ async def test_the_cluster_follows_a_sentinel_failover(pair: Pair) -> None:
 
 
 async def origins_of(pair: Pair, lesson_id: int) -> list[str]:
-    return await origins(_AsCluster(pair), "s1", lesson_id)
-
-
-class _AsCluster:
-    """What ``test_cluster.origins`` reads of a cluster: a node's URL and the demo's logins."""
-
-    def __init__(self, pair: Pair) -> None:
-        self.demo = pair.demo
-        self.nodes = {f"s{i}": node for i, node in enumerate(pair.nodes)}
-
-    def url(self, name: str) -> str:
-        return self.nodes[name].base_url
+    """The nodes that the second node's ``/api/live`` (every node's rooms) says run this lesson."""
+    return [r["worker"] for r in await live_lessons(pair.nodes[1].base_url, pair.demo)
+            if r["lesson"]["id"] == lesson_id]
