@@ -46,6 +46,7 @@ class SentinelGroup:
     """A primary, a replica and three Sentinels watching them."""
 
     def __init__(self, root: Path) -> None:
+        self.root = root  # every server's working folder: a replica writes the synced data there
         self.primary, self.replica = free_port(), free_port()
         self.sentinels = [free_port() for _ in range(3)]
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
@@ -55,7 +56,7 @@ class SentinelGroup:
                  "the replica in sync")
         for port in self.sentinels:
             conf = root / f"sentinel-{port}.conf"
-            conf.write_text(f"port {port}\nbind 127.0.0.1\n"
+            conf.write_text(f"port {port}\nbind 127.0.0.1\ndir {root}\n"
                             f"sentinel monitor {SERVICE} 127.0.0.1 {self.primary} 2\n"
                             f"sentinel down-after-milliseconds {SERVICE} 1000\n"
                             f"sentinel failover-timeout {SERVICE} 5000\n")
@@ -69,7 +70,8 @@ class SentinelGroup:
     def _server(self, port: int, *args: str) -> None:
         self.procs[port] = subprocess.Popen(
             ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             "--appendonly", "no", "--dir", str(self.root), "--dbfilename", f"dump-{port}.rdb",
+             *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for(lambda: redis_cli(port, "ping") == "PONG", f"redis-server on {port}")
 
     def _seen(self, port: int) -> bool:
