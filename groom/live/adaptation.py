@@ -3,10 +3,15 @@ that cannot carry it, protect a lossy link.
 
 Feedback is coarse (docs/design.md, "What aiortc gives us": Chromium sends one RTCP receiver report
 every ~4-5 s; the page adds its own ``getStats`` every 2 s), so the controller reacts to *runs* of
-reports: it steps down when the link is bad for two reports in a row, or at once when it is
-collapsing. "Bad" is loss, audible concealment, or a queue building up: the round trip or the
-jitter *grown* above the lowest this student has shown (a satellite or 2G link's long idle round
-trip is no fault; a cell queue filling behind a slide download is).
+reports: it steps down when the link is bad for two reports in a row (one fair report between
+them keeps the run, two end it), or at once when it is collapsing. "Bad" is loss, audible
+concealment, or a queue building up: the round trip or the jitter *grown* above the lowest this
+student has shown (a satellite or 2G link's long idle round trip is no fault; a cell queue
+filling behind a slide download is). Loss and concealment are judged over enough packets: the
+page's exact counts pooled over its last 150 packets or more (one report of the low tier is ~33
+packets, and at 2G's 3 % random loss one in thirteen reads 9 %), which also judge the RTCP
+reports in between (they count the same packets); each RTCP report's own fraction only while
+the page's counts do not flow. A collapse shows in one report and still counts at once.
 
 Stepping up needs proof that the link has room. A slide download (``delivery_report``: its
 measured delivery rate plus the audio sent meanwhile) shows the link's capacity; with that, two
@@ -71,15 +76,26 @@ class Thresholds:
     # Deltas this small say nothing (DTX sends few packets during silence): ignore the figure.
     min_packets: int = 20
     min_samples: int = RTP_CLOCK // 2
-    # Sustained loss (smoothed) at or above this turns protection on; below ``unprotect_loss`` off.
+    # Loss and concealment are judged over at least this many of the page's packets (its
+    # reports pooled, newest first): at 3 % random loss one report's ~33 packets (2 s of the
+    # low tier) read 9 % or more one time in thirteen, 100 packets 8 % once in ninety, 150
+    # packets (9 s of the low tier, 3 s of high) once in five hundred.
+    judge_packets: int = 150
+    # Sustained loss at or above this turns protection on; below ``unprotect_loss`` off. Judged
+    # on the page's counts like the rest, but twice as much shows on fewer packets: a 15 % link
+    # gets RED after two of the page's reports (66 packets), a 2 % link so one time in twenty.
     protect_loss: float = 0.025
     unprotect_loss: float = 0.01
+    protect_packets: int = 60
     # A tier fits when the measured capacity is this many times its rate (room for slides).
     capacity_margin: float = 1.5
-    # No step up while the loss (smoothed, and over the last ~10 reports) is this high, whatever
-    # the room: a 15 % link's loss over a second's few dozen packets is often 0-5 %, and a step
-    # taken on such a dip is reverted.
+    # No step up while the loss (the page's pooled counts; without the page, RTCP's smoothed and
+    # over the last ~10 reports) is this high, whatever the room: a 15 % link's loss over a
+    # second's few dozen packets is often 0-5 %, and a step taken on such a dip is reverted.
     step_up_loss: float = 0.05
+    # ... over at least this many of the page's packets (one report of the low tier), when the
+    # page reports: a loss figure, not the RTCP report's fraction of the first few packets.
+    step_up_packets: int = 30
     free_kbps: float = 2000.0  # slides go unpaced on a link shown to carry this much
     min_slide_kbps: float = 4.0  # and never slower than this (the slide must arrive)
 
@@ -95,6 +111,9 @@ class Timing:
     max_good_seconds: float = 160.0  # cap of the doubled wait
     floor_seconds: float = 120.0  # the round trip / jitter floor is the lowest of this long
     capacity_seconds: float = 300.0  # a delivery measurement counts this long
+    # The page's packet counts are used while its last one is this recent (it reports every
+    # 2 s); without them (a throttled background tab) each RTCP report's fraction is judged.
+    counts_seconds: float = 6.0
 
 
 @dataclass(frozen=True)
@@ -104,6 +123,7 @@ class LinkSample:
     at: float
     source: str  # "rtcp" or "client"
     loss: float | None = None
+    packets: int | None = None  # how many packets ``loss`` counts (the page's reports only)
     jitter_ms: float | None = None
     rtt_ms: float | None = None
     concealed: float | None = None
@@ -172,6 +192,57 @@ class _Floor:
         return value - self._values[0][1]
 
 
+class _Counts:
+    """The page's loss and audible concealment over its latest ``packets`` packets or a few
+    more (whole reports, newest first): a figure that rests on enough packets to mean something.
+    Each report is stored as (time, packets, packets lost, packets' worth concealed or None)."""
+
+    def __init__(self, packets: int, seconds: float, start: float) -> None:
+        self._packets = packets
+        self._seconds = seconds
+        self._start = start
+        self._reports: deque[tuple[float, int, float, float | None]] = deque()
+        self._page_at: float | None = None  # the page's last report, even one of few packets
+
+    def add(self, sample: LinkSample) -> None:
+        if sample.source == "client":
+            self._page_at = sample.at
+        if sample.packets is None or sample.loss is None:
+            return
+        n = sample.packets
+        self._reports.append((sample.at, n, sample.loss * n,
+                              None if sample.concealed is None else sample.concealed * n))
+        while sum(r[1] for r in self._reports) - self._reports[0][1] >= self._packets:
+            self._reports.popleft()  # the newer ones are enough without it
+
+    def packets(self) -> int:
+        """How many packets the pooled reports count."""
+        return sum(r[1] for r in self._reports)
+
+    def fresh(self, now: float) -> bool:
+        """Whether the page reports (recently): then its counts, not an RTCP report's fraction,
+        judge the loss, also in a pause of the voice (an RTCP fraction of a few packets)."""
+        return self._page_at is not None and now - self._page_at <= self._seconds
+
+    def silent(self, now: float) -> bool:
+        """Whether the page has not reported for ``seconds`` (or since the start): not merely
+        yet to send its first counts."""
+        return now - (self._start if self._page_at is None else self._page_at) > self._seconds
+
+    def loss(self, enough: bool = True) -> float | None:
+        """The pooled loss; None below ``packets`` packets unless ``enough`` is False."""
+        return self._ratio([(n, lost) for _, n, lost, _ in self._reports], enough)
+
+    def concealed(self) -> float | None:
+        return self._ratio([(n, c) for _, n, _, c in self._reports if c is not None], True)
+
+    def _ratio(self, parts: list[tuple[int, float]], enough: bool) -> float | None:
+        packets = sum(n for n, _ in parts)
+        if packets == 0 or (enough and packets < self._packets):
+            return None
+        return sum(part for _, part in parts) / packets
+
+
 @dataclass
 class _Smoothed:
     """Exponentially weighted figures, so one odd report does not repaint the teacher's list."""
@@ -219,6 +290,7 @@ class TierController:
         self._long = _Smoothed(alpha=0.1)  # the link's loss over the last ~10 reports
         self._reports = 0
         self._loss_reports = 0
+        self._counts = _Counts(thresholds.judge_packets, timing.counts_seconds, clock())
         self._rtt_floor = _Floor(timing.floor_seconds)
         self._jitter_floor = _Floor(timing.floor_seconds)
         self._capacity: list[tuple[float, float]] = []  # (at, kbit/s) delivery measurements
@@ -329,6 +401,7 @@ class TierController:
         # The jitter of a stream that barely flowed (not connected yet, a long pause) says
         # nothing either: a link must not look good before it has carried anything.
         sample = LinkSample(at=self._clock(), source="client", loss=loss,
+                            packets=lost + received if enough else None,
                             jitter_ms=(max(jitter_s, 0.0) * 1000.0
                                        if jitter_s is not None and enough else None),
                             concealed=concealed)
@@ -362,7 +435,11 @@ class TierController:
         now = sample.at
         sample = replace(sample, rtt_growth_ms=self._rtt_floor.growth(now, sample.rtt_ms),
                          jitter_growth_ms=self._jitter_floor.growth(now, sample.jitter_ms))
-        grade, severe = classify(sample, self._th)
+        self._counts.add(sample)
+        judged = self._judged(sample)
+        grade, severe = classify(judged, self._th)
+        if classify(sample, self._th)[1]:  # a collapse shows in one report's packets
+            grade, severe = Grade.poor, True
         if grade is Grade.unknown:
             return None
         self._reports += 1
@@ -376,11 +453,13 @@ class TierController:
             self._trial = None  # the step up held: it was right; forget earlier failures
             self._up_wait = self._timing.good_seconds_to_step_up
         self._ok_run = 0 if grade is Grade.poor else self._ok_run + 1
+        if self._ok_run >= 2:
+            self._bad_run = 0  # a fair report between bad ones keeps their run, two end it
         if grade is Grade.poor:
             self._good_since, self._good_run = None, 0
             self._bad_run += 1
             if self._trial is not None and (
-                    self._overloaded(sample) or severe
+                    self._overloaded(judged) or severe
                     or self._bad_run >= self._timing.bad_reports_to_step_down):
                 self._revert(now)
             elif severe or self._bad_run >= self._timing.bad_reports_to_step_down:
@@ -407,8 +486,9 @@ class TierController:
     # ---- internals -----------------------------------------------------------------------
 
     def _update_protection(self, sample: LinkSample) -> None:
-        """Sustained loss (two reports with loss, smoothed) turns protection on; it stays on
-        until the loss has been low for a while (the smoothed figure decays). Loss while a
+        """Sustained loss turns protection on (the page's pooled counts; without the page, two
+        RTCP reports with loss, smoothed); it stays on until the loss has been low for a while
+        (over ``judge_packets``, or the smoothed figure decays). Loss while a
         queue builds up is the link overflowing, not a lossy radio: more bytes would make it
         worse, so it neither turns protection on nor keeps it on; nor does a link whose measured
         capacity has no room for the protected variant. (Before a measurement, the slide
@@ -427,21 +507,63 @@ class TierController:
         if sample.loss is None:
             return
         self._loss_reports += 1
+        if self._counts.fresh(sample.at):
+            self._protect_by_counts()
+            return
+        if not self._counts.silent(sample.at):
+            return  # the first RTCP reports count a few packets: wait for the page's counts
         loss = self._smoothed.get("loss") or 0.0
         if not self.protect and self._loss_reports >= 2 and loss >= th.protect_loss:
             self.protect = True
         elif self.protect and loss < th.unprotect_loss:
             self.protect = False
 
-    def _overloaded(self, sample: LinkSample) -> bool:
-        """A sign that the higher tier is too much for the link: a queue building up, or loss or
-        audible concealment beyond the link's usual (smoothed, so one report's random loss on a
-        few dozen packets does not count)."""
+    def _protect_by_counts(self) -> None:
+        """Protection from the page's pooled counts: on at ``protect_loss`` over
+        ``judge_packets`` packets, or at twice that over ``protect_packets``; off below
+        ``unprotect_loss`` over ``judge_packets``."""
         th = self._th
-        return ((sample.rtt_growth_ms or 0.0) >= th.rtt_growth_bad_ms
-                or (sample.jitter_growth_ms or 0.0) >= th.jitter_growth_bad_ms
-                or (self._smoothed.get("concealed") or 0.0) >= th.concealed_bad
-                or (self._smoothed.get("loss") or 0.0) >= th.loss_bad)
+        packets, loss = self._counts.packets(), self._counts.loss(enough=False) or 0.0
+        judged = packets >= th.judge_packets
+        if not self.protect:
+            self.protect = ((judged and loss >= th.protect_loss)
+                            or (packets >= th.protect_packets and loss >= 2 * th.protect_loss))
+        elif judged and loss < th.unprotect_loss:
+            self.protect = False
+
+    def _judged(self, sample: LinkSample) -> LinkSample:
+        """The report with the loss and concealment to judge the link by: while the page's
+        counts flow, theirs over at least ``judge_packets`` packets (None before there are that
+        many), for its reports and the RTCP reports alike (both count the same packets); else
+        the RTCP report's own fraction."""
+        if not self._counts.fresh(sample.at):
+            return sample
+        return replace(sample, loss=self._counts.loss(), concealed=self._counts.concealed())
+
+    def _too_lossy_to_step_up(self, now: float) -> bool:
+        """Whether the link loses too much for a step up, whatever the room (or has not shown
+        yet that it does not): the page's pooled counts, once there are ``step_up_packets``;
+        without the page, the RTCP figures, smoothed and over the last ~10 reports."""
+        th = self._th
+        if self._counts.fresh(now):
+            return (self._counts.packets() < th.step_up_packets
+                    or (self._counts.loss(enough=False) or 0.0) >= th.step_up_loss)
+        return max(self._smoothed.get("loss") or 0.0,
+                   self._long.get("loss") or 0.0) >= th.step_up_loss
+
+    def _overloaded(self, judged: LinkSample) -> bool:
+        """A sign that the higher tier is too much for the link: a queue building up, or loss or
+        audible concealment beyond the link's usual (over enough packets, or smoothed, so one
+        report's random loss on a few dozen packets does not count)."""
+        th = self._th
+        if self._counts.fresh(judged.at):
+            loss, concealed = judged.loss, judged.concealed
+        else:
+            loss, concealed = self._smoothed.get("loss"), self._smoothed.get("concealed")
+        return ((judged.rtt_growth_ms or 0.0) >= th.rtt_growth_bad_ms
+                or (judged.jitter_growth_ms or 0.0) >= th.jitter_growth_bad_ms
+                or (concealed or 0.0) >= th.concealed_bad
+                or (loss or 0.0) >= th.loss_bad)
 
     def _fits(self, index: int, capacity: float) -> bool:
         return self.tier_kbps(self._tiers[index]) * self._th.capacity_margin <= capacity
@@ -451,8 +573,7 @@ class TierController:
         capacity = self.capacity_kbps()
         if (capacity is None or now < self._barred_until
                 or now - self._last_change < self._timing.hold_seconds
-                or max(self._smoothed.get("loss") or 0.0, self._long.get("loss") or 0.0)
-                >= self._th.step_up_loss):
+                or self._too_lossy_to_step_up(now)):
             return  # (a link losing this much stays where it is, room or not)
         target = self._link_index
         while target + 1 < len(self._tiers) and self._fits(target + 1, capacity) and not (
