@@ -15,6 +15,7 @@ import contextlib
 import os
 import signal
 import time
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, AsyncIterator, Iterator, Optional
 
@@ -23,9 +24,11 @@ import pytest
 
 from groom.live.placement import PLACEMENT_GRACE_S, Load, Node, PlacementTable
 from peers import Peer, new_lesson, other_class
-from servers import GroomServer, database_backends
+from servers import ApiClient, GroomServer, database_backends
 
 pytestmark = pytest.mark.timeout(150)
+
+DECK = Path(__file__).resolve().parent.parent / "media" / "sample-deck.pdf"
 
 WORKER = "X-Groom-Worker"
 
@@ -203,6 +206,49 @@ async def test_students_on_both_workers_hear_the_teacher(
     finally:
         for s in students:
             await s.close()
+
+
+async def test_a_slide_sent_by_the_other_worker_is_measured_for_the_room(
+    cluster: tuple[GroomServer, dict[str, Any]], lesson: tuple[Peer, str, str],
+) -> None:
+    """A student's slide request lands on the worker that does not run its room (the kernel's
+    draw): that worker asks the room's worker for the rate, paces the image, and hands its
+    measurement back, so the student's tier controller learns the link's capacity all the same.
+    Before, such an image went unpaced at the probing rate and the measurement was lost."""
+    srv, demo = cluster
+    teacher, owner, other = lesson
+    api = ApiClient(srv.base_url)
+    try:
+        await api.login(demo["teacher_login"]["username"], demo["teacher_login"]["password"])
+        status, deck = await api.call(
+            "POST", f"/api/classes/{demo['class_id']}/decks?filename=deck.pdf",
+            data=DECK.read_bytes(), headers={"Content-Type": "application/octet-stream"})
+        assert status == 201, deck
+    finally:
+        await api.close()
+    pupil = await student(srv, demo, owner, "Slides")
+    try:
+        token = pupil.welcome["listen_token"]
+
+        def capacity() -> Optional[float]:
+            lists = [m["list"] for m in teacher.messages if m["type"] == "participants"]
+            entry = next((p for p in lists[-1] if p["name"] == "Slides"), None) if lists else None
+            return entry.get("capacity_kbps") if entry else None
+
+        await asyncio.sleep(2.5)  # a participants list or two without any slide
+        assert capacity() is None
+        async with await session_on(srv, other) as (http, seen):
+            async with http.get(f"{srv.base_url}/slides/{deck['slides'][0]['small']}?t={token}") as resp:
+                image = await resp.read()
+            assert resp.status == 200 and image[:4] == b"RIFF" and seen["worker"] == other
+        deadline = time.monotonic() + 8
+        while capacity() is None:
+            assert time.monotonic() < deadline, "the room never learnt the slide's delivery rate"
+            await asyncio.sleep(0.2)
+        learnt = capacity()
+        assert learnt is not None and learnt > 0
+    finally:
+        await pupil.close()
 
 
 async def peer_on_error(srv: GroomServer, worker: str, hello: dict[str, Any]) -> int:

@@ -10,9 +10,12 @@ downloads each slide once, ever.
 from __future__ import annotations
 
 import asyncio
+import logging
+import math
 from dataclasses import replace
 from typing import AsyncIterator, Optional
 
+import aiohttp
 from aiohttp import web
 from pydantic import BaseModel, Field
 
@@ -23,13 +26,17 @@ from groom.core.auth import require_viewer
 from groom.core.db import load
 from groom.core.errors import AppError, not_found
 from groom.core.models import Classroom, Deck, Slide
+from groom.live.placement import Node
 from groom.live.rooms import ROOMS
 from groom.office.lookup import get_class
 
+from . import relay
 from .openapi import endpoint, read_body
 from .params import path_id
 from .plumbing import SESSIONS, SETTINGS, viewer
 from .slide_delivery import send_paced
+
+log = logging.getLogger("groom.web.decks")
 
 
 class Slot:
@@ -249,8 +256,71 @@ async def slide_image(request: web.Request) -> web.StreamResponse:
         return web.FileResponse(path, headers=headers)
     rooms = request.app.get(ROOMS)
     listener = rooms.find_listener(token) if rooms is not None else None
-    if listener is None:  # another worker runs the room (or none does): gently, unmeasured
+    if listener is not None:
+        room, student = listener
+        return await send_paced(request, path, headers, token, student.controller.slide_kbps,
+                                lambda kbps, paced: room.media.slide_delivered(student, kbps, paced))
+    # With several workers the kernel hands the request to any of them: the one whose room holds
+    # the student gives the rate and gets the measurement, as if the request had reached it.
+    elsewhere = await _listener_elsewhere(request.app, token)
+    if elsewhere is None:  # no room holds the token (it just ended): gently, unmeasured
         return await send_paced(request, path, headers, token, lambda: None, lambda *_: None)
+    node, rate = elsewhere
+    return await send_paced(request, path, headers, token, lambda: rate,
+                            lambda kbps, paced: _report_elsewhere(request.app, node, token, kbps,
+                                                                  paced))
+
+
+async def _listener_elsewhere(app: web.Application, token: str
+                              ) -> Optional[tuple[Node, Optional[float]]]:
+    """The other worker whose room holds the listen token, and the rate to send at there."""
+    for node, answer in await relay.ask_others(app, "POST", "/_worker/slide", {"token": token}):
+        if isinstance(answer, dict) and answer.get("holds"):
+            rate = answer.get("rate")
+            return node, math.inf if answer.get("free") else (
+                float(rate) if isinstance(rate, (int, float)) else None)
+    return None
+
+
+_reports: set[asyncio.Task[None]] = set()  # measurements on their way to the room's worker
+
+
+def _report_elsewhere(app: web.Application, node: Node, token: str, kbps: float,
+                      paced: bool) -> None:
+    async def report() -> None:
+        try:
+            await relay.ask(app, node, "POST", "/_worker/slide",
+                            {"token": token, "kbps": kbps, "paced": paced})
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            log.warning("slide delivery not reported", extra={"node": node.id,
+                                                              "error": type(exc).__name__})
+
+    task = asyncio.create_task(report())
+    _reports.add(task)
+    task.add_done_callback(_reports.discard)
+
+
+async def slide_here(request: web.Request) -> web.Response:
+    """``POST /_worker/slide`` ``{"token", ["kbps", "paced"]}`` from another worker: whether a
+    room here holds that listen token, the rate to send the student's slides at (``free``: no
+    limit), and, with ``kbps``, that worker's measurement of a slide it sent the student."""
+    relay.require_relayed(request)
+    try:
+        body = await request.json()
+    except ValueError:
+        raise AppError("malformed_json", "The body is not valid JSON.", status=400) from None
+    if not isinstance(body, dict):
+        return web.json_response({"holds": False})
+    token = body.get("token")
+    rooms = request.app.get(ROOMS)
+    listener = rooms.find_listener(token) if isinstance(token, str) and token and rooms else None
+    if listener is None:
+        return web.json_response({"holds": False})
     room, student = listener
-    return await send_paced(request, path, headers, token, student.controller.slide_kbps,
-                            lambda kbps, paced: room.media.slide_delivered(student, kbps, paced))
+    kbps = body.get("kbps")
+    if isinstance(kbps, (int, float)) and not isinstance(kbps, bool) and math.isfinite(kbps) \
+            and kbps > 0:
+        room.media.slide_delivered(student, float(kbps), bool(body.get("paced")))
+    rate = student.controller.slide_kbps()
+    free = rate is not None and math.isinf(rate)
+    return web.json_response({"holds": True, "free": free, "rate": None if free else rate})

@@ -61,6 +61,7 @@ def setup_routes(app: web.Application) -> None:
     r.add_get("/metrics", prometheus.metrics)
     # Worker to worker (groom serve --workers N), on the private loopback port: relay.py.
     r.add_get("/_worker/holds", relay.holds)
+    r.add_post("/_worker/slide", decks.slide_here)
     r.add_post("/_worker/close-user", relay.close_user_here)
     r.add_get("/_worker/rooms", live_pages.rooms_here)
     r.add_get("/_worker/metrics", prometheus.metrics_here)

@@ -15,9 +15,11 @@ image at a time per student:
 
 The time until the last byte is acknowledged gives the rate the image reached the student at,
 handed to ``RoomMedia.slide_delivered`` (the tier controller's capacity evidence). With several
-workers the request may land on one that does not run the student's room: that one sends the
-image the gentle way and cannot report it; the page's own figure (``stats.slide_kbps``) still
-reaches the room. Requests without a token are served as plain files.
+workers the request may land on one that does not run the student's room: that one asks the
+room's worker for the rate and hands its measurement back (``decks.slide_here``), and the page's
+own figure (``stats.slide_kbps``) reaches the room too. One image at a time holds per worker:
+two requests landing on different workers are paced side by side. Requests without a token are
+served as plain files.
 """
 
 from __future__ import annotations
