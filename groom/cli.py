@@ -24,12 +24,12 @@ import sys
 from typing import Any, Optional
 
 from aiohttp import web
-from redis.exceptions import RedisError
 
 from groom.core import backup, db, logs, node
 from groom.core.config import SettingError, Settings, add_arguments, settings_from_args
 from groom.core.errors import AppError
 from groom.core.models import Role
+from groom.core.redis_client import REDIS_ERRORS
 from groom.live.placement import Node, Placement, RegistryPlacement
 from groom.live.redis_placement import RedisPlacement
 from groom.live.rooms import ROOMS, Rooms
@@ -207,7 +207,7 @@ async def _serve(settings: Settings, *, demo: bool, as_json: bool) -> None:
                 await placement.start(app[ROOMS].load, stop.set)
                 if watched is not None:
                     await watched.start(app[ROOMS].load, stop.set)
-            except (RedisError, RuntimeError) as exc:
+            except REDIS_ERRORS + (RuntimeError,) as exc:
                 log.error("cannot join the cluster: %s", exc)
                 raise SystemExit(f"groom: cannot join the cluster: {exc}") from None
         await stop.wait()

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
-from .redis_client import SENTINEL_SCHEME, parse_sentinel_url
+from .redis_client import CLUSTER_SCHEME, SENTINEL_SCHEME, key_prefix, parse_cluster_url, parse_sentinel_url
 
 
 def _web_dir() -> Path:
@@ -74,9 +74,11 @@ def _redis_url(value: str) -> str:
     value = value.strip()
     if value.startswith(SENTINEL_SCHEME + "://"):
         parse_sentinel_url(value)
+    elif value.startswith(CLUSTER_SCHEME + "://"):
+        parse_cluster_url(value)
     elif value and not value.startswith(("redis://", "rediss://", "unix://")):
-        raise ValueError(f"{value!r} is not a redis://, rediss://, unix:// or "
-                         f"{SENTINEL_SCHEME}:// URL")
+        raise ValueError(f"{value!r} is not a redis://, rediss://, unix://, "
+                         f"{SENTINEL_SCHEME}:// or {CLUSTER_SCHEME}:// URL")
     return value
 
 
@@ -149,12 +151,14 @@ OPTIONS: list[Option] = [
            "core, 1 means a single process with no supervisor."),
     Option("port", int, 8080, "TCP port to listen on (0 picks a free one)."),
     Option("redis_url", _redis_url, "", "Redis of a cluster of G-Room nodes (redis://host:6379/0, "
-           "or redis+sentinel://host:26379,host2:26379/service for Redis Sentinel failover): "
+           "redis+sentinel://host:26379,host2:26379/service for Redis Sentinel failover, or "
+           "redis+cluster://host:7000,host2:7001 for a Redis Cluster): "
            "every process registers there and the nodes agree on which one runs each class's "
            "lesson, and count wrong join codes, logins and API checksums together. Empty: this "
            "machine alone (placement and limits kept in memory)."),
     Option("redis_prefix", str, "groom", "Prefix of every Redis key this cluster uses (several "
-           "clusters, or tests, may share one Redis)."),
+           "clusters, or tests, may share one Redis). In a Redis Cluster the keys start with "
+           "{prefix}, a hash tag that keeps them in one slot (so no braces in it)."),
     Option("node_id", str, "", "This machine's name in the cluster (unique per machine); empty "
            "means the host name. Workers add /w0, /w1, ..."),
     Option("node_address", str, "127.0.0.1", "Address of this machine that the other nodes "
@@ -353,4 +357,9 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         except ValueError as exc:
             raise SettingError(f"--{opt.name.replace('_', '-')} (GROOM_{opt.name.upper()}): {exc}") from None
     known = {f.name for f in fields(Settings)}
-    return Settings(**{k: v for k, v in values.items() if k in known})
+    settings = Settings(**{k: v for k, v in values.items() if k in known})
+    try:  # a Cluster's keys start with the prefix as a hash tag: not every prefix can be one
+        key_prefix(settings.redis_url, settings.redis_prefix)
+    except ValueError as exc:
+        raise SettingError(f"--redis-prefix (GROOM_REDIS_PREFIX): {exc}") from None
+    return settings

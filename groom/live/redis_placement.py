@@ -20,6 +20,9 @@
   up and starts ``SETTLE_S`` in which classes already claimed are found but no new class is
   placed (joins are asked to retry): time for every live node to re-claim what it runs.
 
+In a Redis Cluster ``{prefix}`` is the prefix in braces, a hash tag: every key is in one slot,
+so the scripts and ``MGET`` below, which touch several keys, are allowed (``redis_client.py``).
+
 Redis only routes. Media goes from the owner straight to its students, so when Redis stops
 (a restart, a failover) every lesson in progress keeps its audio: a node keeps serving the
 classes it holds, answers "try again" for classes it cannot place, and re-registers itself
@@ -34,10 +37,7 @@ import logging
 import time
 from typing import Any, Callable, Optional
 
-import redis.asyncio as aioredis
-from redis.exceptions import RedisError
-
-from groom.core.redis_client import redis_client
+from groom.core.redis_client import REDIS_ERRORS, RedisClient, key_prefix, redis_client
 from groom.core.tasks import cancel
 
 from .placement import HEARTBEAT_S, PLACEMENT_GRACE_S, Load, Node
@@ -85,10 +85,10 @@ class RedisPlacement:
     """One node of a cluster whose placement lives in Redis (see the module docstring)."""
 
     def __init__(self, me: Node, url: str, prefix: str = "groom",
-                 client: Optional[aioredis.Redis] = None) -> None:
+                 client: Optional[RedisClient] = None) -> None:
         self.me = me
-        self._prefix = prefix
-        self._redis: aioredis.Redis = client or redis_client(
+        self._prefix = key_prefix(url, prefix)
+        self._redis: RedisClient = client or redis_client(
             url, socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S,
             decode_responses=True)
         self._keep = self._redis.register_script(_KEEP)
@@ -113,7 +113,7 @@ class RedisPlacement:
     async def owner(self, class_id: int) -> Optional[Node]:
         try:
             found = await self._owner(class_id)
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             self._outage(exc)
             if self._holds(class_id):
                 return self.me
@@ -144,7 +144,7 @@ class RedisPlacement:
                         await pipe.execute()
                     log.info("class placed", extra={"class_id": class_id, "node": best.id})
                     return best
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             self._outage(exc)
             if self._holds(class_id):
                 return self.me
@@ -154,7 +154,7 @@ class RedisPlacement:
     async def nodes(self) -> list[Node]:
         try:
             return [node for node, _ in await self._live()]
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             self._outage(exc)
             raise PlacementUnavailable("Redis is not answering") from exc
 
@@ -191,7 +191,7 @@ class RedisPlacement:
             await self._redis.srem(self._key("nodes"), self.me.id)
             for class_id in self._load().classes:
                 await self._drop_if(keys=[self._key("class", class_id)], args=[self.me.id])
-        except RedisError:
+        except REDIS_ERRORS:
             pass  # its key expires by itself
         await self._redis.aclose()
 
@@ -261,7 +261,7 @@ class RedisPlacement:
             await asyncio.sleep(HEARTBEAT_S)
             try:
                 await self._beat()
-            except RedisError as exc:
+            except REDIS_ERRORS as exc:
                 self._outage(exc)
                 continue
             if self._down_since is not None:
@@ -269,7 +269,7 @@ class RedisPlacement:
                             extra={"down_s": round(time.monotonic() - self._down_since, 1)})
                 self._down_since = None
 
-    def _outage(self, exc: RedisError) -> None:
+    def _outage(self, exc: Exception) -> None:
         if self._down_since is None:
             self._down_since = time.monotonic()
             log.error("redis not answering; lessons here go on",

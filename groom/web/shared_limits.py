@@ -16,7 +16,9 @@ small members. Each decision is one Lua script (atomic, one round trip) on Redis
 (``TIME``, in milliseconds), so machines whose clocks drift still agree.
 
 Keys, under ``{redis_prefix}:limits:``, each expiring when the in-memory rule would forget it, so
-nothing grows without bound (a spray from many addresses costs at most a window's worth of keys):
+nothing grows without bound (a spray from many addresses costs at most a window's worth of keys;
+in a Redis Cluster the prefix is in braces, a hash tag that keeps the keys a script touches in
+one slot, ``core/redis_client.py``):
 
 - ``join:fails:{address}``: wrong codes' times; expires a minute after the last (and
   ``checksum:fails:{address}`` the same for the BigBlueButton API's wrong checksums, the same rule

@@ -21,15 +21,13 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, AsyncIterator, Optional, Union
 
-import redis.asyncio as aioredis
 from aiohttp import web
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 from redis.retry import Retry
 
-from groom.core.redis_client import redis_client
+from groom.core.redis_client import REDIS_ERRORS, RedisClient, key_prefix, redis_client
 
 from .plumbing import SETTINGS
 
@@ -46,7 +44,7 @@ class RedisAway(Exception):
 class SharedState:
     """The app's Redis client, its key prefix and whether Redis answers (see the module doc)."""
 
-    def __init__(self, client: aioredis.Redis, prefix: str,
+    def __init__(self, client: RedisClient, prefix: str,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.redis = client
         self.prefix = prefix
@@ -68,7 +66,7 @@ class SharedState:
             raise RedisAway
         try:
             result = await script(keys=keys, args=args)
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             if not self._away:
                 log.warning("redis unavailable: abuse limits count in this process",
                             extra={"error": str(exc)})
@@ -83,7 +81,7 @@ class SharedState:
 SHARED_STATE: web.AppKey[Optional[SharedState]] = web.AppKey("shared_state")  # None: no Redis
 
 
-def connect(url: str) -> aioredis.Redis:
+def connect(url: str) -> RedisClient:
     return redis_client(
         url, socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S,
         retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
@@ -94,8 +92,8 @@ async def shared_state_ctx(app: web.Application) -> AsyncIterator[None]:
     """The client, made from ``settings.redis_url`` (no connection yet: the first call makes
     one, so a Redis that is away at start does not stop the server) and closed at shutdown."""
     settings = app[SETTINGS]
-    state = SharedState(connect(settings.redis_url), settings.redis_prefix) \
-        if settings.redis_url else None
+    url = settings.redis_url
+    state = SharedState(connect(url), key_prefix(url, settings.redis_prefix)) if url else None
     app[SHARED_STATE] = state
     try:
         yield
