@@ -138,7 +138,9 @@ def test_measured_capacity_goes_straight_to_the_tier_that_fits_within_seconds() 
     assert ctl.delivery_report(900.0) is None  # no report yet: nothing to judge the link by
     assert feed(ctl, clock, GOOD_RTCP, 1, every=2) == []
     assert feed(ctl, clock, GOOD_RTCP, 1, every=2) == ["high"]
-    assert ctl.link_quality().capacity_kbps == 914.0  # the download plus the low tier's audio
+    # the download plus the low tier's audio, protected (RED) until the first packets show the
+    # link's loss
+    assert ctl.link_quality().capacity_kbps == 918.5
 
     # one report's random loss (a 3 % link losing 4 of 30 packets once) is not the new tier's
     # fault: the step holds; a queue building up behind it is, at once
@@ -152,8 +154,11 @@ def test_measured_capacity_goes_straight_to_the_tier_that_fits_within_seconds() 
 
     thin, clock = make(start="low")
     clock.now += 1
-    thin.delivery_report(20.0)  # 20 + 14 kbit/s: standard (21 x 1.5) fits, high does not
-    assert feed(thin, clock, GOOD_RTCP, 2, every=2) == ["standard"]
+    thin.delivery_report(20.0)  # 20 + 18.5 kbit/s: standard (21 x 1.5) fits, high does not
+    # (but not standard's protected variant, 27.5 x 1.5: up once the new student's provisional
+    # protection ends, here after two RTCP reports, the page sending no counts)
+    assert feed(thin, clock, GOOD_RTCP, 2, every=2) == []
+    assert feed(thin, clock, GOOD_RTCP, 1, every=2) == ["standard"]
     assert feed(thin, clock, GOOD_RTCP, 60, every=2) == []  # no trial of high, ever
 
 
@@ -165,8 +170,10 @@ def test_no_step_up_into_a_link_shown_too_thin() -> None:
     ctl.delivery_report(10.0)
     assert feed(ctl, clock, GOOD_RTCP, 60, every=2) == []
     assert ctl.tier == "low" and ctl.failed_step_ups == 0
-    # slides get what the link has left beside the voice: 90 % of 24 less 14
-    assert ctl.slide_kbps() == pytest.approx(0.9 * 24 - 14)
+    # slides get what the link has left beside the voice: 90 % of the 28.5 it carried (the
+    # slide and the new student's provisionally protected voice) less the plain tier's 14
+    assert not ctl.protect
+    assert ctl.slide_kbps() == pytest.approx(0.9 * 28.5 - 14)
 
 
 def test_queue_growth_steps_down_but_a_long_idle_round_trip_does_not() -> None:
@@ -189,9 +196,10 @@ def test_queue_growth_steps_down_but_a_long_idle_round_trip_does_not() -> None:
 def test_sustained_loss_turns_protection_on_where_there_is_room() -> None:
     lossy = {"fraction_lost": 38, "jitter": 480, "rtt": 0.1}  # 15 %
     ctl, clock = make(start="low")
+    assert ctl.protect  # a new student is protected until its first packets show its loss
     feed(ctl, clock, lossy, 1)
-    assert not ctl.protect  # one report is not sustained loss
-    feed(ctl, clock, lossy, 1)
+    assert ctl.protect
+    feed(ctl, clock, lossy, 1)  # two RTCP reports of loss (no page counts): protection kept
     assert ctl.protect and ctl.tier == "low"
     assert ctl.tier_kbps() == 18.5  # the protected variant's rate counts from now on
     assert ctl.link_quality().protect
@@ -214,7 +222,7 @@ def test_sustained_loss_turns_protection_on_where_there_is_room() -> None:
     assert ctl.protect and ctl.tier == "standard"
 
     tight, clock = make(start="low")
-    tight.delivery_report(10.0)  # 24 kbit/s: no room for 18.5 x 1.5
+    tight.delivery_report(5.5)  # 24 kbit/s with the protected voice: no room for 18.5 x 1.5
     feed(tight, clock, lossy, 6)
     assert not tight.protect
 
@@ -222,11 +230,11 @@ def test_sustained_loss_turns_protection_on_where_there_is_room() -> None:
 def test_slide_rate_follows_the_capacity() -> None:
     ctl, clock = make(start="low")
     assert ctl.slide_kbps() is None
-    ctl.delivery_report(10.0)  # 24 kbit/s in all
-    assert ctl.slide_kbps() == pytest.approx(0.9 * 24 - 14)
+    ctl.delivery_report(10.0)  # 28.5 kbit/s in all, with the new student's protected voice
+    assert ctl.slide_kbps() == pytest.approx(0.9 * 28.5 - 18.5)
     feed(ctl, clock, GOOD_RTCP, 1, every=2)
     ctl.delivery_report(21.0, paced=True)  # our pacing held it, the link stayed good: probe up
-    assert ctl.capacity_kbps() == pytest.approx(21.0 * 1.25 + 14)
+    assert ctl.capacity_kbps() == pytest.approx(21.0 * 1.25 + 18.5)
     ctl.delivery_report(60.0, whole_link=True)  # the page's figure: the link's own rate
     assert ctl.capacity_kbps() == 60.0
     ctl.delivery_report(5000.0)
@@ -376,12 +384,13 @@ def test_the_pages_counts_decide_the_step_up_and_protection() -> None:
     assert ctl.rtcp_report(32, 48, 0.1) is None  # 12.5 % of a few packets
     clock.now += 2
     assert ctl.rtcp_report(25, 48, 0.1) is None  # 9.8 %
-    assert not ctl.protect
     clock.now += 1.5
     assert ctl.client_report(0, 33, 0.001, total_samples=33 * 2880) is None
     clock.now += 0.5
-    assert ctl.rtcp_report(0, 48, 0.1) == "high"
-    assert not ctl.protect
+    assert ctl.rtcp_report(0, 48, 0.1) == "high"  # provisional protection bars no step up
+    clock.now += 1.5
+    assert ctl.client_report(0, 33, 0.001, total_samples=33 * 2880) is None
+    assert not ctl.protect  # 66 clean packets: not needed
 
     def lossy_page(lost: int, times: int) -> TierController:
         ctl, clock = make(start="low")
@@ -391,7 +400,76 @@ def test_the_pages_counts_decide_the_step_up_and_protection() -> None:
                               total_samples=33 * 2880)
         return ctl
 
-    assert not lossy_page(5, 1).protect  # 15 %, but one report
-    assert lossy_page(5, 2).protect  # 15 % over 66 packets: RED
+    assert lossy_page(5, 1).protect  # 15 %, one report: still the new student's protection
+    assert not lossy_page(0, 2).protect  # 66 clean packets end it
+    assert lossy_page(5, 2).protect  # 15 % over 66 packets: RED kept
+    assert not lossy_page(1, 2).protect  # 3 % over 66 packets: not needed yet
     assert not lossy_page(1, 4).protect  # 3 % over 132 packets: not yet sure
     assert lossy_page(1, 5).protect  # 3 % over 165 packets: RED
+
+
+def test_a_new_student_is_protected_until_its_first_packets_show_it_needs_no_protection() -> None:
+    """On a 15 % link the ~5 s before enough packets are counted were heard unprotected (a
+    third of a 20-s run's concealment); now RED is on from the start and only a clean start
+    ends it. It bars no step up meanwhile: a good link still reaches high within seconds."""
+    def page(ctl: TierController, clock: Clock, lost: int) -> str | None:
+        clock.now += 2
+        return ctl.client_report(lost, 33 - lost, 0.001, concealed_samples=lost * 2880,
+                                 total_samples=33 * 2880)
+
+    clean, clock = make(start="low")
+    assert clean.protect and clean.tier_kbps() == 18.5
+    clean.delivery_report(900.0)
+    assert page(clean, clock, 0) is None
+    assert not clean.protect  # 33 packets, none lost: not needed
+    assert page(clean, clock, 0) == "high"
+
+    quick, clock = make(start="low")
+    quick.delivery_report(900.0)
+    clock.now += 2
+    quick.rtcp_report(0, 480, 0.1)
+    clock.now += 2
+    assert quick.rtcp_report(0, 480, 0.1) == "high"  # provisional protection bars no step up
+    assert quick.protect  # (the page's counts have yet to end it)
+
+    cell, clock = make(start="low")
+    assert page(cell, clock, 1) is None and cell.protect  # 1 of 33 lost: too few to tell
+    assert page(cell, clock, 1) is None and not cell.protect  # 3 % over 66: not needed yet
+
+    lossy, clock = make(start="low")
+    for _ in range(10):
+        page(lossy, clock, 5)
+        assert lossy.protect  # never a second without it
+
+    overflowing, clock = make(start="low")
+    clock.now += 2
+    overflowing.rtcp_report(0, 480, 0.1)
+    clock.now += 2
+    overflowing.rtcp_report(20, 480, 0.6)  # the queue grew 500 ms: the link is full
+    assert not overflowing.protect
+
+
+def test_a_lossy_radio_keeps_its_protection_whatever_a_slide_download_measured() -> None:
+    """Under 15 % random loss a slide's TCP rate reads a fraction of the link (each loss halves
+    TCP's window): such a measurement must not read as "no room for RED" and turn the
+    protection off, as it did once the other worker's slide measurements reached the room."""
+    ctl, clock = make(start="low")
+    for _ in range(3):
+        clock.now += 2
+        ctl.client_report(5, 28, 0.001, concealed_samples=5 * 2880, total_samples=33 * 2880)
+    assert ctl.protect
+    ctl.delivery_report(6.0, paced=False)  # 24.5 kbit/s: "too thin for 18.5 x 1.5"
+    for _ in range(5):
+        clock.now += 2
+        ctl.client_report(5, 28, 0.001, concealed_samples=5 * 2880, total_samples=33 * 2880)
+        assert ctl.protect and ctl.tier == "low"
+    # the same measurement with little loss (a full link, not a lossy radio) does turn it off
+    full, clock = make(start="low")
+    for lost in (5, 5, 1, 1, 1, 1, 1):
+        clock.now += 2
+        full.client_report(lost, 33 - lost, 0.001, total_samples=33 * 2880)
+    assert full.protect
+    full.delivery_report(6.0)
+    clock.now += 2
+    full.client_report(1, 32, 0.001, total_samples=33 * 2880)
+    assert not full.protect

@@ -234,13 +234,15 @@ async def test_thin_link_keeps_the_voice_while_slides_load(tmp_path: Path) -> No
 @needs_lab
 @pytest.mark.timeout(90)
 async def test_lossy_link_gets_red_and_hears_little_of_the_loss(tmp_path: Path) -> None:
-    """15 % random loss each way on a 384 kbit/s link: the student moves to the low tier's RED
-    variant (each packet also carries the previous one), so a lost packet is heard only when
-    the next is lost too; the bytes stay within 1.6x the low tier's (~10 kbit/s of SRTP)."""
+    """15 % random loss each way on a 384 kbit/s link: the student hears the low tier's RED
+    variant (each packet also carries the previous one) from the start, so a lost packet is
+    heard only when the next is lost too; the bytes stay within 1.6x the low tier's (~10 kbit/s
+    of SRTP)."""
     report = await _student_behind("lossy", 25.0, tmp_path)
     assert report["final_tier"] == "low", report
     assert report["loss_before_recovery_pct"] >= 8.0, report  # the loss was there
     assert report["recovered_by_red"] > 10, report
-    # the first seconds, before the loss is known and the variant chosen, are unprotected
-    assert report["concealment_pct"] <= 0.5 * report["loss_before_recovery_pct"], report
+    # protected from the first packet (a new student's provisional RED, kept as the loss shows):
+    # a lost packet is heard only when the next is lost too (~2-3 % at 15 %)
+    assert report["concealment_pct"] <= 5.0, report
     assert report["kbps"] is not None and report["kbps"] <= 16.0, report

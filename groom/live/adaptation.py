@@ -19,7 +19,11 @@ good reports are enough to go straight to the highest tier that fits with a marg
 a long good run earns a *trial* of the next tier. Every step up is watched for ``probe_window``
 and reverted on the first bad report; a reverted step (``failed_step_ups``) doubles the wait
 before the next try and bars capacity-proven steps as long. Sustained loss turns ``protect`` on:
-the room then serves the tier's protected variant (RED) when the student can decode it. "Data
+the room then serves the tier's protected variant (RED) when the student can decode it. A new
+student is protected *provisionally* until its first ``protect_packets`` show whether it needs
+it: a 15 % link heard unprotected for the ~5 s that takes conceals as much in those seconds as
+in the rest of a minute, while the few bytes RED costs a clean link meanwhile buy nothing but
+harm nothing (provisional protection bars no step up). "Data
 saver" pins the lowest tier without stopping the measurements, so turning it off lands on the
 tier the link deserves at once.
 
@@ -294,7 +298,8 @@ class TierController:
         self._rtt_floor = _Floor(timing.floor_seconds)
         self._jitter_floor = _Floor(timing.floor_seconds)
         self._capacity: list[tuple[float, float]] = []  # (at, kbit/s) delivery measurements
-        self.protect = False
+        self.protect = True  # provisionally, until the first packets show the link's loss
+        self._provisional = True
         self.failed_step_ups = 0
 
     # ---- outputs -------------------------------------------------------------------------
@@ -501,8 +506,8 @@ class TierController:
         room = capacity is None or (
             self._protected_rates.get(tier, self._rates.get(tier, 0.0)) * th.capacity_margin
             <= capacity)
-        if queueing or not room:
-            self.protect = False
+        if queueing or not (room or self._lossy_radio(sample.at)):
+            self.protect = self._provisional = False
             return
         if sample.loss is None:
             return
@@ -513,7 +518,10 @@ class TierController:
         if not self._counts.silent(sample.at):
             return  # the first RTCP reports count a few packets: wait for the page's counts
         loss = self._smoothed.get("loss") or 0.0
-        if not self.protect and self._loss_reports >= 2 and loss >= th.protect_loss:
+        if self._provisional:
+            if self._loss_reports >= 2:
+                self.protect, self._provisional = loss >= th.protect_loss, False
+        elif not self.protect and self._loss_reports >= 2 and loss >= th.protect_loss:
             self.protect = True
         elif self.protect and loss < th.unprotect_loss:
             self.protect = False
@@ -521,15 +529,31 @@ class TierController:
     def _protect_by_counts(self) -> None:
         """Protection from the page's pooled counts: on at ``protect_loss`` over
         ``judge_packets`` packets, or at twice that over ``protect_packets``; off below
-        ``unprotect_loss`` over ``judge_packets``."""
+        ``unprotect_loss`` over ``judge_packets``. A new student's provisional protection
+        stays if its first ``protect_packets`` would turn it on, and ends sooner on a clean
+        start."""
         th = self._th
         packets, loss = self._counts.packets(), self._counts.loss(enough=False) or 0.0
         judged = packets >= th.judge_packets
+        if self._provisional:  # kept only if the first packets lose as much as turns it on
+            if packets >= th.protect_packets or (packets >= th.step_up_packets and loss == 0):
+                self._provisional = False  # (30 packets without a loss: 15 % loss would lose
+                self.protect = loss >= 2 * th.protect_loss  # one of them 199 times in 200)
+            return
         if not self.protect:
             self.protect = ((judged and loss >= th.protect_loss)
                             or (packets >= th.protect_packets and loss >= 2 * th.protect_loss))
         elif judged and loss < th.unprotect_loss:
             self.protect = False
+
+    def _lossy_radio(self, now: float) -> bool:
+        """Whether the page's counts show heavy loss (``loss_bad`` over ``protect_packets``):
+        with no queue growing, that is a lossy radio, not a full link. There a slide's TCP rate
+        says nothing about the room the link has (each lost segment halves TCP's window, so it
+        reads a fraction of the capacity), and the voice needs its protection most."""
+        loss = self._counts.loss(enough=False)
+        return (self._counts.fresh(now) and self._counts.packets() >= self._th.protect_packets
+                and loss is not None and loss >= self._th.loss_bad)
 
     def _judged(self, sample: LinkSample) -> LinkSample:
         """The report with the loss and concealment to judge the link by: while the page's
@@ -577,7 +601,8 @@ class TierController:
             return  # (a link losing this much stays where it is, room or not)
         target = self._link_index
         while target + 1 < len(self._tiers) and self._fits(target + 1, capacity) and not (
-                self.protect and self._tiers[target + 1] not in self._protected_rates):
+                self.protect and not self._provisional
+                and self._tiers[target + 1] not in self._protected_rates):
             target += 1  # (a lossy link goes no higher than its protection reaches)
         if target > self._link_index:
             self._step_to(target, now)
