@@ -211,8 +211,11 @@ class RoomMedia:
                 except RuntimeError:
                     log.exception("student sender did not start", extra={"participant": p.id})
                     return
-                self.tiers.subscribe(p.sender, self.served_tier(p))
+                served = self.served_tier(p)
+                self.tiers.subscribe(p.sender, served)
                 p.tier_since = time.monotonic()
+                if served != p.controller.tier:  # a new student's provisional protection
+                    self._tell_tier(p, served, "connected")
                 self._on_change()
             elif state in ("failed", "closed"):
                 await self.close_media(p)
@@ -258,7 +261,12 @@ class RoomMedia:
         if p.sender is not None and p.sender.ready and self.tiers.tier_of(p.sender) != tier:
             p.close_tier_time(time.monotonic(), self.current_tier(p))
             self.tiers.move(p.sender, tier)
-        p.send({"type": "tier", "tier": p.controller.tier, "protected": tier != p.controller.tier,
+        self._tell_tier(p, tier, reason)
+
+    @staticmethod
+    def _tell_tier(p: Participant, served: str, reason: str) -> None:
+        """The student page's ``tier`` message: what it hears now (``served``) and why."""
+        p.send({"type": "tier", "tier": p.controller.tier, "protected": served != p.controller.tier,
                 "data_saver": p.controller.data_saver, "reason": reason})
 
     def _follow_link(self, p: Participant, changed: Optional[str]) -> None:
