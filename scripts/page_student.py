@@ -23,6 +23,7 @@ from netlab import Namespace
 
 POLL_S = 0.25
 GAP_S = 1.0
+SETTLED_S = 10.0  # the settled_* figures count from this long after the first sound
 UP_REVERTED_SECONDS = 15.0  # as bench_links: a step up followed by a step down this soon failed
 TIERS = ("low", "standard", "high")
 
@@ -115,14 +116,22 @@ def _report(hello: float, samples: list[dict[str, Any]], slides: list[list[float
     gaps, last_new = 0, None
     concealed = {True: 0.0, False: 0.0}  # audible concealed samples: during slides / outside
     received = {True: 0.0, False: 0.0}
+    # the same from SETTLED_S after the first sound on: the slides' own cost, not the start's
+    # (the first image and its prefetches load while the jitter buffer and the tier settle)
+    settled_concealed = {True: 0.0, False: 0.0}
+    settled_received = {True: 0.0, False: 0.0}
     for prev, cur in zip(heard, heard[1:]):
         if last_new is None or cur["packets"] != last_new["packets"]:
             last_new = cur
         elif cur["at"] - last_new["at"] >= GAP_S:
             gaps, last_new = gaps + 1, cur
         loading = any(start <= cur["at"] and prev["at"] <= end for start, end in spans)
-        concealed[loading] += (cur["concealed"] - prev["concealed"]) - (cur["silent"] - prev["silent"])
+        audible = (cur["concealed"] - prev["concealed"]) - (cur["silent"] - prev["silent"])
+        concealed[loading] += audible
         received[loading] += cur["samples"] - prev["samples"]
+        if first_audio is not None and prev["at"] >= first_audio + SETTLED_S:
+            settled_concealed[loading] += audible
+            settled_received[loading] += cur["samples"] - prev["samples"]
     timeline = [(t - hello, tier, red) for t, tier, red in tiers]
     changes = [t for (t, tier, _), (_, before, _) in zip(timeline[1:], timeline) if tier != before]
     window = heard[-1]["at"] - heard[0]["at"] if len(heard) > 1 else 0.0
@@ -141,6 +150,9 @@ def _report(hello: float, samples: list[dict[str, Any]], slides: list[list[float
         "concealment_pct": pct(concealed[True] + concealed[False], received[True] + received[False]),
         "concealment_during_slides_pct": pct(concealed[True], received[True]),
         "concealment_outside_slides_pct": pct(concealed[False], received[False]),
+        "settled_concealment_during_slides_pct": pct(settled_concealed[True], settled_received[True]),
+        "settled_concealment_outside_slides_pct": pct(settled_concealed[False],
+                                                      settled_received[False]),
         "audio_gaps": gaps,
         "slide_first_s": round(slides[0][1] - hello, 2) if slides else None,
         "slides_fetched": len(slides),

@@ -307,6 +307,14 @@ class NetLab:
         self._made.append(ns.name)
         sh("ip", "link", "add", ns.host_if, "type", "veth", "peer", "name", ns.ns_if, "netns", ns.name)
         self._made.append(ns.host_if)
+        # IPv4 only: an IPv6 link-local address finishes its duplicate check a second or two
+        # after the link is up, and Chromium, seeing the network change, fails what it was
+        # loading then (ERR_NETWORK_CHANGED: a student page without its scripts).
+        host_v6 = Path(f"/proc/sys/net/ipv6/conf/{ns.host_if}/disable_ipv6")
+        if host_v6.exists():  # (a kernel without IPv6 has none to disable)
+            host_v6.write_text("1")
+            sh(*ns.prefix(), "sh", "-c", "for f in /proc/sys/net/ipv6/conf/*/disable_ipv6; "
+               "do echo 1 > $f; done")
         sh("ip", "addr", "add", f"{host_ip}/30", "dev", ns.host_if)
         sh("ip", "link", "set", ns.host_if, "up")
         inside = ["ip", "-n", ns.name]
