@@ -75,6 +75,7 @@ class LinkStudent:
         self.measured = False  # the page's rule: small first image until the link is measured
         self.slide: Optional[dict[str, Any]] = None
         self.fetched: set[str] = set()  # image names asked for: the browser's cache has them
+        self.copies: dict[str, str] = {}  # slide (its large name) -> the image last asked for
         self._last_ext: Optional[int] = None
         # (asked, headers in, end, bytes) of each slide image
         self.downloads: list[tuple[float, float, float, int]] = []
@@ -190,7 +191,7 @@ class LinkStudent:
                 first = not self.measured and data["tier"] != "low"
                 self.measured = True
                 if (up or first) and self.slide is not None:
-                    self._fetch_slide(self.slide)  # the page sharpens the image on a step up
+                    self._fetch_slide(self.slide, fresh=True)  # the page sharpens the image on a step up
             elif kind == "slide" and data.get("slide"):
                 self.measured = True
                 self._fetch_slide(data["slide"])
@@ -202,15 +203,24 @@ class LinkStudent:
 
     # ---- slides -------------------------------------------------------------------------------
 
-    def _fetch_slide(self, slide: dict[str, Any]) -> None:
-        """The student page's rule (web/static/student.js): the small image on the low tier,
-        until the link is measured, and on a screen (``--screen-px`` device pixels wide) the
-        small image fills; the large one otherwise. Named with the listen token so the server
-        paces and times it; an image already asked for comes from the browser's cache."""
+    def _fetch_slide(self, slide: dict[str, Any], fresh: bool = False) -> None:
+        """The student page's rule (web/static/student.js): the phone image on the low tier and
+        until the link is measured; else the small image on a screen (``--screen-px`` device
+        pixels wide) it fills, the large one otherwise; a slide with a copy fetched already shows
+        that one, unless ``fresh`` (a step up). Named with the listen token so the server paces
+        and times it; an image already asked for comes from the browser's cache."""
         self.slide = slide
+        if not fresh and slide.get("large") in self.copies:
+            return
         tier = self.tiers[-1][1] if self.tiers else ""
-        small = tier == "low" or not self.measured or self.args.screen_px <= SMALL_PX
-        name = slide.get("small") if small else slide.get("large") or slide.get("small")
+        if tier == "low" or not self.measured:
+            name = slide.get("phone") or slide.get("small")
+        elif self.args.screen_px <= SMALL_PX:
+            name = slide.get("small")
+        else:
+            name = slide.get("large") or slide.get("small")
+        if name:
+            self.copies[str(slide.get("large"))] = name
         if name and name not in self.fetched:
             self.fetched.add(name)
             task = asyncio.create_task(self._download(f"{name}?t={self.listen_token}"))

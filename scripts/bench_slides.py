@@ -6,10 +6,11 @@ portrait text pages, scripts/make_text_deck.py). Runs ``groom.board.deck_import.
 against a throw-away SQLite database and data folder, so the numbers include the worker process
 start, the database writes and the file moves, as a teacher's upload would.
 
-Readability: each page's small and large image is read back by tesseract OCR (Debian
-``tesseract-ocr``), and ``ocr_recall_small``/``ocr_recall_large`` are the share of the PDF's own
-words (pypdfium2's text layer) that OCR finds, the worst page of the deck (null without tesseract
-or without a text layer).
+Readability: each page's small, large and phone image is read back by tesseract OCR (Debian
+``tesseract-ocr``), and ``ocr_recall_small``/``ocr_recall_large``/``ocr_recall_phone`` are the
+share of the PDF's own words (pypdfium2's text layer) that OCR finds, the worst page of the deck
+(null without tesseract or without a text layer). ``phone_bytes_first`` is the first page's phone
+image: what a student on a thin link waits for first.
 """
 
 from __future__ import annotations
@@ -83,12 +84,13 @@ def pdf_words(deck: Path) -> list[list[str]]:
 
 
 def ocr_recalls(deck: Path, folder: Path, rows: list[Slide]) -> dict[str, float | None]:
-    """Worst page's recall for the small and the large image, over pages with >= 20 words."""
+    """Worst page's recall for the small, large and phone image, over pages with >= 20 words."""
     pages = pdf_words(deck)
-    result: dict[str, float | None] = {"ocr_recall_small": None, "ocr_recall_large": None}
+    keys = (("ocr_recall_small", "small"), ("ocr_recall_large", "large"), ("ocr_recall_phone", "phone"))
+    result: dict[str, float | None] = {key: None for key, _ in keys}
     if not shutil.which("tesseract"):
         return result
-    for key, attr in (("ocr_recall_small", "small"), ("ocr_recall_large", "large")):
+    for key, attr in keys:
         scores = [recall(pages[r.index], ocr_words(folder / getattr(r, attr)))
                   for r in rows if r.index < len(pages) and len(pages[r.index]) >= 20]
         result[key] = round(min(scores), 3) if scores else None
@@ -131,6 +133,9 @@ async def bench(deck: Path, repeat: int) -> dict[str, object]:
         "large_bytes_min": large[0], "large_bytes_median": int(statistics.median(large)),
         "large_bytes_max": large[-1],
         "thumb_bytes_max": max(r.thumb_bytes for r in rows),
+        "phone_bytes_first": rows[0].phone_bytes,
+        "phone_bytes_max": max(r.phone_bytes or 0 for r in rows),
+        "deck_bytes_phone": sum(r.phone_bytes or 0 for r in rows),
         "jpeg_bytes_median": int(statistics.median(r.jpeg_bytes for r in rows)),
         "deck_bytes_small": imported.small_bytes,
         "deck_bytes_large": sum(large),

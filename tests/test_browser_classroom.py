@@ -84,12 +84,14 @@ async def board(page: Page) -> dict[str, Any]:
     return state
 
 
-async def wait_board(page: Page, src: str, strokes: int, timeout: float = 10.0) -> dict[str, Any]:
-    """Until the page shows ``src`` loaded with ``strokes`` strokes drawn."""
+async def wait_board(page: Page, src: str | tuple[str, ...], strokes: int,
+                     timeout: float = 10.0) -> dict[str, Any]:
+    """Until the page shows ``src`` (or one of them) loaded with ``strokes`` strokes drawn."""
     deadline = asyncio.get_running_loop().time() + timeout
+    wanted = (src,) if isinstance(src, str) else src
     while True:
         b = await board(page)
-        if (not b["hidden"] and b["src"] == src and b["complete"] and b["width"] > 0
+        if (not b["hidden"] and b["src"] in wanted and b["complete"] and b["width"] > 0
                 and b["strokes"] == strokes and (strokes == 0 or b["inked"] > 0)):
             return b
         if asyncio.get_running_loop().time() > deadline:
@@ -133,7 +135,7 @@ async def test_slides_ink_poll_and_chat(live: tuple[GroomServer, dict[str, Any]]
     await teacher.wait_for_function(
         "() => document.querySelectorAll('#thumbs button').length === 6", timeout=10000)
     await wait_board(teacher, "/slides/" + slides[0]["large"], 0)
-    await wait_board(a, "/slides/" + slides[0]["small"], 0)
+    await wait_board(a, "/slides/" + slides[0]["phone"], 0)  # data saver: the phone image
 
     # Next slide (arrow key), then a stroke drawn with the mouse.
     await teacher.keyboard.press("ArrowRight")
@@ -150,17 +152,19 @@ async def test_slides_ink_poll_and_chat(live: tuple[GroomServer, dict[str, Any]]
     await teacher.mouse.up()
     await wait_board(teacher, "/slides/" + slides[1]["large"], 1)
 
-    # The saver student shows slide 2 small (loaded, at most 854 wide) with the stroke, and
-    # fetches slides 3 and 4 ahead while idle.
-    shown = await wait_board(a, "/slides/" + slides[1]["small"], 1)
-    assert shown["width"] <= 854, shown
+    # The saver student shows slide 2 as the phone image (loaded, 600 wide) with the stroke, and
+    # fetches slides 3 and 4 ahead while idle, at that size only.
+    shown = await wait_board(a, "/slides/" + slides[1]["phone"], 1)
+    assert shown["width"] == 600, shown
     await a.wait_for_function(
         f"""() => {{ const names = performance.getEntriesByType('resource').map(e => e.name);
-             return [{json.dumps(slides[2]['small'])}, {json.dumps(slides[3]['small'])}]
+             return [{json.dumps(slides[2]['phone'])}, {json.dumps(slides[3]['phone'])}]
                     .every(n => names.some(u => u.split('?')[0].endsWith('/slides/' + n))); }}""",
         timeout=10000)
     fetched = await a.evaluate("() => performance.getEntriesByType('resource').map(e => e.name)")
-    assert not any(u.endswith(slides[5]["small"]) for u in fetched), "fetched the whole deck"
+    assert not any(u.split("?")[0].endswith(slides[5]["phone"]) for u in fetched), "fetched the whole deck"
+    assert not any(u.split("?")[0].endswith(s["small"]) for s in slides for u in fetched), \
+        "a second copy at the small size"
 
     # The pointer reaches the student as a dot.
     await teacher.check("input[name=mode][value=point]")
@@ -170,13 +174,20 @@ async def test_slides_ink_poll_and_chat(live: tuple[GroomServer, dict[str, Any]]
     await teacher.check("input[name=mode][value=draw]")
     await a.wait_for_selector("#board .dot", state="hidden", timeout=5000)
 
-    # A late joiner sees the current slide and its ink at once: the small image (its link is
-    # not measured yet), asked for with its listen token so the server can pace it.
+    # A late joiner sees the current slide and its ink at once: first the phone image (its link
+    # is not measured yet), asked for with its listen token so the server can pace it; the small
+    # one only once a tier above low shows the link has room.
     b_context, b = await student_page(browser, demo, "Late", errors)
-    shown = await wait_board(b, "/slides/" + slides[1]["small"], 1, timeout=5.0)
-    assert shown["width"] <= 854, shown
+    await b.wait_for_function(
+        "() => performance.getEntriesByType('resource').some(e => e.name.includes('/slides/'))",
+        timeout=5000)
+    first = await b.evaluate(
+        "() => performance.getEntriesByType('resource').map(e => e.name).find(u => u.includes('/slides/'))")
     token = await b.evaluate("() => window.groom.welcome.listen_token")
-    assert shown["query"] == "t=" + token, shown
+    assert first.endswith("/slides/" + slides[1]["phone"] + "?t=" + token), first
+    shown = await wait_board(b, ("/slides/" + slides[1]["phone"], "/slides/" + slides[1]["small"]), 1,
+                             timeout=5.0)
+    assert shown["width"] <= 854 and shown["query"] == "t=" + token, shown
 
     # A true/false poll answered from two phones: the teacher counts [1, 1].
     await teacher.fill("#poll-q", "Water boils at 100 °C?")
@@ -212,7 +223,7 @@ async def test_slides_ink_poll_and_chat(live: tuple[GroomServer, dict[str, Any]]
 
     # Clearing ink empties the students' canvas.
     await teacher.click("#clear-ink")
-    await wait_board(a, "/slides/" + slides[1]["small"], 0)
+    await wait_board(a, "/slides/" + slides[1]["phone"], 0)
     # A tap on the slide shows the saver student the sharper image (a worksheet to read closely).
     await a.click("#slide")
     await wait_board(a, "/slides/" + slides[1]["large"], 0)

@@ -44,6 +44,11 @@ async def test_deck_upload_and_slide_images(live: tuple[GroomServer, dict[str, A
             assert "immutable" in resp.headers["Cache-Control"]
             image = Image.open(io.BytesIO(await resp.read()))
             assert image.width <= 854 and image.height <= 480
+        async with anon.http.get(f"{srv.base_url}/slides/{first['phone']}") as resp:
+            assert resp.status == 200 and resp.headers["Content-Type"] == "image/webp"
+            assert "immutable" in resp.headers["Cache-Control"]
+            image = Image.open(io.BytesIO(await resp.read()))
+            assert image.width <= 600 and first["phone"] != first["small"]
         for name in ("../secret.key", "nothex.webp", "0" * 32 + ".png"):
             status, _ = await anon.call("GET", f"/slides/{name}")
             assert status == 404

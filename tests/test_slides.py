@@ -7,6 +7,7 @@ page worker process; the database is a real SQLite file migrated like the server
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
 import struct
 import sys
@@ -19,14 +20,17 @@ from typing import AsyncIterator
 
 import pypdfium2 as pdfium
 import pytest
+from alembic import command
 from PIL import Image, ImageDraw, ImageFont
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from groom.board import rasterize, sandbox, slides
+from groom.board.board import Board
 from groom.board.deck_import import DEFAULT_LIMITS, MAX_UPLOAD_BYTES, DeckError, Limits, import_deck
 from groom.core import db
 from groom.core.models import Classroom, Deck, School, Slide
+from groom.web.decks import slide_out
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -188,7 +192,8 @@ async def test_sample_deck_becomes_slides_within_budget(store: Store) -> None:
         assert (row.width, row.height) == (1280, 720)
         assert row.small_bytes <= SMALL_BUDGET, (row.index, row.small_bytes)
         for variant, kind, size in [("small", "image/webp", (854, 480)), ("large", "image/webp", (1280, 720)),
-                                    ("thumb", "image/webp", (160, 90)), ("jpeg", "image/jpeg", (854, 480))]:
+                                    ("thumb", "image/webp", (160, 90)), ("jpeg", "image/jpeg", (854, 480)),
+                                    ("phone", "image/webp", (600, 338))]:
             found = slides.slide_file(store.data_dir, getattr(row, variant))
             assert found is not None and found[1] == kind
             assert found[0].stat().st_size == getattr(row, f"{variant}_bytes")
@@ -199,6 +204,63 @@ async def test_sample_deck_becomes_slides_within_budget(store: Store) -> None:
     assert await slides.list_decks(store.session_maker, store.other_class_id) == []
     # Another class's teacher cannot reach the deck by its id.
     assert await slides.deck_slides(store.session_maker, store.other_class_id, deck.id) is None
+
+
+PHONE_FIRST_BUDGET = 3000  # a 24 kbit/s link has ~4-8 kbit/s beside the voice: ~5 s
+
+
+async def test_phone_image_is_small_readable_and_named_by_its_bytes(store: Store) -> None:
+    """The phone image (what a thin or unmeasured link gets first) is a third of the small one:
+    the sample deck's first page within 3000 bytes (it was 6466 as the small image, 13-19 s on
+    the tight link), the deck within half the small images' bytes; named by its content hash
+    like the others; tesseract still reads >= 90 % of the first page's words; and the picture
+    page keeps its picture (no 48-px tile further from the drawing than PHONE_MAX_TILE: in 4
+    colours the sun was gone, 39 levels off)."""
+    deck = await store.import_(SAMPLE.read_bytes())
+    rows = await slides.deck_slides(store.session_maker, store.class_id, deck.id)
+    assert rows is not None and len(rows) == 6
+    for row in rows:
+        assert row.phone is not None and row.phone_name == row.phone
+        found = slides.slide_file(store.data_dir, row.phone)
+        assert found is not None
+        data = found[0].read_bytes()
+        assert row.phone == hashlib.sha256(data).hexdigest()[:rasterize.NAME_HEX] + ".webp"
+        assert row.phone_bytes is not None and len(data) == row.phone_bytes < row.small_bytes
+    assert rows[0].phone_bytes is not None and rows[0].phone_bytes <= PHONE_FIRST_BUDGET, rows[0].phone_bytes
+    assert sum(r.phone_bytes or 0 for r in rows) <= 0.5 * deck.small_bytes
+    assert recall(pdf_words(SAMPLE)[0], ocr_words(store.data_dir / "slides" / rows[0].phone_name)) >= 0.9
+    pdf = pdfium.PdfDocument(SAMPLE)
+    page = pdf[2]
+    drawn = rasterize.draw(page, page.get_size(), rasterize.PHONE)
+    page.close()
+    with Image.open(store.data_dir / "slides" / rows[2].phone_name) as phone:
+        assert rasterize.worst_tile(drawn, phone) <= rasterize.PHONE_MAX_TILE
+
+
+async def test_decks_older_than_the_phone_image_offer_the_small_one(store: Store) -> None:
+    """Migration 0007 adds the phone columns empty: a deck imported before it has no phone
+    image, and everything that describes its slides names the small image there (the page and
+    the bench student fetch ``phone``), and deleting it still removes its files."""
+    deck = await store.import_(SAMPLE.read_bytes())
+    phones = {r.phone for r in await slides.deck_slides(store.session_maker, store.class_id, deck.id) or []}
+    async with store.session_maker() as session, session.begin():
+        await session.execute(update(Slide).values(phone=None, phone_bytes=None))
+    async with store.engine.begin() as conn:  # down past the phone columns and up again
+        await conn.run_sync(lambda c: command.downgrade(db._alembic_config(c), "0006_api_meetings"))
+    await db.migrate(store.engine)
+    rows = await slides.deck_slides(store.session_maker, store.class_id, deck.id)
+    assert rows is not None and len(rows) == 6
+    for row in rows:
+        assert row.phone is None and row.phone_bytes is None and row.phone_name == row.small
+        assert slide_out(row).phone == row.small
+    board = Board()
+    board.load_deck(deck.id, deck.title, rows)
+    assert [s["phone"] for s in board.slides] == [r.small for r in rows]
+    assert await slides.delete_deck(store.session_maker, store.data_dir, store.class_id, deck.id)
+    # left: the phone files this test unlinked from their rows, which the sweep then removes
+    assert {p.name for p in store.files()} == phones
+    assert await slides.sweep(store.session_maker, store.data_dir, older_than_s=-1) == len(phones)
+    assert store.files() == []
 
 
 TEXT_PAGE_BUDGET = 40 * 1024
@@ -215,6 +277,7 @@ async def test_text_pages_are_readable_on_a_phone(store: Store, tmp_path: Path) 
     for row in rows:
         assert row.height >= 960 and row.width < row.height, (row.width, row.height)
         assert row.small_bytes <= TEXT_PAGE_BUDGET and row.large_bytes <= TEXT_PAGE_BUDGET, row.index
+        assert row.phone == row.small  # already a phone's width: no second copy to fetch
         found = slides.slide_file(store.data_dir, row.small)
         assert found is not None
         with Image.open(found[0]) as image:

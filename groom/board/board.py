@@ -34,6 +34,7 @@ class Board:
         self.deck_id = deck_id
         self.deck_title = title
         self.slides = [{"small": s.small, "large": s.large, "thumb": s.thumb, "jpeg": s.jpeg,
+                        "phone": s.phone_name,
                         "width": s.width, "height": s.height} for s in slides]
         self.page = 0 if slides else None
         self.ink = {}

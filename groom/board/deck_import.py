@@ -436,4 +436,5 @@ def _add_slides(session: AsyncSession, deck_id: int, pages: list[dict[str, Any]]
             small=files["small"]["name"], small_bytes=files["small"]["bytes"],
             large=files["large"]["name"], large_bytes=files["large"]["bytes"],
             thumb=files["thumb"]["name"], thumb_bytes=files["thumb"]["bytes"],
-            jpeg=files["jpeg"]["name"], jpeg_bytes=files["jpeg"]["bytes"]))
+            jpeg=files["jpeg"]["name"], jpeg_bytes=files["jpeg"]["bytes"],
+            phone=files["phone"]["name"], phone_bytes=files["phone"]["bytes"]))

@@ -8,13 +8,17 @@ reading one JSON line per page with a timeout and killing the process when it is
 
 Protocol (stdout, one JSON object per line):
 ``{"pages": N}`` once the source is open and checked, then ``{"page": i, "width": ..,
-"height": .., "files": {"small": {"name": .., "bytes": ..}, "large": .., "thumb": .., "jpeg": ..}}``
+"height": .., "files": {"small": {"name": .., "bytes": ..}, "large": .., "thumb": .., "jpeg": ..,
+"phone": ..}}``
 per page; on a refusal ``{"error": code, "message": template, "params": {...}}`` and exit
 status 2 (the template is English with ``{name}`` placeholders; the server translates it).
 
 Each page is drawn at the size it is shown (not drawn big and shrunk): pdfium's text
 anti-aliasing at the target size is both sharper and smaller to encode. A portrait page that is
 mostly text (a worksheet) is sized by width for a phone instead (``TEXT_SMALL``, ``TEXT_LARGE``).
+A third, smaller WebP (``phone``, ``PHONE``) is what a student on a thin or not yet measured link
+fetches first: a 24 kbit/s link with the voice on it has ~4-8 kbit/s left, and the small image
+of a first slide took 13-19 s there.
 Files are named by the sha256 of their bytes, so equal slides in two decks share one file and
 can be cached forever.
 
@@ -40,6 +44,18 @@ from PIL import Image, ImageChops, ImageOps, ImageStat
 LARGE = (1280, 720)
 SMALL = (854, 480)
 THUMB = (160, 120)
+# The first image on a thin link (24 kbit/s: ~4-8 kbit/s beside the voice), sized for a 360-CSS-px
+# phone (720 device px): 600 px wide, as TEXT_SMALL. Stored in the fewest colours of
+# PHONE_PALETTES whose worst 48-px tile (worst_tile) is at most PHONE_MAX_TILE grey levels from
+# the drawing (or from the lossy image, if further), else lossy at PHONE_QUALITY. Measured on
+# media/sample-deck.pdf (scripts/bench_slides.py): page 1 2.3 KB in 4 colours (small: 6.5 KB),
+# the deck 17 KB (small: 41 KB); the picture page keeps its sun in 16 colours where 4 lose it
+# (worst tile 39); OCR recall of the worst page as the small image's (0.82 / 0.83: tesseract
+# at this text size is noisy from page to page). A text page's phone image is its small one.
+PHONE = (600, 338)
+PHONE_PALETTES = (4, 8, 16)
+PHONE_MAX_TILE = 12.0
+PHONE_QUALITY = 50
 # WebP settings measured on media/sample-deck.pdf (scripts/bench_slides.py): q75 at method 6
 # keeps text clean at 854x480 in 7-16 KB; lossless is tried for flat pages and kept when smaller.
 WEBP_QUALITY = 75
@@ -107,18 +123,19 @@ def store(data: bytes, ext: str, out_dir: Path) -> Encoded:
     return Encoded(name, len(data))
 
 
-def encode_webp(image: Image.Image, quality: int) -> bytes:
+def encode_webp(image: Image.Image, quality: int, palettes: tuple[int, ...] = PALETTE_SIZES,
+                max_tile: float = 0.0) -> bytes:
     """The smallest of: lossy WebP; when the image is flat (a drawn slide, no photo), lossless
-    in a palette of ``PALETTE_SIZES`` colours if that is nowhere worse than the lossy one
-    (``worst_tile``), else lossless in all its colours."""
+    in a palette of ``palettes`` colours (the fewest that does) if that is nowhere worse than
+    the lossy one or than ``max_tile`` (``worst_tile``), else lossless in all its colours."""
     out = io.BytesIO()
     image.save(out, "WEBP", quality=quality, method=6)
     best = out.getvalue()
     if image.getcolors(FLAT_COLOURS) is None:
         return best
     with Image.open(io.BytesIO(best)) as decoded:
-        allowed = worst_tile(image, decoded)
-    for colours in PALETTE_SIZES:
+        allowed = max(worst_tile(image, decoded), max_tile)
+    for colours in palettes:
         palette = image.quantize(colours, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
         if worst_tile(image, palette) <= allowed:
             out = io.BytesIO()  # (lossless in all its colours would only be larger)
@@ -178,6 +195,7 @@ class Page:
     small: Image.Image
     text: bool = False
     jpeg: Image.Image | None = None
+    phone: Image.Image | None = None  # None: made from ``small`` (a text page: ``small`` itself)
 
 
 def encode_slide(page: Page, out_dir: Path) -> dict[str, Any]:
@@ -190,6 +208,12 @@ def encode_slide(page: Page, out_dir: Path) -> dict[str, Any]:
         "thumb": store(encode_webp(thumb, THUMB_QUALITY), "webp", out_dir),
         "jpeg": store(encode_jpeg(small if page.jpeg is None else page.jpeg), "jpg", out_dir),
     }
+    if page.text:
+        files["phone"] = files["small"]  # already a phone's width, lossless grey
+    else:
+        phone = page.phone or small.resize(fit_px(small.size, PHONE, upscale=False), Image.Resampling.LANCZOS)
+        files["phone"] = store(encode_webp(phone, PHONE_QUALITY, PHONE_PALETTES, PHONE_MAX_TILE),
+                               "webp", out_dir)
     return {"width": large.width, "height": large.height,
             "files": {k: {"name": v.name, "bytes": v.bytes} for k, v in files.items()}}
 
@@ -235,7 +259,8 @@ def pdf_pages(path: Path, max_pages: int) -> tuple[int, Iterator[Page]]:
             size = page.get_size()
             if min(size) <= 0:
                 raise Refusal("damaged", "Page {page} has no area.", page=index + 1)
-            yield draw_text_page(page, size) or Page(draw(page, size, LARGE), draw(page, size, SMALL))
+            yield draw_text_page(page, size) or Page(draw(page, size, LARGE), draw(page, size, SMALL),
+                                                     phone=draw(page, size, PHONE))
             page.close()
 
     return count, render()

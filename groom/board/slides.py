@@ -25,7 +25,7 @@ SLIDES_DIR = "slides"
 STAGING_DIR = ".staging"  # inside SLIDES_DIR: same file system, so publishing is a rename
 FILE_NAME = re.compile(r"^[0-9a-f]{%d}\.(webp|jpg)$" % rasterize.NAME_HEX)
 CONTENT_TYPES = {"webp": "image/webp", "jpg": "image/jpeg"}
-VARIANTS = ("small", "large", "thumb", "jpeg")
+VARIANTS = ("small", "large", "thumb", "jpeg", "phone")  # phone: null in decks older than it
 
 
 async def list_decks(session_maker: async_sessionmaker[AsyncSession], class_id: int) -> list[Deck]:
@@ -63,7 +63,7 @@ async def delete_deck(session_maker: async_sessionmaker[AsyncSession], data_dir:
         if deck is None or deck.class_id != class_id:
             return False
         slides = await session.scalars(select(Slide).where(Slide.deck_id == deck_id))
-        names = {getattr(s, v) for s in slides for v in VARIANTS}
+        names = {getattr(s, v) for s in slides for v in VARIANTS} - {None}
         await session.execute(delete(Slide).where(Slide.deck_id == deck_id))
         await session.delete(deck)
         names -= await _referenced(session, names)
@@ -119,9 +119,9 @@ async def _referenced(session: AsyncSession, names: set[str]) -> set[str]:
     ordered = sorted(names)
     for start in range(0, len(ordered), 200):  # keep the IN lists short for SQLite
         chunk = ordered[start:start + 200]
-        rows = await session.execute(select(Slide.small, Slide.large, Slide.thumb, Slide.jpeg)
+        rows = await session.execute(select(Slide.small, Slide.large, Slide.thumb, Slide.jpeg, Slide.phone)
                                      .where(or_(*(getattr(Slide, v).in_(chunk) for v in VARIANTS))))
-        used.update(n for row in rows for n in row)
+        used.update(n for row in rows for n in row if n is not None)
     return used & names
 
 

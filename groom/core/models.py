@@ -304,8 +304,10 @@ class Slide(Base):
     """One page of a deck as image files in ``data_dir/slides/``, named by content hash.
 
     ``small`` (854x480 WebP) is what phones fetch, ``large`` (1280x720) the teacher's screen,
-    ``thumb`` the slide strip, ``jpeg`` the small size for browsers without WebP. ``width`` and
-    ``height`` are the large image's pixels (the page's aspect ratio).
+    ``thumb`` the slide strip, ``jpeg`` the small size for browsers without WebP, ``phone``
+    (600 px wide, few colours) the first image on a thin or unmeasured link; null for decks
+    imported before it existed (migration 0007): ``small`` stands in (``phone_name``). ``width``
+    and ``height`` are the large image's pixels (the page's aspect ratio).
     """
 
     __tablename__ = "slides"
@@ -324,6 +326,13 @@ class Slide(Base):
     thumb_bytes: Mapped[int] = mapped_column(Integer)
     jpeg: Mapped[str] = mapped_column(String(40))
     jpeg_bytes: Mapped[int] = mapped_column(Integer)
+    phone: Mapped[Optional[str]] = mapped_column(String(40), nullable=True)
+    phone_bytes: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)
+
+    @property
+    def phone_name(self) -> str:
+        """The image a thin link gets first: ``phone``, or ``small`` for an older deck."""
+        return self.phone or self.small
 
 
 class ApiMeeting(Base):

@@ -130,6 +130,7 @@ class SlideOut(BaseModel):
     large: str
     thumb: str
     jpeg: str
+    phone: str = Field(description="The first image on a thin link; the small one in older decks")
     small_bytes: int
     large_bytes: int
 
@@ -159,7 +160,7 @@ def deck_out(deck: Deck) -> DeckOut:
 
 def slide_out(slide: Slide) -> SlideOut:
     return SlideOut(index=slide.index, width=slide.width, height=slide.height, small=slide.small,
-                    large=slide.large, thumb=slide.thumb, jpeg=slide.jpeg,
+                    large=slide.large, thumb=slide.thumb, jpeg=slide.jpeg, phone=slide.phone_name,
                     small_bytes=slide.small_bytes, large_bytes=slide.large_bytes)
 
 

@@ -23,9 +23,12 @@
   /** @type {any} */
   var poll = null;
   var tier = "", prefetched = {}, sharp = {}, prefetchTimer = 0, chatOn = true, resultShown = false;
+  /** The URL last fetched for each slide (by its large image's name): shown or prefetched. */
+  var fetched = {};
   /** The server paces and times slide images by this (the listen token): audio first on a thin
    *  link. Until the link has been measured (a `tier` message, or the next slide) the tier is
-   *  a guess, so the first image is the small one: one image per slide, never large then small. */
+   *  a guess, so the first image is the phone one (the smallest): on a thin link one image per
+   *  slide, never large then small. */
   var slideToken = "", measured = false, TIERS = ["low", "standard", "high"];
   /** Browsers without WebP (KaiOS) get the JPEG copy of the small image; asked once. */
   var webp = (function () {
@@ -86,21 +89,28 @@
    *  pixels wide can show, so a wider image only costs the link more. */
   var SMALL_PX = 854;
 
-  /** The image this phone should fetch for a slide: small on the low tier or data saver, or when
-   *  the screen shows no more than the small one holds (a phone: one image per slide, never a
-   *  second, larger copy after a step up), unless the student tapped that slide for the sharper
-   *  one (a worksheet page to read closely). */
-  function imageUrl(s) {
+  /** The image this phone should fetch for a slide: the phone image (600 px, few colours: a
+   *  third of the small one's bytes) on the low tier, with data saver, or until the link is
+   *  measured, so a thin link gets one small image per slide; with room on the link the small
+   *  image where the screen shows no more than it holds, else the large one; the large one
+   *  whenever the student tapped that slide for the sharper one (a worksheet page to read
+   *  closely). A deck older than the phone image names its small one there. A slide of which
+   *  one copy was fetched already (prefetched as the phone image before a step up) shows that
+   *  copy, unless ``fresh`` (the slide on screen at a step up or a change of data saver): a
+   *  slide turn then waits for no second download. */
+  function imageUrl(s, fresh) {
     var wide = document.querySelector("main").clientWidth * (window.devicePixelRatio || 1) > SMALL_PX;
-    var small = tier === "low" || saver.checked || !measured || !wide;
-    var name = !webp ? s.jpeg : small && !sharp[s.large] ? s.small : s.large;
+    var thin = tier === "low" || saver.checked || !measured;
+    var name = !webp ? s.jpeg : sharp[s.large] ? s.large : thin ? s.phone || s.small : wide ? s.large : s.small;
+    if (!fresh && !sharp[s.large] && fetched[s.large]) return fetched[s.large];
     return "/slides/" + encodeURIComponent(name) + (slideToken ? "?t=" + encodeURIComponent(slideToken) : "");
   }
 
-  function showSlide(s) {
+  function showSlide(s, fresh) {
     slide = s;
     if (!s) { $("board").hidden = true; board.point(null, null); return; }
-    board.show(s.page, imageUrl(s), s.ink);
+    var url = fetched[s.large] = imageUrl(s, fresh);
+    board.show(s.page, url, s.ink);
   }
 
   /** Once the slide on screen has loaded, fetch the next two while the link is idle. */
@@ -113,6 +123,7 @@
         var url = imageUrl(deck.slides[i]);
         if (prefetched[url]) continue;
         prefetched[url] = 1;
+        fetched[deck.slides[i].large] = url;
         var img = new Image();
         img.fetchPriority = "low";
         img.src = url;
@@ -227,12 +238,12 @@
     live.on("tier", function (m) {
       $("tier").textContent = t[m.tier] || m.tier;
       saver.checked = !!m.data_saver;
-      // A step down keeps the image on screen; a step up (the link proved room) sharpens it
-      // where the screen can show more than the small image (imageUrl).
+      // A step down keeps the image on screen; a step up (the link proved room) sharpens it:
+      // the small image for the phone one, the large where the screen shows more (imageUrl).
       var up = TIERS.indexOf(m.tier) > TIERS.indexOf(tier) || (!measured && m.tier !== "low");
       tier = m.tier;
       measured = true;
-      if (up && slide) showSlide(slide);
+      if (up && slide) showSlide(slide, true);
     });
     live.on("deck", function (m) { deck = m.deck; prefetched = {}; });
     live.on("slide", function (m) { measured = true; showSlide(m.slide); });
@@ -309,7 +320,7 @@
   saver.addEventListener("change", function () {
     store(SAVER_KEY, saver.checked ? "1" : "0");
     if (live) live.send({ type: "data_saver", on: saver.checked });
-    if (slide) showSlide(slide);
+    if (slide) showSlide(slide, true);
   });
   unmute.addEventListener("click", play);
   audio.addEventListener("error", function () {
