@@ -17,17 +17,16 @@ import secrets
 import shutil
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 from typing import Iterator, Optional
 
 import pytest
 
 from groom.core.redis_client import key_prefix, parse_cluster_url
-from peers import new_lesson, other_class
+from peers import new_lesson
 from servers import GroomServer, database_backends, free_port
-from test_cluster import closing, connect, live_lessons
-from test_sentinel import degraded, redis_cli, wait_for
+from test_cluster import closing, connect
+from test_sentinel import origins_of, placed_and_heard_after_failover, redis_cli, wait_for
 from test_shared_limits import join, login
 
 pytestmark = pytest.mark.timeout(180)  # redis-server: scripts/test installs it
@@ -193,7 +192,7 @@ async def test_a_cluster_on_redis_cluster(pair: Pair) -> None:
         peers.append(relayed)
         await relayed.negotiate(send_audio=False, receive_audio=True)
         await relayed.keeps_hearing(1.0)
-        assert await origins(pair, lesson_id) == ["c0"]
+        assert await origins_of(n1, demo, lesson_id) == ["c0"]
 
         await one_budget_across_nodes(pair)
 
@@ -211,29 +210,9 @@ async def test_a_cluster_on_redis_cluster(pair: Pair) -> None:
         await relayed.keeps_hearing(2.0)
         await asyncio.to_thread(wait_for, lambda: pair.redis.primary_of(tag) not in (owner, None),
                                 "the Cluster to promote the replica")
-        other = await other_class(n0, demo, "ClusterFailover")
-        await asyncio.sleep(2.5)  # the nodes' pause after a failed call (shared_state.RETRY_S)
-        deadline = time.monotonic() + 20
-        while await degraded(n0) or await degraded(n1):
-            assert time.monotonic() < deadline, "a node still reports Redis away"
-            await asyncio.sleep(0.5)
-        second = await connect(n1.base_url, {"type": "hello", "role": "teacher",
-                                             "lesson_id": other["lesson_id"]}, other["teacher_login"])
-        peers.append(second)
-        await second.negotiate(send_audio=True, receive_audio=True)
-        newcomer = await connect(n0.base_url, {"type": "hello", "role": "student", "name": "Newcomer",
-                                               "code": other["class_code"]})
-        peers.append(newcomer)
-        await newcomer.negotiate(send_audio=False, receive_audio=True)
-        await newcomer.keeps_hearing(1.0)
+        await placed_and_heard_after_failover(n0, n1, demo, "ClusterFailover", peers)
         await relayed.keeps_hearing(1.0)
-        assert await origins(pair, lesson_id) == ["c0"]
-
-
-async def origins(pair: Pair, lesson_id: int) -> list[str]:
-    """The nodes that the second node's ``/api/live`` (every node's rooms) says run this lesson."""
-    return [r["worker"] for r in await live_lessons(pair.nodes[1].base_url, pair.demo)
-            if r["lesson"]["id"] == lesson_id]
+        assert await origins_of(n1, demo, lesson_id) == ["c0"]
 
 
 async def one_budget_across_nodes(pair: Pair) -> None:

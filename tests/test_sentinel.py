@@ -21,7 +21,7 @@ from typing import Any, Iterator, Optional
 import aiohttp
 import pytest
 
-from peers import new_lesson, other_class
+from peers import Peer, new_lesson, other_class
 from servers import GroomServer, database_backends, free_port
 from test_cluster import closing, connect, live_lessons
 
@@ -153,26 +153,33 @@ async def test_the_cluster_follows_a_sentinel_failover(pair: Pair) -> None:
 
         # The nodes reach the new primary: another class's lesson is placed there and joined
         # through the other node; the first lesson's class is still claimed by its origin.
-        other = await other_class(n0, demo, "Failover")
-        await asyncio.sleep(2.5)  # the nodes' pause after a failed call (shared_state.RETRY_S)
-        deadline = time.monotonic() + 20
-        while await degraded(n0) or await degraded(n1):
-            assert time.monotonic() < deadline, "a node still reports Redis away"
-            await asyncio.sleep(0.5)
-        second = await connect(n1.base_url, {"type": "hello", "role": "teacher",
-                                             "lesson_id": other["lesson_id"]}, other["teacher_login"])
-        peers.append(second)
-        await second.negotiate(send_audio=True, receive_audio=True)
-        newcomer = await connect(n0.base_url, {"type": "hello", "role": "student", "name": "Newcomer",
-                                               "code": other["class_code"]})
-        peers.append(newcomer)
-        await newcomer.negotiate(send_audio=False, receive_audio=True)
-        await newcomer.keeps_hearing(1.0)
+        await placed_and_heard_after_failover(n0, n1, demo, "Failover", peers)
         await relayed.keeps_hearing(1.0)
-        assert await origins_of(pair, lesson_id) == ["s0"]
+        assert await origins_of(n1, demo, lesson_id) == ["s0"]
 
 
-async def origins_of(pair: Pair, lesson_id: int) -> list[str]:
-    """The nodes that the second node's ``/api/live`` (every node's rooms) says run this lesson."""
-    return [r["worker"] for r in await live_lessons(pair.nodes[1].base_url, pair.demo)
+async def placed_and_heard_after_failover(n0: GroomServer, n1: GroomServer, demo: dict[str, Any],
+                                          name: str, peers: list[Peer]) -> None:
+    """Once neither node reports Redis away, another class's lesson (``name``) is placed, its
+    teacher joins through ``n1`` and a student through ``n0`` hears it (both added to ``peers``)."""
+    other = await other_class(n0, demo, name)
+    await asyncio.sleep(2.5)  # the nodes' pause after a failed call (shared_state.RETRY_S)
+    deadline = time.monotonic() + 20
+    while await degraded(n0) or await degraded(n1):
+        assert time.monotonic() < deadline, "a node still reports Redis away"
+        await asyncio.sleep(0.5)
+    second = await connect(n1.base_url, {"type": "hello", "role": "teacher",
+                                         "lesson_id": other["lesson_id"]}, other["teacher_login"])
+    peers.append(second)
+    await second.negotiate(send_audio=True, receive_audio=True)
+    newcomer = await connect(n0.base_url, {"type": "hello", "role": "student", "name": "Newcomer",
+                                           "code": other["class_code"]})
+    peers.append(newcomer)
+    await newcomer.negotiate(send_audio=False, receive_audio=True)
+    await newcomer.keeps_hearing(1.0)
+
+
+async def origins_of(node: GroomServer, demo: dict[str, Any], lesson_id: int) -> list[str]:
+    """The nodes that ``node``'s ``/api/live`` (every node's rooms) says run this lesson."""
+    return [r["worker"] for r in await live_lessons(node.base_url, demo)
             if r["lesson"]["id"] == lesson_id]
