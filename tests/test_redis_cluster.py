@@ -18,7 +18,7 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional, Sequence
 
 import pytest
 
@@ -38,7 +38,11 @@ PER_ADDRESS = 3  # --login-failures-per-address
 class RedisClusterGroup:
     """Three primaries and three replicas forming one Redis Cluster."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: Sequence[str] = (), cli: Sequence[str] = ()) -> None:
+        """A plain Cluster or, with ``tls`` (redis-server's TLS options: certificate files,
+        --tls-cluster...), one whose every port speaks TLS only (``--port 0``, the port given as
+        ``--tls-port``), reached by redis-cli with ``cli`` (--tls and its files)."""
+        self.tls, self.cli = tuple(tls), tuple(cli)
         # Each server works in a folder of its own (its nodes.conf; no dump.rdb in the checkout).
         self.root = Path(tempfile.mkdtemp(prefix="groom-rc-"))
         ports: set[int] = set()
@@ -50,16 +54,16 @@ class RedisClusterGroup:
             for port, bus in zip(self.ports, self.buses):
                 self._server(port, bus)
             created = subprocess.run(
-                ["redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in self.ports),
+                ["redis-cli", *self.cli, "--cluster", "create", *(f"127.0.0.1:{p}" for p in self.ports),
                  "--cluster-replicas", "1", "--cluster-yes"], capture_output=True, text=True,
                 timeout=30)
             assert created.returncode == 0, created.stdout + created.stderr
             for port in self.ports:
-                wait_for(lambda port=port: "cluster_state:ok" in redis_cli(port, "cluster", "info"),
+                wait_for(lambda port=port: "cluster_state:ok" in self.redis_cli(port, "cluster", "info"),
                          "every server to see the cluster up")
             for port in self.replicas():
                 wait_for(lambda port=port: "master_link_status:up"
-                         in redis_cli(port, "info", "replication"), "the replicas in sync")
+                         in self.redis_cli(port, "info", "replication"), "the replicas in sync")
         except BaseException:
             self.stop()
             raise
@@ -68,16 +72,20 @@ class RedisClusterGroup:
     def _server(self, port: int, bus: int) -> None:
         folder = self.root / str(port)
         folder.mkdir()
+        listen = ("--port", "0", "--tls-port", str(port), *self.tls) if self.tls else ("--port", str(port))
         self.procs[port] = subprocess.Popen(
-            ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder),
+            ["redis-server", *listen, "--bind", "127.0.0.1", "--dir", str(folder),
              "--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{port}.conf",
              "--cluster-port", str(bus),  # not port + 10000, which may be past 65535
              "--cluster-node-timeout", "1000", "--save", "", "--appendonly", "no"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for(lambda: redis_cli(port, "ping") == "PONG", f"redis-server on {port}")
+        wait_for(lambda: self.redis_cli(port, "ping") == "PONG", f"redis-server on {port}")
+
+    def redis_cli(self, port: int, *args: str) -> str:
+        return redis_cli(port, *args, cli=self.cli)
 
     def replicas(self) -> list[int]:
-        return [p for p in self.live() if "role:slave" in redis_cli(p, "info", "replication")]
+        return [p for p in self.live() if "role:slave" in self.redis_cli(p, "info", "replication")]
 
     def live(self) -> list[int]:
         return [p for p, proc in self.procs.items() if proc.poll() is None]
@@ -87,8 +95,8 @@ class RedisClusterGroup:
         NODES``: id, address, flags, its primary, pings, epoch, link, then slot ranges); None while
         it has none (its primary failed, no replica promoted yet)."""
         asked = self.live()[0]
-        slot = int(redis_cli(asked, "cluster", "keyslot", key))
-        for line in redis_cli(asked, "cluster", "nodes").splitlines():
+        slot = int(self.redis_cli(asked, "cluster", "keyslot", key))
+        for line in self.redis_cli(asked, "cluster", "nodes").splitlines():
             fields = line.split()
             if "master" not in fields[2] or "fail" in fields[2]:
                 continue
@@ -99,7 +107,7 @@ class RedisClusterGroup:
         return None
 
     def keys(self, port: int) -> list[str]:
-        return [k for k in redis_cli(port, "--scan").split("\n") if k]
+        return [k for k in self.redis_cli(port, "--scan").split("\n") if k]
 
     def kill(self, port: int) -> None:
         proc = self.procs[port]
@@ -115,10 +123,11 @@ class RedisClusterGroup:
 
 
 class Pair:
-    """Two G-Room nodes on one Redis Cluster."""
+    """Two G-Room nodes on one Redis Cluster, started by ``cluster`` (plain, or over TLS)."""
 
-    def __init__(self, root: Path, backend: str) -> None:
-        self.redis = RedisClusterGroup()
+    def __init__(self, root: Path, backend: str,
+                 cluster: Callable[[], RedisClusterGroup] = RedisClusterGroup) -> None:
+        self.redis = cluster()
         self.prefix = "t" + secrets.token_hex(4)
         self.nodes: list[GroomServer] = []
         try:

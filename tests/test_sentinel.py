@@ -16,7 +16,7 @@ import secrets
 import subprocess
 import time
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Optional, Sequence
 
 import aiohttp
 import pytest
@@ -30,8 +30,9 @@ pytestmark = pytest.mark.timeout(180)  # redis-server: scripts/test installs it
 SERVICE = "groom-test"
 
 
-def redis_cli(port: int, *args: str) -> str:
-    return subprocess.run(["redis-cli", "-p", str(port), *args], capture_output=True,
+def redis_cli(port: int, *args: str, cli: Sequence[str] = ()) -> str:
+    """``redis-cli`` on ``port``; ``cli``: options to reach a TLS port (--tls and its files)."""
+    return subprocess.run(["redis-cli", *cli, "-p", str(port), *args], capture_output=True,
                           text=True).stdout.strip()
 
 

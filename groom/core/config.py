@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
-from .redis_client import CLUSTER_SCHEME, SENTINEL_SCHEME, key_prefix, parse_cluster_url, parse_sentinel_url
+from .redis_client import check_url, key_prefix
 
 
 def _web_dir() -> Path:
@@ -70,15 +70,11 @@ def _networks(value: str) -> str:
 
 
 def _redis_url(value: str) -> str:
-    """Checked here so that a typo stops the start instead of every join failing later."""
+    """Checked here (the form, the query, the TLS files) so that a typo or a missing
+    certificate stops the start instead of every join failing later."""
     value = value.strip()
-    if value.startswith(SENTINEL_SCHEME + "://"):
-        parse_sentinel_url(value)
-    elif value.startswith(CLUSTER_SCHEME + "://"):
-        parse_cluster_url(value)
-    elif value and not value.startswith(("redis://", "rediss://", "unix://")):
-        raise ValueError(f"{value!r} is not a redis://, rediss://, unix://, "
-                         f"{SENTINEL_SCHEME}:// or {CLUSTER_SCHEME}:// URL")
+    if value:
+        check_url(value)
     return value
 
 
@@ -152,10 +148,12 @@ OPTIONS: list[Option] = [
     Option("port", int, 8080, "TCP port to listen on (0 picks a free one)."),
     Option("redis_url", _redis_url, "", "Redis of a cluster of G-Room nodes (redis://host:6379/0, "
            "redis+sentinel://host:26379,host2:26379/service for Redis Sentinel failover, or "
-           "redis+cluster://host:7000,host2:7001 for a Redis Cluster): "
-           "every process registers there and the nodes agree on which one runs each class's "
-           "lesson, and count wrong join codes, logins and API checksums together. Empty: this "
-           "machine alone (placement and limits kept in memory)."),
+           "redis+cluster://host:7000,host2:7001 for a Redis Cluster; rediss://, "
+           "rediss+sentinel:// and rediss+cluster:// for the same over TLS, with "
+           "?ssl_ca_certs=FILE for a private CA and ssl_certfile=FILE&ssl_keyfile=FILE for a "
+           "client certificate): every process registers there and the nodes agree on which one "
+           "runs each class's lesson, and count wrong join codes, logins and API checksums "
+           "together. Empty: this machine alone (placement and limits kept in memory)."),
     Option("redis_prefix", str, "groom", "Prefix of every Redis key this cluster uses (several "
            "clusters, or tests, may share one Redis). In a Redis Cluster the keys start with "
            "{prefix}, a hash tag that keeps them in one slot (so no braces in it)."),
