@@ -18,12 +18,20 @@ and loss are not built in):
   uplink. Dropping in the sender's output hook would make ``sendto()`` fail with EPERM, which real
   loss never does;
 - firewalls: ``NetLab.block`` drops what an nftables match names, on the receiving side too;
-- extra round-trip time: ``UdpDelayRelay`` (user space) holds each UDP datagram ``extra_rtt_ms / 2``
-  each way between a student and one server address. Only what is sent through the relay is
-  delayed (the bench's student sends its WebRTC media through it); TCP (WebSocket, slides) is not.
+- extra round-trip time for everything: with ``delay_line_rtt_ms`` the pair is two TUN devices
+  with the same names and addresses instead of a veth pair, and a process (``forward``, started
+  inside the namespace) copies each packet from one to the other ``delay_line_rtt_ms / 2`` later.
+  tbf and nftables work on the TUN devices as on the veth ends, so the order is the same as a
+  real link's: queue and rate at the sender, then the propagation delay, then the loss;
+- extra round-trip time for the media only: ``UdpDelayRelay`` (user space) holds each UDP
+  datagram ``extra_rtt_ms / 2`` each way between a student and one server address. Only what is
+  sent through the relay is delayed (the bench's aiortc student sends its WebRTC media through
+  it); TCP (WebSocket, slides) is not.
 
 Cleanup: namespaces, veths and the host's nftables table (``groom_<pid>``) are removed on exit,
-also when the body raises, and at start any left by a process that no longer runs.
+also when the body raises, and at start any left by a process that no longer runs. The delay
+line's TUN devices go with its process: the lab kills it on exit, and it exits by itself when
+the lab's process dies (its stdin ends).
 
 Needs root and the Debian packages ``iproute2`` (``ip``, ``tc``) and ``nftables`` (``nft``).
 """
@@ -36,9 +44,14 @@ import fcntl
 import ipaddress
 import os
 import re
+import select
 import shutil
+import struct
 import subprocess
+import sys
 import tempfile
+import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -51,11 +64,18 @@ MAX_STUDENTS = 16  # one hex digit in the veth names (15 characters at most)
 LOCK = Path(tempfile.gettempdir()) / "groom-netlab.lock"
 CHROMIUM = "/usr/bin/chromium"
 TOOLS = {"ip": "iproute2", "tc": "iproute2", "nft": "nftables"}
+TUNSETIFF = 0x400454CA  # <linux/if_tun.h>
+IFF_TUN, IFF_NO_PI = 0x0001, 0x1000  # IP packets, no 4-byte packet-information header
 
 
 @dataclass(frozen=True)
 class Link:
-    """One student's link. ``None`` rates are not shaped; losses are percentages."""
+    """One student's link. ``None`` rates are not shaped; losses are percentages.
+
+    ``extra_rtt_ms`` is what ``UdpDelayRelay`` adds to the media a student sends through it;
+    ``delay_line_rtt_ms`` is added to EVERY packet of the namespace (TCP, UDP, any process, Chromium
+    included): the link is then a pair of TUN devices with a delay line between them instead of a
+    veth pair."""
 
     name: str
     down_kbps: Optional[float] = None
@@ -64,10 +84,12 @@ class Link:
     loss_down_pct: float = 0.0
     loss_up_pct: float = 0.0
     extra_rtt_ms: int = 0
+    delay_line_rtt_ms: int = 0
 
     @property
     def shaped(self) -> bool:
-        return bool(self.down_kbps or self.up_kbps or self.loss_down_pct or self.loss_up_pct)
+        return bool(self.down_kbps or self.up_kbps or self.loss_down_pct or self.loss_up_pct
+                    or self.delay_line_rtt_ms)
 
 
 PROFILES: dict[str, Link] = {link.name: link for link in (
@@ -239,6 +261,7 @@ class NetLab:
         self.students: list[Namespace] = []
         self.workdir = Path(tempfile.mkdtemp(prefix="groom-netlab-"))
         self._made: list[str] = []
+        self._delay_lines: list[subprocess.Popen[str]] = []
         self._open = False
 
     # ---- the context manager ------------------------------------------------------------------
@@ -271,6 +294,7 @@ class NetLab:
 
     def close(self) -> None:
         """Remove everything this lab made (idempotent; also at interpreter exit)."""
+        self._stop_delay_lines()
         for name in reversed(self._made):
             _remove(name)
         self._made.clear()
@@ -305,7 +329,11 @@ class NetLab:
                        host_ip=host_ip, ns_ip=ns_ip, workdir=self.workdir)
         sh("ip", "netns", "add", ns.name)
         self._made.append(ns.name)
-        sh("ip", "link", "add", ns.host_if, "type", "veth", "peer", "name", ns.ns_if, "netns", ns.name)
+        if link.delay_line_rtt_ms:
+            self._delay_line(ns)
+        else:
+            sh("ip", "link", "add", ns.host_if, "type", "veth", "peer", "name", ns.ns_if,
+               "netns", ns.name)
         self._made.append(ns.host_if)
         # IPv4 only: an IPv6 link-local address finishes its duplicate check a second or two
         # after the link is up, and Chromium, seeing the network change, fails what it was
@@ -331,6 +359,32 @@ class NetLab:
                      f"{_per_mille(link.loss_down_pct)} counter drop\n}}\n}}\n")
             sh(*ns.prefix(), "nft", "-f", "-", input=rules)
         return ns
+
+    def _delay_line(self, ns: Namespace) -> None:
+        """The link as two TUN devices (``host_if`` here, ``ns_if`` the namespace's only
+        interface) and a process between them that holds every packet half the round trip.
+        This process opens the host's device and hands it over; the child, started inside the
+        namespace, opens the other there (a TUN device belongs to the namespace it was opened
+        in). Neither is persistent: both go when the child exits: ``close`` kills it, and it
+        exits by itself when its stdin ends (this process died without closing the lab)."""
+        fd = _open_tun(ns.host_if)
+        try:
+            proc = subprocess.Popen(
+                [*ns.prefix(), sys.executable, __file__, "delay-line", str(fd), ns.ns_if,
+                 str(ns.link.delay_line_rtt_ms / 2000)],
+                pass_fds=(fd,), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        finally:
+            os.close(fd)
+        self._delay_lines.append(proc)
+        assert proc.stdout is not None
+        if proc.stdout.readline().strip() != "ready":
+            raise LabError(f"the delay line of {ns.name} did not start (exit {proc.wait()})")
+
+    def _stop_delay_lines(self) -> None:
+        for proc in self._delay_lines:
+            proc.kill()
+            proc.communicate()
+        self._delay_lines.clear()
 
     @staticmethod
     def _tbf(prefix: list[str], dev: str, kbps: float, queue_ms: int) -> None:
@@ -406,3 +460,72 @@ class UdpDelayRelay(asyncio.DatagramProtocol):
         for transport in (self.front, self.back):
             if transport is not None:
                 transport.close()
+
+
+# ---- the delay line (all traffic) -------------------------------------------------------------
+
+def _open_tun(name: str) -> int:
+    """A new TUN device ``name`` in this process's network namespace, as a non-blocking fd.
+    It is not persistent: it disappears when the last fd on it closes."""
+    fd = os.open("/dev/net/tun", os.O_RDWR)
+    try:
+        fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", name.encode(), IFF_TUN | IFF_NO_PI))
+    except OSError:
+        os.close(fd)
+        raise
+    os.set_blocking(fd, False)
+    return fd
+
+
+def forward(host_fd: int, ns_fd: int, hold_s: float, stop_fd: int) -> None:
+    """Copy every packet read from one TUN device to the other ``hold_s`` later, in order (one
+    FIFO per direction: the hold is the same for all, so the oldest is always due first), until
+    ``stop_fd`` reaches its end. What the kernel writes to a TUN device is what its interface
+    sent; what we write to one is what its interface receives."""
+    other = {host_fd: ns_fd, ns_fd: host_fd}
+    held: dict[int, deque[tuple[float, bytes]]] = {host_fd: deque(), ns_fd: deque()}
+    while True:
+        due = _release(held, other)
+        timeout = None if due is None else max(0.0, due - time.monotonic())
+        ready, _, _ = select.select([host_fd, ns_fd, stop_fd], [], [], timeout)
+        if stop_fd in ready and not os.read(stop_fd, 4096):
+            return
+        now = time.monotonic()
+        for fd in ready:
+            if fd != stop_fd:
+                held[fd].extend((now + hold_s, packet) for packet in _drain(fd))
+
+
+def _drain(fd: int) -> list[bytes]:
+    packets = []
+    while True:
+        try:
+            packets.append(os.read(fd, 65536))
+        except BlockingIOError:
+            return packets
+
+
+def _release(held: dict[int, deque[tuple[float, bytes]]], other: dict[int, int]) -> Optional[float]:
+    """Write the packets that are due; return when the next one is (None: none held)."""
+    now = time.monotonic()
+    for fd, queue in held.items():
+        while queue and queue[0][0] <= now:
+            try:
+                os.write(other[fd], queue.popleft()[1])
+            except OSError:
+                pass  # the other interface is down (being set up or removed): the packet is lost
+    return min((queue[0][0] for queue in held.values() if queue), default=None)
+
+
+def _delay_line_main(argv: list[str]) -> None:
+    """``netlab.py delay-line <host TUN fd> <namespace TUN name> <hold s>``, run inside the
+    namespace by ``NetLab`` with the host's device inherited as an fd."""
+    host_fd, ns_if, hold_s = int(argv[0]), argv[1], float(argv[2])
+    os.set_blocking(host_fd, False)
+    ns_fd = _open_tun(ns_if)
+    print("ready", flush=True)
+    forward(host_fd, ns_fd, hold_s, sys.stdin.fileno())
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["delay-line"]:
+    _delay_line_main(sys.argv[2:])

@@ -11,12 +11,14 @@ import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from netlab import PROFILES, Link, NetLab, lab_resources, missing_tools
+from netlab import PROFILES, Link, Namespace, NetLab, lab_resources, missing_tools
 from peers import end_lesson, start_teacher
 from servers import GroomServer
 
@@ -128,27 +130,106 @@ def test_namespace_reaches_the_host_over_its_veth() -> None:
 
 
 def test_tbf_holds_the_rate_both_ways() -> None:
-    seconds = 5.0
     with NetLab(Link("rate", down_kbps=48, up_kbps=24, queue_ms=400)) as lab:
-        ns = lab.students[0]
-        # Downlink: the host sends as fast as TCP lets it, the student counts.
-        port = free_udp_port()
-        receiver = ns.popen([sys.executable, "-c", RECEIVE_TCP, ns.ns_ip, str(port), str(seconds)],
-                            stdout=subprocess.PIPE)
-        wait_ready(receiver)
-        sender = threading.Thread(target=_send_tcp, args=(ns.ns_ip, port), daemon=True)
-        sender.start()
-        down_kbps = result(receiver) * 8 / 1000
-        # Uplink: the student sends, the host counts.
-        port = free_udp_port()
-        receiver = host_process(RECEIVE_TCP, ns.host_ip, str(port), str(seconds))
-        wait_ready(receiver)
-        upload = ns.popen([sys.executable, "-c", SEND_TCP, ns.host_ip, str(port)])
-        up_kbps = result(receiver) * 8 / 1000
-        upload.wait(timeout=30)
+        down_kbps, up_kbps = _tcp_rates(lab.students[0], seconds=5.0)
     # TCP payload only: IP and TCP headers take ~4 % of the shaped rate.
     assert 0.75 * 48 < down_kbps < 1.1 * 48, down_kbps
     assert 0.75 * 24 < up_kbps < 1.1 * 24, up_kbps
+
+
+def _tcp_rates(ns: Namespace, seconds: float) -> tuple[float, float]:
+    """TCP payload kbit/s host -> student and student -> host, each sending as fast as it can."""
+    # Downlink: the host sends as fast as TCP lets it, the student counts.
+    port = free_udp_port()
+    receiver = ns.popen([sys.executable, "-c", RECEIVE_TCP, ns.ns_ip, str(port), str(seconds)],
+                        stdout=subprocess.PIPE)
+    wait_ready(receiver)
+    sender = threading.Thread(target=_send_tcp, args=(ns.ns_ip, port), daemon=True)
+    sender.start()
+    down_kbps = result(receiver) * 8 / 1000
+    # Uplink: the student sends, the host counts.
+    port = free_udp_port()
+    receiver = host_process(RECEIVE_TCP, ns.host_ip, str(port), str(seconds))
+    wait_ready(receiver)
+    upload = ns.popen([sys.executable, "-c", SEND_TCP, ns.host_ip, str(port)])
+    up_kbps = result(receiver) * 8 / 1000
+    upload.wait(timeout=30)
+    return down_kbps, up_kbps
+
+
+# Run inside a namespace: the median of 5 TCP connects (SYN out, SYN-ACK back) to a listening
+# socket, and of 5 UDP round trips to an echo, in ms.
+TCP_CONNECT_MS = """
+import socket, statistics, sys, time
+times = []
+for _ in range(5):
+    start = time.monotonic()
+    socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5).close()
+    times.append((time.monotonic() - start) * 1000)
+print(statistics.median(times), flush=True)
+"""
+
+UDP_ECHO_MS = """
+import socket, statistics, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(5)
+times = []
+for i in range(5):
+    start = time.monotonic()
+    s.sendto(b"%d" % i, (sys.argv[1], int(sys.argv[2])))
+    while s.recv(2048) != b"%d" % i:
+        pass
+    times.append((time.monotonic() - start) * 1000)
+print(statistics.median(times), flush=True)
+"""
+
+
+def test_the_delay_line_adds_the_round_trip_to_tcp_and_udp_and_keeps_the_rate() -> None:
+    rtt_ms = 300
+    with NetLab(Link("far", down_kbps=48, up_kbps=24, queue_ms=400, delay_line_rtt_ms=rtt_ms)) as lab:
+        ns = lab.students[0]
+        with socket.create_server((ns.host_ip, 0)) as listener, _udp_echo(ns.host_ip) as echo_port:
+            tcp = ns.run([sys.executable, "-c", TCP_CONNECT_MS, ns.host_ip,
+                          str(listener.getsockname()[1])])
+            udp = ns.run([sys.executable, "-c", UDP_ECHO_MS, ns.host_ip, str(echo_port)])
+        assert tcp.returncode == 0 and udp.returncode == 0, (tcp.stderr, udp.stderr)
+        tcp_ms, udp_ms = float(tcp.stdout), float(udp.stdout)
+        down_kbps, up_kbps = _tcp_rates(ns, seconds=5.0)
+    # An idle link: tbf's bucket lets a small packet through at once, so the round trip is the
+    # delay line's hold both ways plus a Python process's scheduling (a few ms).
+    print(f"tcp connect {tcp_ms:.1f} ms, udp echo {udp_ms:.1f} ms, {down_kbps:.1f} / {up_kbps:.1f} kbit/s")
+    assert rtt_ms <= tcp_ms < rtt_ms + 40, tcp_ms
+    assert rtt_ms <= udp_ms < rtt_ms + 40, udp_ms
+    assert 0.75 * 48 < down_kbps < 1.1 * 48, down_kbps
+    assert 0.75 * 24 < up_kbps < 1.1 * 24, up_kbps
+    # The host's TUN device is gone, so is the process that held it (the only fd on it).
+    assert lab_resources(os.getpid()) == []
+
+
+@contextmanager
+def _udp_echo(host: str) -> Iterator[int]:
+    """A UDP echo on ``host`` in a thread, for as long as the block runs; yields its port."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((host, 0))
+    sock.settimeout(0.2)
+    done = threading.Event()
+
+    def echo() -> None:
+        while not done.is_set():
+            try:
+                data, addr = sock.recvfrom(2048)
+            except socket.timeout:
+                continue
+            sock.sendto(data, addr)
+
+    thread = threading.Thread(target=echo, daemon=True)
+    thread.start()
+    try:
+        yield sock.getsockname()[1]
+    finally:
+        done.set()
+        thread.join()
+        sock.close()
 
 
 def _send_tcp(host: str, port: int) -> None:

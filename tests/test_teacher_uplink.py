@@ -1,11 +1,13 @@
-"""A teacher on a thin, lossy uplink (a provincial town's 3G): the class hears no gaps.
+"""A teacher on a thin, lossy, far uplink (a provincial town's 3G): the class hears no gaps.
 
 The teacher is a real Chromium teacher page, inside a network namespace whose uplink loses 5 %
-of packets at random (nftables, on the receiving side) behind a 128 kbit/s rate limit. Our
+of packets at random (nftables, on the receiving side) behind a 128 kbit/s rate limit, 300 ms
+from the server (the lab's delay line: every packet, the page's HTTP and WebSocket too). Our
 answer asks the browser for in-band FEC; the server decodes the copy of each lost packet that
 the next packet carries (``groom.live.ingress``). Without that, every lost packet is a 20 ms
 hole for the whole class. Assertions: the loss happened, most of it was rebuilt from FEC, and an
-aiortc student heard the speech throughout.
+aiortc student heard the speech throughout; and the page's own round trip to the server (RTCP)
+shows the 300 ms, so the media did cross the delay.
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ from test_browser_live import teacher_page
 
 pytestmark = pytest.mark.timeout(180)
 
-UPLINK = Link("teacher-3g", down_kbps=384, up_kbps=128, queue_ms=300, loss_up_pct=5)
+RTT_MS = 300
+UPLINK = Link("teacher-3g", down_kbps=384, up_kbps=128, queue_ms=300, loss_up_pct=5,
+              delay_line_rtt_ms=RTT_MS)
 
 
 LabServer = tuple[GroomServer, dict[str, Any], NetLab]
@@ -55,6 +59,18 @@ async def _uplink(admin: ApiClient, lesson_id: int) -> dict[str, Any]:
     room = next(r for r in rooms if r["lesson"]["id"] == lesson_id)
     uplink: dict[str, Any] = room["teacher_uplink"]
     return uplink
+
+
+async def _page_rtt_ms(page: Any) -> float | None:
+    """The teacher page's round trip to the server, from the server's receiver reports on its
+    audio (``remote-inbound-rtp``), in ms; None before the first one."""
+    rtt: float | None = await page.evaluate("""async () => {
+        for (const s of (await window.groom.pc.getStats()).values())
+            if (s.type === 'remote-inbound-rtp' && s.kind === 'audio' && s.roundTripTime)
+                return s.roundTripTime * 1000;
+        return null;
+    }""")
+    return rtt
 
 
 async def test_a_teacher_on_a_lossy_uplink_is_heard_without_gaps(lab_server: LabServer) -> None:
@@ -87,6 +103,7 @@ async def test_a_teacher_on_a_lossy_uplink_is_heard_without_gaps(lab_server: Lab
                 if listener.rms_since(len(listener.frames) - 50) < 30:
                     quiet += 1  # a whole second without speech reaching the student
             after = await _uplink(admin, demo["lesson_id"])
+            page_rtt_ms = await _page_rtt_ms(page)
         finally:
             await context.close()
     try:
@@ -97,6 +114,7 @@ async def test_a_teacher_on_a_lossy_uplink_is_heard_without_gaps(lab_server: Lab
         assert got["recovered"] >= 0.6 * lost, f"lost packets were concealed, not rebuilt: {got}"
         assert listener.rms_since(mark) > 100, "the student heard the teacher"
         assert quiet <= 2, f"{quiet} silent seconds out of 20"
+        assert page_rtt_ms is not None and page_rtt_ms >= RTT_MS, page_rtt_ms
     finally:
         await listener.close()
         await admin.close()
