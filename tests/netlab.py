@@ -42,9 +42,7 @@ import asyncio
 import atexit
 import fcntl
 import ipaddress
-import json
 import os
-import random
 import re
 import select
 import shutil
@@ -54,7 +52,7 @@ import sys
 import tempfile
 import time
 from collections import deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Optional, Sequence
@@ -71,29 +69,13 @@ IFF_TUN, IFF_NO_PI = 0x0001, 0x1000  # IP packets, no 4-byte packet-information 
 
 
 @dataclass(frozen=True)
-class BurstLoss:
-    """Gilbert-Elliott loss on the delay line, per packet: real 2G loss comes in bursts (fading,
-    handovers), which independent loss never makes. Each packet first moves the state good ->
-    bad with ``p_enter`` or bad -> good with ``p_leave``, then is lost with ``loss_in_bad`` if the
-    state is bad (never when good). Mean loss ``p_enter / (p_enter + p_leave) * loss_in_bad``,
-    mean bad spell ``1 / p_leave`` packets. ``seed`` makes the sequence of losses (over the
-    packets the line carries that way) the same run to run."""
-
-    p_enter: float
-    p_leave: float
-    loss_in_bad: float = 1.0
-    seed: int = 1
-
-
-@dataclass(frozen=True)
 class Link:
     """One student's link. ``None`` rates are not shaped; losses are percentages.
 
     ``extra_rtt_ms`` is what ``UdpDelayRelay`` adds to the media a student sends through it;
     ``delay_line_rtt_ms`` is added to EVERY packet of the namespace (TCP, UDP, any process, Chromium
     included): the link is then a pair of TUN devices with a delay line between them instead of a
-    veth pair. ``burst_loss_down`` / ``_up`` lose packets in bursts on that line (with or without
-    a delay), on top of the independent ``loss_*_pct``."""
+    veth pair."""
 
     name: str
     down_kbps: Optional[float] = None
@@ -103,18 +85,11 @@ class Link:
     loss_up_pct: float = 0.0
     extra_rtt_ms: int = 0
     delay_line_rtt_ms: int = 0
-    burst_loss_down: Optional[BurstLoss] = None
-    burst_loss_up: Optional[BurstLoss] = None
 
     @property
     def shaped(self) -> bool:
         return bool(self.down_kbps or self.up_kbps or self.loss_down_pct or self.loss_up_pct
-                    or self.delay_line)
-
-    @property
-    def delay_line(self) -> bool:
-        """Whether the link needs the delay line (TUN devices) rather than a veth pair."""
-        return bool(self.delay_line_rtt_ms or self.burst_loss_down or self.burst_loss_up)
+                    or self.delay_line_rtt_ms)
 
 
 PROFILES: dict[str, Link] = {link.name: link for link in (
@@ -354,7 +329,7 @@ class NetLab:
                        host_ip=host_ip, ns_ip=ns_ip, workdir=self.workdir)
         sh("ip", "netns", "add", ns.name)
         self._made.append(ns.name)
-        if link.delay_line:
+        if link.delay_line_rtt_ms:
             self._delay_line(ns)
         else:
             sh("ip", "link", "add", ns.host_if, "type", "veth", "peer", "name", ns.ns_if,
@@ -396,8 +371,7 @@ class NetLab:
         try:
             proc = subprocess.Popen(
                 [*ns.prefix(), sys.executable, __file__, "delay-line", str(fd), ns.ns_if,
-                 str(ns.link.delay_line_rtt_ms / 2000), _spec(ns.link.burst_loss_down),
-                 _spec(ns.link.burst_loss_up)],
+                 str(ns.link.delay_line_rtt_ms / 2000)],
                 pass_fds=(fd,), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         finally:
             os.close(fd)
@@ -503,37 +477,11 @@ def _open_tun(name: str) -> int:
     return fd
 
 
-class Bursts:
-    """One direction's ``BurstLoss`` as it runs: the state and its own seeded generator."""
-
-    def __init__(self, model: BurstLoss, direction: str) -> None:
-        self.model = model
-        self.rng = random.Random(f"{model.seed}-{direction}")
-        self.bad = False
-
-    def lose(self) -> bool:
-        """Move the state for one packet; whether that packet is lost."""
-        if self.rng.random() < (self.model.p_leave if self.bad else self.model.p_enter):
-            self.bad = not self.bad
-        return self.bad and self.rng.random() < self.model.loss_in_bad
-
-
-def _spec(model: Optional[BurstLoss]) -> str:
-    return json.dumps(None if model is None else asdict(model))
-
-
-def _bursts(spec: str, direction: str) -> Optional[Bursts]:
-    fields = json.loads(spec)
-    return None if fields is None else Bursts(BurstLoss(**fields), direction)
-
-
-def forward(host_fd: int, ns_fd: int, hold_s: float, stop_fd: int,
-            losses: dict[int, Bursts]) -> None:
+def forward(host_fd: int, ns_fd: int, hold_s: float, stop_fd: int) -> None:
     """Copy every packet read from one TUN device to the other ``hold_s`` later, in order (one
     FIFO per direction: the hold is the same for all, so the oldest is always due first), until
-    ``stop_fd`` reaches its end; ``losses[fd]`` drops some of what is read from ``fd`` (the
-    sender never knows, as on a real link). What the kernel writes to a TUN device is what its
-    interface sent; what we write to one is what its interface receives."""
+    ``stop_fd`` reaches its end. What the kernel writes to a TUN device is what its interface
+    sent; what we write to one is what its interface receives."""
     other = {host_fd: ns_fd, ns_fd: host_fd}
     held: dict[int, deque[tuple[float, bytes]]] = {host_fd: deque(), ns_fd: deque()}
     while True:
@@ -545,9 +493,7 @@ def forward(host_fd: int, ns_fd: int, hold_s: float, stop_fd: int,
         now = time.monotonic()
         for fd in ready:
             if fd != stop_fd:
-                bursts = losses.get(fd)
-                held[fd].extend((now + hold_s, packet) for packet in _drain(fd)
-                                if bursts is None or not bursts.lose())
+                held[fd].extend((now + hold_s, packet) for packet in _drain(fd))
 
 
 def _drain(fd: int) -> list[bytes]:
@@ -572,16 +518,13 @@ def _release(held: dict[int, deque[tuple[float, bytes]]], other: dict[int, int])
 
 
 def _delay_line_main(argv: list[str]) -> None:
-    """``netlab.py delay-line <host TUN fd> <namespace TUN name> <hold s> <down loss> <up loss>``
-    (each loss a ``BurstLoss`` as JSON, or null), run inside the namespace by ``NetLab`` with
-    the host's device inherited as an fd."""
+    """``netlab.py delay-line <host TUN fd> <namespace TUN name> <hold s>``, run inside the
+    namespace by ``NetLab`` with the host's device inherited as an fd."""
     host_fd, ns_if, hold_s = int(argv[0]), argv[1], float(argv[2])
-    down, up = _bursts(argv[3], "down"), _bursts(argv[4], "up")
     os.set_blocking(host_fd, False)
     ns_fd = _open_tun(ns_if)
-    losses = {fd: bursts for fd, bursts in ((host_fd, down), (ns_fd, up)) if bursts is not None}
     print("ready", flush=True)
-    forward(host_fd, ns_fd, hold_s, sys.stdin.fileno(), losses)
+    forward(host_fd, ns_fd, hold_s, sys.stdin.fileno())
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["delay-line"]:
